@@ -1,0 +1,1 @@
+"""EK-100 annotations and relevance, synthetic data, preparation, input pipelines, tokenizer."""

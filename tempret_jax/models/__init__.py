@@ -1,0 +1,1 @@
+"""Flax linen modules: video and text towers, temporal transformer, refinement, cross-encoder."""
