@@ -1,0 +1,570 @@
+"""EK-100 preparation: videos or JPEG folders + annotation CSVs -> a TFDS data set (ArrayRecord).
+
+Per clip we store N frames (default 32) at the centres of N equal segments of
+[start_timestamp, stop_timestamp], resized to a short side S (default 256) and JPEG-encoded,
+with the clip's ids, narration, classes and timestamps (`FEATURES`). No TensorFlow: frames are
+a sequence of JPEG byte strings, which `builder.as_data_source()` returns as ``bytes``.
+
+Sources, looked up per video in this order under ``video_root``:
+  <participant>/videos/<video_id>.MP4            the published videos
+  <participant>/videos/<video_id>.MP4/<s>.MP4     AVION's chunks of ``chunk_seconds`` starting at s
+  <participant>/rgb_frames/<video_id>/frame_%010d.jpg   the published frames (1-based numbers)
+From a video, the frame shown at time t is taken (the last frame with pts <= t; seeking to the
+keyframe before the first time and decoding forward, so it is frame-accurate); from a frames
+folder, frame ``start_frame + floor((i + 0.5) * F / N)`` with F = stop_frame - start_frame + 1.
+
+Work happens in two stages so that a killed run resumes where it stopped:
+  1. decode: one shard file per video in ``<work_dir>/shards/`` (written to a temporary name,
+     then renamed: a shard that exists is complete), videos in parallel over a process pool;
+  2. assemble: a `tfds.core.GeneratorBasedBuilder` reads the shards in CSV order (TFDS writes to
+     an ``incomplete.*`` folder and renames it at the end), then the annotation CSVs are copied
+     into ``<dataset_dir>/annotations/`` for the pipelines.
+A missing or unreadable video, a missing frame or a clip outside its video is listed in
+``<output_dir>/prepare_report.csv`` with the reason and skipped, or raises `PrepareError` with
+``strict``. The record of a clip keeps its CSV row in ``clip_index``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import shutil
+import time
+
+import av
+import numpy as np
+from PIL import Image
+
+from tempret_jax.data import ek100
+
+SPLIT_FILES = {"train": (ek100.TRAIN_CLIPS_FILE, ek100.TRAIN_SENTENCES_FILE),
+               "test": (ek100.TEST_CLIPS_FILE, ek100.TEST_SENTENCES_FILE)}
+EXTRA_ANNOTATION_FILES = ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv",
+                          "EPIC_100_video_info.csv")
+ANNOTATIONS = "annotations"
+REPORT_FILE = "prepare_report.csv"
+SUMMARY_FILE = "prepare_summary.json"
+DATASET_NAME = "ek100_mir"
+VERSION = "1.0.0"
+
+
+class PrepareError(RuntimeError):
+    """A video or clip could not be prepared (raised with ``strict``, or a bad set-up)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    annotation_dir: str
+    video_root: str
+    output_dir: str
+    work_dir: str | None = None  # default <output_dir>/work
+    splits: tuple[str, ...] = ("train", "test")
+    num_frames: int = 32
+    short_side: int = 256
+    jpeg_quality: int = 90
+    chunk_seconds: int = 15
+    num_workers: int = 0  # 0: all CPU cores
+    strict: bool = False
+    progress: bool = True
+
+    @property
+    def work(self) -> pathlib.Path:
+        return pathlib.Path(self.work_dir or pathlib.Path(self.output_dir) / "work")
+
+    @property
+    def config_name(self) -> str:
+        return f"frames{self.num_frames}_short{self.short_side}"
+
+
+def dataset_dir(output_dir, num_frames: int = 32, short_side: int = 256) -> pathlib.Path:
+    """Where `prepare` puts the TFDS data set (open it with `tfds.builder_from_directory`)."""
+    name = PrepareConfig("", "", "", num_frames=num_frames, short_side=short_side).config_name
+    return pathlib.Path(output_dir) / DATASET_NAME / name / VERSION
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: decode one video into a shard.
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipTask:
+    row: int  # row in the split's clip CSV
+    narration_id: str
+    start: float
+    stop: float
+    start_frame: int
+    stop_frame: int
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoTask:
+    split: str
+    video_id: str
+    participant_id: str
+    clips: tuple[ClipTask, ...]
+
+    def key(self, config: PrepareConfig) -> str:
+        """Identifies the task's content and settings: a shard is reused only if this matches."""
+        text = json.dumps([self.split, self.video_id, [dataclasses.astuple(c) for c in self.clips],
+                           config.num_frames, config.short_side, config.jpeg_quality])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sample_times(start: float, stop: float, n: int) -> np.ndarray:
+    """The n frame times of a clip: centres of n equal segments of [start, stop], (n,) float64."""
+    return start + (np.arange(n) + 0.5) * (stop - start) / n
+
+
+def sample_frame_numbers(start_frame: int, stop_frame: int, n: int) -> np.ndarray:
+    """The n frame numbers of a clip in a 1-based frames folder: (n,) int64."""
+    count = stop_frame - start_frame + 1
+    return start_frame + np.floor((np.arange(n) + 0.5) * count / n).astype(np.int64)
+
+
+_SEEK_GAP = 2.0  # seconds
+
+
+class SkipVideo(Exception):
+    """Every clip of this video is skipped, for the reason in the message."""
+
+
+def find_source(video_root, participant_id: str, video_id: str) -> tuple[str, pathlib.Path]:
+    """(kind, path) of a video: kind is 'mp4', 'chunked' or 'frames'; raises SkipVideo if none."""
+    videos = pathlib.Path(video_root) / participant_id / "videos"
+    for ext in (".MP4", ".mp4"):
+        path = videos / f"{video_id}{ext}"
+        if path.is_file():
+            return "mp4", path
+        if path.is_dir():
+            return "chunked", path
+    frames = pathlib.Path(video_root) / participant_id / "rgb_frames" / video_id
+    if frames.is_dir():
+        return "frames", frames
+    raise SkipVideo(f"missing video: neither {videos / video_id}.MP4 (file or chunk folder) "
+                    f"nor the frames folder {frames}")
+
+
+def _resize_jpeg(img: Image.Image, short_side: int, quality: int) -> bytes:
+    w, h = img.size
+    k = short_side / min(w, h)
+    if k != 1:
+        img = img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.BILINEAR,
+                         reducing_gap=2.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_video_at(path, times) -> list[Image.Image | None]:
+    """The frames shown at ``times`` (seconds, any order) of a video file; None past its end.
+
+    Seeks to the keyframe before each run of times (a new run starts when the next time is
+    more than 2 s past the last decoded frame) and decodes forward.
+    """
+    times = np.asarray(times, np.float64)
+    order = np.argsort(times, kind="stable")
+    out: list[Image.Image | None] = [None] * len(times)
+    eps = 1e-4  # float slack when a time falls exactly on a frame's pts
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        k = 0
+        while k < len(order):
+            sought = times[order[k]]
+            container.seek(max(0, int(sought / stream.time_base)), stream=stream, backward=True,
+                           any_frame=False)
+            prev, prev_image, prev_time = None, None, -math.inf
+            for frame in container.decode(stream):
+                ft = float(frame.time)
+                # Times before this frame are shown by the previous frame.
+                while k < len(order) and prev is not None and times[order[k]] < ft - eps:
+                    prev_image = prev_image or prev.to_image()
+                    out[order[k]] = prev_image
+                    k += 1
+                if k == len(order):
+                    break
+                if times[order[k]] > max(ft, sought) + _SEEK_GAP:
+                    break  # seeking there is cheaper than decoding the gap
+                prev, prev_image, prev_time = frame, None, ft
+            else:
+                # End of stream: the last frame is shown for one frame duration.
+                rate = float(stream.average_rate or stream.guessed_rate or 30)
+                while k < len(order) and prev is not None and times[order[k]] < prev_time + 1 / rate:
+                    prev_image = prev_image or prev.to_image()
+                    out[order[k]] = prev_image
+                    k += 1
+                break
+    return out
+
+
+def video_duration(path) -> float:
+    """Duration of a video file in seconds (from the container, else the stream)."""
+    with av.open(str(path)) as container:
+        if container.duration:
+            return container.duration / av.time_base
+        stream = container.streams.video[0]
+        return float(stream.duration * stream.time_base)
+
+
+def _frames_from_video(kind, path, task: VideoTask, config: PrepareConfig):
+    """Yields (clip, frames or reason) for every clip of a video file or chunk folder."""
+    times = np.stack([sample_times(c.start, c.stop, config.num_frames) for c in task.clips])
+    if kind == "mp4":
+        sources = {path: (times, np.ones(times.shape, bool))}
+    else:
+        chunks = {}
+        for f in path.iterdir():
+            if f.is_file() and f.stem.isdigit():
+                chunks[int(f.stem)] = f
+        if not chunks:
+            raise SkipVideo(f"chunk folder {path} holds no <start_sec>.MP4 files")
+        starts = times // config.chunk_seconds * config.chunk_seconds
+        sources = {}
+        for s in np.unique(starts):
+            chunk = chunks.get(int(s))
+            if chunk is None:  # reported per clip below
+                continue
+            sources[chunk] = (times - s, starts == s)
+    images = [[None] * times.shape[1] for _ in task.clips]  # lists: PIL images are array-like
+    for source, (local, mask) in sources.items():
+        try:
+            decoded = decode_video_at(source, local[mask])
+        except (av.FFmpegError, OSError, ValueError, IndexError) as e:
+            raise SkipVideo(f"cannot decode {source}: {type(e).__name__}: {e}") from None
+        for (i, j), img in zip(np.argwhere(mask), decoded):
+            images[i][j] = img
+    for clip, row in zip(task.clips, images):
+        missing = [t for t, img in zip(sample_times(clip.start, clip.stop, config.num_frames), row)
+                   if img is None]
+        if missing:
+            yield clip, (f"clip [{clip.start:.2f}, {clip.stop:.2f}] s is outside the video "
+                         f"{path}: no frame at {missing[0]:.3f} s")
+        else:
+            yield clip, row
+
+
+def _frames_from_folder(path: pathlib.Path, task: VideoTask, config: PrepareConfig):
+    """Yields (clip, JPEG bytes or reason) for every clip of a frames folder."""
+    for clip in task.clips:
+        numbers = sample_frame_numbers(clip.start_frame, clip.stop_frame, config.num_frames)
+        files = [path / f"frame_{n:010d}.jpg" for n in numbers]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            yield clip, (f"frames {clip.start_frame}-{clip.stop_frame} are outside the frames "
+                         f"folder: missing {missing[0]}")
+            continue
+        frames = []
+        for f in files:
+            try:
+                frames.append(_folder_jpeg(f, config))
+            except OSError as e:
+                frames = f"cannot read {f}: {e}"
+                break
+        yield clip, frames
+
+
+def _folder_jpeg(path: pathlib.Path, config: PrepareConfig) -> bytes:
+    """A frame file as JPEG bytes with the configured short side (as is when it already has it)."""
+    with Image.open(path) as img:
+        if min(img.size) == config.short_side and img.format == "JPEG":
+            return path.read_bytes()
+        return _resize_jpeg(img.convert("RGB"), config.short_side, config.jpeg_quality)
+
+
+def shard_path(config: PrepareConfig, task: VideoTask) -> pathlib.Path:
+    return config.work / "shards" / task.split / f"{task.video_id}.npz"
+
+
+def process_video(task: VideoTask, config: PrepareConfig) -> dict:
+    """Decodes the clips of one video into its shard; returns what happened (JSON-able).
+
+    The shard (npz) holds every frame's JPEG bytes concatenated (``jpeg``, uint8), their
+    boundaries (``offsets``, (n_clips * N + 1,) int64) and a JSON header (``meta``).
+    """
+    result = {"split": task.split, "video_id": task.video_id, "written": [], "skipped": [],
+              "bytes": 0}
+    try:
+        kind, path = find_source(config.video_root, task.participant_id, task.video_id)
+        if kind == "frames":
+            produced = _frames_from_folder(path, task, config)
+        else:
+            produced = _frames_from_video(kind, path, task, config)
+        blobs, kept = [], []
+        for clip, frames in produced:
+            if isinstance(frames, str):
+                result["skipped"].append([clip.narration_id, frames])
+                continue
+            if not isinstance(frames[0], bytes):
+                frames = [_resize_jpeg(f, config.short_side, config.jpeg_quality) for f in frames]
+            blobs.extend(frames)
+            kept.append(clip.narration_id)
+    except SkipVideo as e:
+        result["skipped"] = [[c.narration_id, str(e)] for c in task.clips]
+        return result  # no shard: a later run tries this video again
+    sizes = np.array([len(b) for b in blobs], np.int64)
+    meta = {"key": task.key(config), "narration_ids": kept, "skipped": result["skipped"]}
+    out = shard_path(config, task)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, jpeg=np.frombuffer(b"".join(blobs), np.uint8),
+             offsets=np.concatenate([[0], np.cumsum(sizes)]),
+             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    os.replace(tmp, out)
+    result["written"], result["bytes"] = kept, int(sizes.sum())
+    return result
+
+
+def read_shard(path) -> tuple[dict, dict[str, list[bytes]]]:
+    """(meta, {narration_id: [JPEG bytes] * N}) of a shard written by `process_video`."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes())
+        jpeg, offsets = z["jpeg"].tobytes(), z["offsets"]
+    ids = meta["narration_ids"]
+    n = (len(offsets) - 1) // max(1, len(ids))
+    frames = {nid: [jpeg[offsets[i * n + j]:offsets[i * n + j + 1]] for j in range(n)]
+              for i, nid in enumerate(ids)}
+    return meta, frames
+
+
+def _cached_result(task: VideoTask, config: PrepareConfig) -> dict | None:
+    """The result of an earlier run from the task's shard, or None if it must be (re)done."""
+    path = shard_path(config, task)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes())
+            size = int(z["offsets"][-1])
+    except (OSError, ValueError, KeyError):
+        return None
+    if meta.get("key") != task.key(config):
+        return None
+    return {"split": task.split, "video_id": task.video_id, "written": meta["narration_ids"],
+            "skipped": meta["skipped"], "bytes": size}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: the TFDS builder.
+
+
+def _features():
+    import tensorflow_datasets as tfds
+    text = tfds.features.Text()
+    return tfds.features.FeaturesDict({
+        # JPEG bytes; `Image` / `Video` features would need TensorFlow.
+        "frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+        "frame_times": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+        "narration_id": text, "participant_id": text, "video_id": text, "narration": text,
+        "verb_class": tfds.features.Scalar(dtype=np.int32),
+        "noun_class": tfds.features.Scalar(dtype=np.int32),
+        "noun_classes": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+        "start_timestamp": tfds.features.Scalar(dtype=np.float32),  # protos store float32
+        "stop_timestamp": tfds.features.Scalar(dtype=np.float32),
+        "start_frame": tfds.features.Scalar(dtype=np.int64),
+        "stop_frame": tfds.features.Scalar(dtype=np.int64),
+        "clip_index": tfds.features.Scalar(dtype=np.int64),  # row in the split's clip CSV
+    })
+
+
+def _builder(config: PrepareConfig, tables: dict[str, ek100.ClipTable]):
+    """A TFDS builder whose examples come from the shards of `config.work`, in CSV order."""
+    import tensorflow_datasets as tfds
+
+    class Ek100Mir(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """EPIC-KITCHENS-100 MIR clips as JPEG frame sequences (tempret_jax.data.prepare)."""
+
+        VERSION = tfds.core.Version(VERSION)
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(
+            name=config.config_name,
+            description=f"{config.num_frames} frames per clip, short side {config.short_side}")]
+
+        # The builder has no source folder of its own (no checksums, no metadata files); without
+        # this TFDS 4.9 looks for one and needs `importlib_resources` on Python >= 3.11.
+        code_path = None
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=_features(),
+                                         disable_shuffling=True)  # records in CSV order
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in tables}
+
+        def _generate_examples(self, split):
+            yield from _examples(config, split, tables[split])
+
+    return Ek100Mir(data_dir=config.output_dir, file_format="array_record")
+
+
+def _examples(config: PrepareConfig, split: str, table: ek100.ClipTable):
+    shard_id, frames = None, {}
+    for row in range(len(table)):
+        video_id = table.video_id[row]
+        if video_id != shard_id:  # EK-100 CSVs group clips by video: each shard is read once
+            path = config.work / "shards" / split / f"{video_id}.npz"
+            frames = read_shard(path)[1] if path.is_file() else {}
+            shard_id = video_id
+        nid = table.narration_id[row]
+        if nid not in frames:
+            continue
+        yield nid, {
+            "frames": frames[nid],
+            "frame_times": sample_times(table.start_timestamp[row], table.stop_timestamp[row],
+                                        config.num_frames).astype(np.float32),
+            "narration_id": nid, "participant_id": table.participant_id[row],
+            "video_id": video_id, "narration": table.narration[row],
+            "verb_class": table.verb_class[row], "noun_class": table.noun_class[row],
+            "noun_classes": np.asarray(table.noun_classes[row], np.int32),
+            "start_timestamp": table.start_timestamp[row],
+            "stop_timestamp": table.stop_timestamp[row],
+            "start_frame": table.start_frame[row], "stop_frame": table.stop_frame[row],
+            "clip_index": row,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver.
+
+
+def _tasks(split: str, table: ek100.ClipTable) -> list[VideoTask]:
+    by_video: dict[str, list[int]] = {}
+    for row, video_id in enumerate(table.video_id):
+        by_video.setdefault(str(video_id), []).append(row)
+    return [VideoTask(split, video_id, str(table.participant_id[rows[0]]), tuple(
+        ClipTask(row, str(table.narration_id[row]), float(table.start_timestamp[row]),
+                 float(table.stop_timestamp[row]), int(table.start_frame[row]),
+                 int(table.stop_frame[row])) for row in rows))
+            for video_id, rows in by_video.items()]
+
+
+def _copy_atomic(src: pathlib.Path, dst: pathlib.Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write_report(path: pathlib.Path, results: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "video_id", "narration_id", "reason"])
+        for r in results:
+            for nid, reason in r["skipped"]:
+                writer.writerow([r["split"], r["video_id"], nid, reason])
+    os.replace(tmp, path)
+
+
+def _run_tasks(tasks: list[VideoTask], config: PrepareConfig) -> list[dict]:
+    """Processes the tasks without a shard, in parallel; returns every task's result."""
+    from tqdm import tqdm
+    results = {t: _cached_result(t, config) for t in tasks}
+    pending = [t for t, r in results.items() if r is None]
+    bar = tqdm(total=sum(len(t.clips) for t in tasks), unit="clip", desc="decoding",
+               disable=not config.progress, dynamic_ncols=True)
+    bar.update(sum(len(t.clips) for t, r in results.items() if r is not None))
+
+    def done(task, result):
+        results[task] = result
+        bar.update(len(task.clips))
+        if config.strict and result["skipped"]:
+            nid, reason = result["skipped"][0]
+            raise PrepareError(f"{task.split} clip {nid} ({task.video_id}): {reason}")
+
+    workers = config.num_workers or os.cpu_count() or 1
+    try:
+        if workers == 1:
+            for task in pending:
+                done(task, process_video(task, config))
+        else:
+            # spawn: workers must not inherit the parent's threads (tqdm, TFDS, JAX).
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = {pool.submit(process_video, t, config): t for t in pending}
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        done(futures[future], future.result())
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+    return [results[t] for t in tasks]
+
+
+def _assemble(builder, results: list[dict]) -> None:
+    """Writes the TFDS data set, unless one made from exactly these clips is already there."""
+    import tensorflow_datasets as tfds
+    made_from = hashlib.sha256(json.dumps(
+        [[r["split"], r["video_id"], r["written"]] for r in results]).encode()).hexdigest()
+    stamp = pathlib.Path(builder.data_dir) / "prepared_from.txt"
+    current = stamp.is_file() and stamp.read_text() == made_from
+    mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if current
+            else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    if not current:
+        tmp = stamp.with_name(f".{stamp.name}.tmp")
+        tmp.write_text(made_from)
+        os.replace(tmp, stamp)
+
+
+def prepare(config: PrepareConfig) -> dict:
+    """Runs the whole preparation (resuming from ``config.work``); returns the summary.
+
+    Summary: {'dataset_dir', 'clips': {split: written}, 'skipped': {split: n}, 'bytes',
+    'seconds', 'report'}. It is also written to ``<output_dir>/prepare_summary.json``.
+    """
+    t0 = time.time()
+    annotation_dir, output = pathlib.Path(config.annotation_dir), pathlib.Path(config.output_dir)
+    unknown = [s for s in config.splits if s not in SPLIT_FILES]
+    if unknown:
+        raise PrepareError(f"unknown split(s) {unknown}; expected some of {list(SPLIT_FILES)}")
+    if config.num_frames < 1 or config.short_side < 8:
+        raise PrepareError(f"num_frames {config.num_frames} must be >= 1 and short_side "
+                           f"{config.short_side} >= 8")
+    tables = {s: ek100.read_clips(annotation_dir / SPLIT_FILES[s][0]) for s in config.splits}
+    for s in config.splits:
+        ek100.read_sentences(annotation_dir / SPLIT_FILES[s][1])  # validate before hours of work
+    output.mkdir(parents=True, exist_ok=True)
+    tasks = [t for s in config.splits for t in _tasks(s, tables[s])]
+    results = _run_tasks(tasks, config)
+    _write_report(output / REPORT_FILE, results)
+
+    builder = _builder(config, tables)
+    _assemble(builder, results)
+    target = pathlib.Path(builder.data_dir) / ANNOTATIONS
+    target.mkdir(exist_ok=True)
+    for s in config.splits:
+        for name in SPLIT_FILES[s]:
+            _copy_atomic(annotation_dir / name, target / name)
+    for name in EXTRA_ANNOTATION_FILES:
+        if (annotation_dir / name).is_file():
+            _copy_atomic(annotation_dir / name, target / name)
+
+    summary = {
+        "dataset_dir": str(builder.data_dir),
+        "clips": {s: sum(len(r["written"]) for r in results if r["split"] == s) for s in config.splits},
+        "skipped": {s: sum(len(r["skipped"]) for r in results if r["split"] == s)
+                    for s in config.splits},
+        "bytes": sum(f.stat().st_size for f in pathlib.Path(builder.data_dir).glob("*array_record*")),
+        "seconds": round(time.time() - t0, 2),
+        "report": str(output / REPORT_FILE),
+    }
+    tmp = output / f".{SUMMARY_FILE}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, output / SUMMARY_FILE)
+    return summary
+
+
+def load_annotations(dataset_dir, split: str) -> tuple[ek100.ClipTable, ek100.SentenceTable]:
+    """The clip and sentence tables of a prepared split (records name their row: ``clip_index``)."""
+    folder = pathlib.Path(dataset_dir) / ANNOTATIONS
+    clips_file, sentences_file = SPLIT_FILES[split]
+    return ek100.read_clips(folder / clips_file), ek100.read_sentences(folder / sentences_file)
