@@ -90,7 +90,8 @@ class _Rows(NamedTuple):
 
 
 def _normalize(x):
-    x = x.astype(jnp.float32)
+    """L2-normalised rows, computed in float32 at least (bf16 embeddings are upcast)."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
@@ -289,6 +290,7 @@ def _label_directions(video, text, inputs, ops: _Collectives):
     v_all, t_all = ops.gather(v), ops.gather(t)
     offset = ops.offset(v.shape[0])
     c = inputs.get("pos_relevance")
+    c = None if c is None else c.astype(jnp.float32)
     rel_t = rel_v = None
     if "clip_verb" in inputs:
         cv, cn, tv, tn = (inputs[k] for k in LABEL_KEYS)
