@@ -1,0 +1,74 @@
+"""TempRet stage 2: an image-text-matching (ITM) cross-encoder for reranking.
+
+Text tokens (the text tower's ln_final outputs, which carry CLIP's position embeddings) are
+projected to the encoder width and pass through L blocks of [causal-free self-attention over
+the real text tokens, cross-attention to the video tokens, MLP]; an ITM head on the first
+(start-of-text) token gives one logit, P(match) = sigmoid(logit).
+
+It runs on *cached* tower outputs: rerank scores the top-K candidates of each query from the
+token arrays kept at embedding time, never re-running the towers. `score` broadcasts leading
+dimensions, so (Q, 1, ...) texts against (Q, K, ...) videos (text->video rerank) or (V, K, ...)
+texts against (V, 1, ...) videos (video->text rerank) are one call.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tempret_jax.models import layers
+
+Array = jax.Array
+
+
+def itm_probability(logits: Array) -> Array:
+    """P(match) from ITM logits, any shape."""
+    return jax.nn.sigmoid(logits)
+
+
+class CrossEncoder(nn.Module):
+    """Parameters (W width): text_in (D_t, W); video_in (D_v, W); ln_video;
+    transformer/resblocks_i/{ln_1, attn, ln_cross, cross_attn, ln_2, mlp}; ln_post; itm_head (W, 1)."""
+
+    width: int = 512
+    layers: int = 4
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    dtype: Any = jnp.float32
+    attention_impl: Optional[str] = None
+    scan: bool = False
+    remat: bool = False
+    remat_policy: str = "nothing_saveable"
+
+    @nn.compact
+    def __call__(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
+        """text_tokens (B, L, D_t), text_mask (B, L) bool, video_tokens (B, M, D_v) -> (B,) logits."""
+        dense = lambda name, features: nn.Dense(features, dtype=self.dtype,
+                                                param_dtype=jnp.float32, name=name)
+        x = dense("text_in", self.width)(text_tokens)
+        video = layers.layer_norm("ln_video", self.dtype)(
+            dense("video_in", self.width)(video_tokens))
+        x = layers.Transformer(
+            num_layers=self.layers, num_heads=self.heads, mlp_dim=int(self.width * self.mlp_ratio),
+            cross_attention=True, dtype=self.dtype, attention_impl=self.attention_impl,
+            scan=self.scan, remat=self.remat, remat_policy=self.remat_policy,
+            name="transformer")(x, mask=text_mask[:, None, None, :], context=video)
+        x = layers.layer_norm("ln_post", self.dtype)(x[:, 0])
+        return dense("itm_head", 1)(x)[:, 0].astype(jnp.float32)
+
+    def score(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
+        """ITM logits of every (text, video) pair, leading dimensions broadcast together.
+
+        text_tokens (*A, L, D_t), text_mask (*A, L), video_tokens (*C, M, D_v) -> (*broadcast(A, C)),
+        e.g. (Q, 1, L, D_t) x (Q, K, M, D_v) -> (Q, K). Equal to calling the module pair by pair.
+        """
+        lead = jnp.broadcast_shapes(text_tokens.shape[:-2], text_mask.shape[:-1],
+                                    video_tokens.shape[:-2])
+
+        def flat(x, trailing):
+            return jnp.broadcast_to(x, lead + x.shape[x.ndim - trailing:]).reshape(
+                (-1,) + x.shape[x.ndim - trailing:])
+
+        logits = self(flat(text_tokens, 2), flat(text_mask, 1), flat(video_tokens, 2))
+        return logits.reshape(lead)

@@ -1,0 +1,217 @@
+"""CLIP weights (HF transformers `CLIPModel` or OpenAI CLIP state dicts) -> our tower parameters.
+
+Our tree (unrolled layers; `scan_layers=True` stacks them under `resblocks` with a leading layer
+axis, as `layers.Transformer(scan=True)` expects). D width, H heads, K = D / H; torch Linear
+weights are (out, in), ours (in, out):
+
+| ours (under visual/ or text/)           | HF CLIPModel                                 | OpenAI CLIP                     |
+|-----------------------------------------|----------------------------------------------|---------------------------------|
+| visual/conv1/kernel (p, p, 3, D)        | vision_model.embeddings.patch_embedding.weight (D, 3, p, p) | visual.conv1.weight |
+| visual/class_embedding (D,)             | vision_model.embeddings.class_embedding      | visual.class_embedding          |
+| visual/positional_embedding (N+1, D)    | vision_model.embeddings.position_embedding.weight | visual.positional_embedding |
+| visual/temporal_embedding (T, D)        | (none: zeros)                                | (none: zeros; AVION: visual.temporal_embedding) |
+| visual/ln_pre                           | vision_model.pre_layrnorm                    | visual.ln_pre                   |
+| visual/ln_post                          | vision_model.post_layernorm                  | visual.ln_post                  |
+| visual/proj (D, E)                      | visual_projection.weight (E, D), transposed  | visual.proj (D, E)              |
+| text/token_embedding/embedding (V, D)   | text_model.embeddings.token_embedding.weight | token_embedding.weight          |
+| text/positional_embedding (77, D)       | text_model.embeddings.position_embedding.weight | positional_embedding         |
+| text/ln_final                           | text_model.final_layer_norm                  | ln_final                        |
+| text/text_projection (D, E)             | text_projection.weight (E, D), transposed    | text_projection (D, E)          |
+| logit_scale ()                          | logit_scale                                  | logit_scale                     |
+| */transformer/resblocks_i/...           | *.encoder.layers.i.                          | *transformer.resblocks.i.       |
+|   ln_1, ln_2 {scale, bias}              |   layer_norm1, layer_norm2 {weight, bias}    |   ln_1, ln_2                    |
+|   attn/{q,k,v}/kernel (D, H, K)         |   self_attn.{q,k,v}_proj.weight (D, D)       |   attn.in_proj_weight (3D, D), split q|k|v |
+|   attn/{q,k,v}/bias (H, K)              |   self_attn.{q,k,v}_proj.bias                |   attn.in_proj_bias (3D,)       |
+|   attn/out/kernel (H, K, D), bias (D,)  |   self_attn.out_proj                         |   attn.out_proj                 |
+|   mlp/c_fc (D, 4D), mlp/c_proj (4D, D)  |   mlp.fc1, mlp.fc2                           |   mlp.c_fc, mlp.c_proj          |
+
+LayerNorm: weight -> scale, bias -> bias. The temporal transformer, refinement and cross-encoder
+have no CLIP counterpart: take them from `RetrievalModel.init` and merge.
+"""
+
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import numpy as np
+
+Params = Dict[str, Any]
+
+
+def _numpy(value) -> np.ndarray:
+    """A torch tensor or array-like -> float32 numpy array."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().float().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+class _StateDict:
+    """Read access to a state dict with clear errors for missing keys."""
+
+    def __init__(self, state_dict: Mapping[str, Any], source: str):
+        self._sd = state_dict
+        self._source = source
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sd
+
+    def __call__(self, key: str) -> np.ndarray:
+        if key not in self._sd:
+            raise KeyError(f"{self._source} state dict: missing key {key!r}")
+        return _numpy(self._sd[key])
+
+    def count_layers(self, prefix: str) -> int:
+        """Number of consecutive layers `prefix{i}.` present."""
+        n = 0
+        while any(k.startswith(f"{prefix}{n}.") for k in self._sd):
+            n += 1
+        if n == 0:
+            raise KeyError(f"{self._source} state dict: no layers under {prefix!r}")
+        return n
+
+
+def _layer_norm(weight: np.ndarray, bias: np.ndarray) -> Params:
+    return {"scale": weight, "bias": bias}
+
+
+def _linear(weight: np.ndarray, bias: np.ndarray) -> Params:
+    return {"kernel": weight.T, "bias": bias}
+
+
+def _block(q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1, ln2, fc1, fc2, num_heads: int) -> Params:
+    """One ResidualAttentionBlock from torch-layout (out, in) weights."""
+    width = q_w.shape[1]
+    head_dim = width // num_heads
+
+    def head_proj(w, b):
+        return {"kernel": w.T.reshape(width, num_heads, head_dim),
+                "bias": b.reshape(num_heads, head_dim)}
+
+    return {
+        "ln_1": ln1,
+        "attn": {"q": head_proj(q_w, q_b), "k": head_proj(k_w, k_b), "v": head_proj(v_w, v_b),
+                 "out": {"kernel": o_w.T.reshape(num_heads, head_dim, width), "bias": o_b}},
+        "ln_2": ln2,
+        "mlp": {"c_fc": fc1, "c_proj": fc2},
+    }
+
+
+def _stack_layers(blocks: list) -> Params:
+    """[block params] * L -> block params with a leading layer axis (nn.scan layout)."""
+    import jax  # local: keep this module importable for pure-numpy conversion tools
+
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *blocks)
+
+
+def _transformer(blocks: list, scan_layers: bool) -> Params:
+    if scan_layers:
+        return {"resblocks": _stack_layers(blocks)}
+    return {f"resblocks_{i}": b for i, b in enumerate(blocks)}
+
+
+def _hf_blocks(sd: _StateDict, prefix: str, num_heads: int) -> list:
+    blocks = []
+    for i in range(sd.count_layers(prefix)):
+        p = f"{prefix}{i}."
+        a = p + "self_attn."
+        blocks.append(_block(
+            sd(a + "q_proj.weight"), sd(a + "q_proj.bias"), sd(a + "k_proj.weight"),
+            sd(a + "k_proj.bias"), sd(a + "v_proj.weight"), sd(a + "v_proj.bias"),
+            sd(a + "out_proj.weight"), sd(a + "out_proj.bias"),
+            _layer_norm(sd(p + "layer_norm1.weight"), sd(p + "layer_norm1.bias")),
+            _layer_norm(sd(p + "layer_norm2.weight"), sd(p + "layer_norm2.bias")),
+            _linear(sd(p + "mlp.fc1.weight"), sd(p + "mlp.fc1.bias")),
+            _linear(sd(p + "mlp.fc2.weight"), sd(p + "mlp.fc2.bias")), num_heads))
+    return blocks
+
+
+def _openai_blocks(sd: _StateDict, prefix: str, num_heads: int) -> list:
+    blocks = []
+    for i in range(sd.count_layers(prefix)):
+        p = f"{prefix}{i}."
+        q_w, k_w, v_w = np.split(sd(p + "attn.in_proj_weight"), 3)
+        q_b, k_b, v_b = np.split(sd(p + "attn.in_proj_bias"), 3)
+        blocks.append(_block(
+            q_w, q_b, k_w, k_b, v_w, v_b,
+            sd(p + "attn.out_proj.weight"), sd(p + "attn.out_proj.bias"),
+            _layer_norm(sd(p + "ln_1.weight"), sd(p + "ln_1.bias")),
+            _layer_norm(sd(p + "ln_2.weight"), sd(p + "ln_2.bias")),
+            _linear(sd(p + "mlp.c_fc.weight"), sd(p + "mlp.c_fc.bias")),
+            _linear(sd(p + "mlp.c_proj.weight"), sd(p + "mlp.c_proj.bias")), num_heads))
+    return blocks
+
+
+def _temporal(num_frames: Optional[int], width: int) -> Params:
+    return {} if num_frames is None else {
+        "temporal_embedding": np.zeros((num_frames, width), np.float32)}
+
+
+def params_from_hf_clip(state_dict: Mapping[str, Any], *, vision_heads: int, text_heads: int,
+                        num_frames: Optional[int] = None, scan_layers: bool = False) -> Params:
+    """HF `CLIPModel.state_dict()` -> {'visual': ..., 'text': ..., 'logit_scale': ()}.
+
+    `num_frames`: add a zero temporal embedding (num_frames, D) for the joint-mode video tower
+    (None for frame mode, which has none). Head counts are not recoverable from the weights.
+    """
+    sd = _StateDict(state_dict, "HF CLIPModel")
+    v, t = "vision_model.", "text_model."
+    conv = sd(v + "embeddings.patch_embedding.weight")                      # (D, 3, p, p)
+    visual = {
+        "conv1": {"kernel": conv.transpose(2, 3, 1, 0)},
+        "class_embedding": sd(v + "embeddings.class_embedding"),
+        "positional_embedding": sd(v + "embeddings.position_embedding.weight"),
+        **_temporal(num_frames, conv.shape[0]),
+        "ln_pre": _layer_norm(sd(v + "pre_layrnorm.weight"), sd(v + "pre_layrnorm.bias")),
+        "transformer": _transformer(
+            _hf_blocks(sd, v + "encoder.layers.", vision_heads), scan_layers),
+        "ln_post": _layer_norm(sd(v + "post_layernorm.weight"), sd(v + "post_layernorm.bias")),
+        "proj": sd("visual_projection.weight").T,
+    }
+    text = {
+        "token_embedding": {"embedding": sd(t + "embeddings.token_embedding.weight")},
+        "positional_embedding": sd(t + "embeddings.position_embedding.weight"),
+        "transformer": _transformer(_hf_blocks(sd, t + "encoder.layers.", text_heads),
+                                    scan_layers),
+        "ln_final": _layer_norm(sd(t + "final_layer_norm.weight"), sd(t + "final_layer_norm.bias")),
+        "text_projection": sd("text_projection.weight").T,
+    }
+    return {"visual": visual, "text": text, "logit_scale": sd("logit_scale").reshape(())}
+
+
+def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
+                            text_heads: int, num_frames: Optional[int] = None,
+                            scan_layers: bool = False,
+                            key_map: Callable[[str], str] = lambda k: k) -> Params:
+    """OpenAI CLIP (`clip.load(...).state_dict()`, also AVION's towers) -> our tower params.
+
+    `key_map` rewrites the checkpoint's keys first (e.g. strip AVION's 'module.' prefix).
+    A checkpoint's own `visual.temporal_embedding` (AVION) is used when present; otherwise
+    `num_frames` adds zeros as in `params_from_hf_clip`.
+    """
+    sd = _StateDict({key_map(k): val for k, val in state_dict.items()}, "OpenAI CLIP")
+    conv = sd("visual.conv1.weight")
+    if conv.ndim == 5:  # AVION's Conv3d kernel (D, 3, 1, p, p)
+        conv = conv[:, :, 0]
+    if "visual.temporal_embedding" in sd:  # AVION stores it as (1, T, D)
+        temporal = {"temporal_embedding": sd("visual.temporal_embedding").reshape(
+            -1, conv.shape[0])}
+    else:
+        temporal = _temporal(num_frames, conv.shape[0])
+    visual = {
+        "conv1": {"kernel": conv.transpose(2, 3, 1, 0)},
+        "class_embedding": sd("visual.class_embedding"),
+        "positional_embedding": sd("visual.positional_embedding"),
+        **temporal,
+        "ln_pre": _layer_norm(sd("visual.ln_pre.weight"), sd("visual.ln_pre.bias")),
+        "transformer": _transformer(
+            _openai_blocks(sd, "visual.transformer.resblocks.", vision_heads), scan_layers),
+        "ln_post": _layer_norm(sd("visual.ln_post.weight"), sd("visual.ln_post.bias")),
+        "proj": sd("visual.proj"),
+    }
+    text = {
+        "token_embedding": {"embedding": sd("token_embedding.weight")},
+        "positional_embedding": sd("positional_embedding"),
+        "transformer": _transformer(_openai_blocks(sd, "transformer.resblocks.", text_heads),
+                                    scan_layers),
+        "ln_final": _layer_norm(sd("ln_final.weight"), sd("ln_final.bias")),
+        "text_projection": sd("text_projection"),
+    }
+    return {"visual": visual, "text": text, "logit_scale": sd("logit_scale").reshape(())}

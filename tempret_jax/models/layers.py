@@ -1,0 +1,215 @@
+"""Transformer building blocks shared by every tower (video, text, temporal, refine, cross-encoder).
+
+One attention module, one MLP, one pre-LN residual block and one layer stack; the towers differ
+only in how they configure them. Parameter names follow OpenAI CLIP (`ln_1`, `attn`, `ln_2`,
+`mlp/c_fc`, `mlp/c_proj`) and EVA02 (`mlp/w1..w3`, `mlp/ffn_ln`, `attn/inner_attn_ln`) so that
+checkpoint conversion is a renaming plus reshapes (see `hf_import.py` for the table).
+
+Shapes: B batch, L query length, S key/value length, D model width, H heads, K head dim (D = H*K).
+Parameters are always float32 (`param_dtype`); `dtype` is the compute dtype (bfloat16 on
+accelerators). A mask is boolean, True where attention is allowed, broadcastable to (B, H, L, S).
+A RoPE table is a pair (cos, sin), each (L, K // 2) float32, one angle per rotary pair.
+"""
+
+import functools
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tempret_jax.models import rope as rope_lib
+
+Array = jax.Array
+Dtype = Any
+RopeTable = Tuple[Array, Array]
+
+LN_EPS = 1e-5  # CLIP's LayerNorm epsilon (flax defaults to 1e-6).
+MLP_KINDS = ("quick_gelu", "gelu", "swiglu")
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+def quick_gelu(x: Array) -> Array:
+    """CLIP's GELU approximation x * sigmoid(1.702 x); any shape."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+    """A LayerNorm with CLIP's epsilon and float32 parameters."""
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def remat_policy(name: str):
+    """Maps a `jax.checkpoint_policies` attribute name (e.g. 'nothing_saveable') to the policy."""
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None or name.startswith("_"):
+        raise ValueError(
+            f"remat_policy: expected the name of a jax.checkpoint_policies member "
+            f"(e.g. 'nothing_saveable', 'dots_saveable'), got {name!r}")
+    # Some members are policy factories (save_only_these_names, ...): they need arguments.
+    if name in ("save_only_these_names", "save_any_names_but_these",
+                "save_anything_except_these_names", "save_and_offload_only_these_names",
+                "save_from_both_policies"):
+        raise ValueError(f"remat_policy: {name!r} needs arguments; use a plain policy name")
+    return policy
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self-attention, or cross-attention when `context` is given.
+
+    q/k/v kernels are (D_in, H, K) with (H, K) biases; `out` is (H, K, D). With `sub_ln`
+    (EVA02) a LayerNorm over the H*K concatenated heads precedes the output projection.
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    implementation: Optional[str] = None
+    sub_ln: bool = False
+    causal: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, context: Optional[Array] = None, *,
+                 mask: Optional[Array] = None, rope: Optional[RopeTable] = None) -> Array:
+        """x (B, L, D), context (B, S, D_c) or None -> (B, L, D).
+
+        `rope` rotates q and k (self-attention only: both are indexed by the same positions).
+        """
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+        proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim),
+                                 dtype=self.dtype, param_dtype=jnp.float32)
+        kv_input = x if context is None else context
+        q = proj(name="q")(x)
+        k = proj(name="k")(kv_input)
+        v = proj(name="v")(kv_input)
+        if rope is not None:
+            if context is not None:
+                raise ValueError("rope applies to self-attention only")
+            q = rope_lib.apply_rope(q, *rope)
+            k = rope_lib.apply_rope(k, *rope)
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=self.causal, implementation=self.implementation)
+        if self.sub_ln:
+            out = layer_norm("inner_attn_ln", self.dtype)(
+                out.reshape(out.shape[:-2] + (width,))).reshape(out.shape)
+        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
+                               name="out")(out)
+
+
+class Mlp(nn.Module):
+    """Feed-forward layer: (..., D) -> (..., D).
+
+    'quick_gelu' (CLIP) / 'gelu': c_fc -> act -> c_proj. 'swiglu' (EVA02, also the gated FFN
+    of the refinement module): silu(w1 x) * (w2 x) -> w3. `sub_ln` (EVA02) adds a LayerNorm
+    `ffn_ln` on the hidden activations.
+    """
+
+    hidden_dim: int
+    kind: str = "quick_gelu"
+    sub_ln: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x (..., D) -> (..., D)."""
+        if self.kind not in MLP_KINDS:
+            raise ValueError(f"mlp kind: expected one of {MLP_KINDS}, got {self.kind!r}")
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+        if self.kind == "swiglu":
+            h = nn.silu(dense(self.hidden_dim, name="w1")(x)) * dense(self.hidden_dim, name="w2")(x)
+            out_name = "w3"
+        else:
+            h = dense(self.hidden_dim, name="c_fc")(x)
+            h = quick_gelu(h) if self.kind == "quick_gelu" else nn.gelu(h, approximate=False)
+            out_name = "c_proj"
+        if self.sub_ln:
+            h = layer_norm("ffn_ln", self.dtype)(h)
+        return dense(x.shape[-1], name=out_name)(h)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN block: x + attn(ln_1 x) [+ cross_attn(ln_cross x, context)] + mlp(ln_2 x).
+
+    With `scanned` the block returns (x, None), the carry/output pair `nn.scan` expects.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    mlp_kind: str = "quick_gelu"
+    sub_ln: bool = False
+    causal: bool = False
+    cross_attention: bool = False
+    dtype: Dtype = jnp.float32
+    attention_impl: Optional[str] = None
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Optional[Array] = None, rope: Optional[RopeTable] = None,
+                 context: Optional[Array] = None, context_mask: Optional[Array] = None):
+        """x (B, L, D); mask (B|1, 1|H, L|1, L); context (B, S, D_c); context_mask (B|1, 1, 1|L, S).
+
+        Returns (B, L, D) (or ((B, L, D), None) when `scanned`).
+        """
+        attn = functools.partial(Attention, num_heads=self.num_heads, dtype=self.dtype,
+                                 implementation=self.attention_impl, sub_ln=self.sub_ln)
+        x = x + attn(causal=self.causal, name="attn")(
+            layer_norm("ln_1", self.dtype)(x), mask=mask, rope=rope)
+        if self.cross_attention:
+            if context is None:
+                raise ValueError("a cross-attention block needs `context`")
+            x = x + attn(name="cross_attn")(
+                layer_norm("ln_cross", self.dtype)(x), context, mask=context_mask)
+        x = x + Mlp(self.mlp_dim, self.mlp_kind, self.sub_ln, self.dtype, name="mlp")(
+            layer_norm("ln_2", self.dtype)(x))
+        return (x, None) if self.scanned else x
+
+
+class Transformer(nn.Module):
+    """A stack of `num_layers` ResidualAttentionBlocks (no final LayerNorm: towers add their own).
+
+    Unrolled, layer i lives at `resblocks_{i}`; with `scan` all layers live at `resblocks` with a
+    leading layer axis on every parameter (compiles once per stack instead of once per layer).
+    `remat` recomputes each block's activations in the backward pass under `remat_policy`.
+    """
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    mlp_kind: str = "quick_gelu"
+    sub_ln: bool = False
+    causal: bool = False
+    cross_attention: bool = False
+    dtype: Dtype = jnp.float32
+    attention_impl: Optional[str] = None
+    scan: bool = False
+    remat: bool = False
+    remat_policy: str = "nothing_saveable"
+
+    @nn.compact
+    def __call__(self, x: Array, *, mask: Optional[Array] = None,
+                 rope: Optional[RopeTable] = None, context: Optional[Array] = None,
+                 context_mask: Optional[Array] = None) -> Array:
+        """x (B, L, D) -> (B, L, D); arguments as in ResidualAttentionBlock."""
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention_impl: expected one of {ATTENTION_IMPLEMENTATIONS}, "
+                             f"got {self.attention_impl!r}")
+        block_cls = ResidualAttentionBlock
+        if self.remat:
+            # Under scan, CSE across iterations is impossible anyway; prevent_cse only costs.
+            block_cls = nn.remat(block_cls, policy=remat_policy(self.remat_policy),
+                                 prevent_cse=not self.scan)
+        block_kwargs = dict(
+            num_heads=self.num_heads, mlp_dim=self.mlp_dim, mlp_kind=self.mlp_kind,
+            sub_ln=self.sub_ln, causal=self.causal, cross_attention=self.cross_attention,
+            dtype=self.dtype, attention_impl=self.attention_impl)
+        args = (mask, rope, context, context_mask)
+        if self.scan:
+            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast,) * len(args), length=self.num_layers)
+            x, _ = stack(**block_kwargs, scanned=True, name="resblocks")(x, *args)
+            return x
+        for i in range(self.num_layers):
+            x = block_cls(**block_kwargs, name=f"resblocks_{i}")(x, *args)
+        return x

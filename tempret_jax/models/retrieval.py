@@ -1,0 +1,243 @@
+"""The dual-encoder retrieval model: towers + optional temporal transformer / refinement /
+cross-encoder, built from an ml_collections config.
+
+    video (B, T, H, W, 3) --visual--> [frame mode: (B, T, E) --temporal or mean--> ] (B, E) features
+    ids (B, L)            --text-->   (B, E) features
+    features --[refine over the other modality's gallery -> video_head / text_head]--> L2-normalise
+
+Config keys (`model_config(preset)` returns them with the preset's sizes):
+
+    embed_dim            E, the joint embedding size (CLIP's projection dim)
+    dtype                compute dtype: 'float32' | 'bfloat16' | 'float16' (params stay float32)
+    attention_impl       'auto' (XLA picks) | 'xla' | 'cudnn'  (jax.nn.dot_product_attention)
+    scan_layers, remat, remat_policy   layer stacks: nn.scan over layers, nn.remat + policy name
+    vision.{image_size, patch_size, width, layers, heads, mlp_ratio, mlp, sub_ln, num_frames,
+            frame_mode, pos_embed ('learned' | 'rope' | 'learned+rope'), rope_theta}
+    text.{vocab_size, context_length, width, layers, heads, mlp_ratio, mlp, sub_ln}
+    temporal.{enabled, layers, heads, mlp_ratio, pool ('mean' | 'cls')}   needs vision.frame_mode
+    refine.{enabled, heads, mlp_ratio}
+    cross_encoder.{enabled, width, layers, heads, mlp_ratio, video_tokens ('patch' | 'frame')}
+
+`mlp` is 'quick_gelu' (CLIP) | 'gelu' | 'swiglu' (EVA02); `sub_ln` adds EVA02's sub-LayerNorms.
+"""
+
+import math
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tempret_jax.models import cross_encoder as cross_encoder_lib
+from tempret_jax.models import layers
+from tempret_jax.models import refine as refine_lib
+from tempret_jax.models import temporal as temporal_lib
+from tempret_jax.models import text as text_lib
+from tempret_jax.models import video as video_lib
+
+Array = jax.Array
+PRESETS = ("tiny", "vit_b16", "vit_l14")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+VIDEO_TOKENS = ("patch", "frame")
+
+
+def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
+    """Model config with a preset's tower sizes; optional modules off (configs/ turn them on).
+
+    'vit_b16' / 'vit_l14': OpenAI CLIP ViT-B/16 / ViT-L/14 (AVION, EVA02-AT, TempRet backbones);
+    'tiny': a few-thousand-parameter model for tests.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"model preset: expected one of {PRESETS}, got {preset!r}")
+    # (embed_dim, image_size, patch, vision width/layers/heads, text width/layers/heads)
+    sizes = {"tiny": (16, 32, 8, 32, 2, 4, 32, 2, 4),
+             "vit_b16": (512, 224, 16, 768, 12, 12, 512, 12, 8),
+             "vit_l14": (768, 224, 14, 1024, 24, 16, 768, 12, 12)}[preset]
+    embed, image, patch, v_w, v_l, v_h, t_w, t_l, t_h = sizes
+    c = ml_collections.ConfigDict()
+    c.embed_dim = embed
+    c.dtype = "float32"
+    c.attention_impl = "auto"
+    c.scan_layers = False
+    c.remat = False
+    c.remat_policy = "nothing_saveable"
+    c.vision = ml_collections.ConfigDict(dict(
+        image_size=image, patch_size=patch, width=v_w, layers=v_l, heads=v_h, mlp_ratio=4.0,
+        mlp="quick_gelu", sub_ln=False, num_frames=4 if preset == "tiny" else 16,
+        frame_mode=False, pos_embed="learned", rope_theta=10000.0))
+    c.text = ml_collections.ConfigDict(dict(
+        vocab_size=49408, context_length=77, width=t_w, layers=t_l, heads=t_h, mlp_ratio=4.0,
+        mlp="quick_gelu", sub_ln=False))
+    c.temporal = ml_collections.ConfigDict(dict(
+        enabled=False, layers=1 if preset == "tiny" else 4, heads=2 if preset == "tiny" else 8,
+        mlp_ratio=4.0, pool="mean"))
+    c.refine = ml_collections.ConfigDict(dict(
+        enabled=False, heads=2 if preset == "tiny" else 8, mlp_ratio=4.0))
+    c.cross_encoder = ml_collections.ConfigDict(dict(
+        enabled=False, width=t_w, layers=1 if preset == "tiny" else 4, heads=t_h,
+        mlp_ratio=4.0, video_tokens="patch"))
+    return c
+
+
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ValueError(f"model config: {key}: expected {expected}, got {got!r}")
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key of a model config."""
+    _check(c.dtype in DTYPES, "dtype", f"one of {DTYPES}", c.dtype)
+    _check(c.attention_impl in ATTENTION_IMPLS, "attention_impl",
+           f"one of {tuple(ATTENTION_IMPLS)}", c.attention_impl)
+    layers.remat_policy(c.remat_policy)
+    _check(c.vision.pos_embed in video_lib.POS_EMBED_KINDS, "vision.pos_embed",
+           f"one of {video_lib.POS_EMBED_KINDS}", c.vision.pos_embed)
+    for key, width, heads in (("vision", c.vision.width, c.vision.heads),
+                              ("text", c.text.width, c.text.heads),
+                              ("cross_encoder", c.cross_encoder.width, c.cross_encoder.heads)):
+        _check(width % heads == 0, f"{key}.heads", f"a divisor of {key}.width={width}", heads)
+    for key in ("vision.mlp", "text.mlp"):
+        _check(c[key.split(".")[0]].mlp in layers.MLP_KINDS, key, f"one of {layers.MLP_KINDS}",
+               c[key.split(".")[0]].mlp)
+    if "rope" in c.vision.pos_embed:
+        head_dim = c.vision.width // c.vision.heads
+        _check(head_dim % 4 == 0, "vision.heads", "a head dim divisible by 4 for RoPE",
+               c.vision.heads)
+    _check(c.vision.image_size % c.vision.patch_size == 0, "vision.image_size",
+           f"a multiple of patch_size={c.vision.patch_size}", c.vision.image_size)
+    _check(not c.temporal.enabled or c.vision.frame_mode, "temporal.enabled",
+           "vision.frame_mode=True (the temporal transformer runs on per-frame embeddings)",
+           c.temporal.enabled)
+    _check(c.temporal.pool in temporal_lib.POOLS, "temporal.pool",
+           f"one of {temporal_lib.POOLS}", c.temporal.pool)
+    _check(c.embed_dim % c.temporal.heads == 0, "temporal.heads",
+           f"a divisor of embed_dim={c.embed_dim}", c.temporal.heads)
+    _check(c.embed_dim % c.refine.heads == 0, "refine.heads",
+           f"a divisor of embed_dim={c.embed_dim}", c.refine.heads)
+    _check(c.cross_encoder.video_tokens in VIDEO_TOKENS, "cross_encoder.video_tokens",
+           f"one of {VIDEO_TOKENS}", c.cross_encoder.video_tokens)
+
+
+def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+    """x (..., E) -> unit rows (..., E) in float32."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def _identity_init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.eye(*shape, dtype=dtype)
+
+
+class RetrievalModel(nn.Module):
+    """Build with `RetrievalModel.from_config(model_config(...))`.
+
+    Top-level parameters: visual, text, logit_scale; [temporal]; [refine, video_head,
+    text_head]; [cross_encoder]. Methods (call with `model.apply(variables, ..., method=...)`):
+    encode_video, encode_text, embed_video, embed_text, score_pairs; `__call__` does all at once
+    on a batch of pairs (training; also what `init` traces).
+    """
+
+    config: ml_collections.FrozenConfigDict
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "RetrievalModel":
+        validate_config(config)
+        return cls(ml_collections.FrozenConfigDict(config))
+
+    def setup(self):
+        c = self.config
+        shared = dict(dtype=jnp.dtype(c.dtype), attention_impl=ATTENTION_IMPLS[c.attention_impl])
+        stack = dict(scan=c.scan_layers, remat=c.remat, remat_policy=c.remat_policy, **shared)
+        v, t = c.vision, c.text
+        self.visual = video_lib.VisionTransformer(
+            image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
+            heads=v.heads, output_dim=c.embed_dim, num_frames=v.num_frames,
+            mlp_ratio=v.mlp_ratio, mlp_kind=v.mlp, sub_ln=v.sub_ln, pos_embed=v.pos_embed,
+            rope_theta=v.rope_theta, frame_mode=v.frame_mode, **stack)
+        self.text = text_lib.TextTransformer(
+            vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
+            layers=t.layers, heads=t.heads, output_dim=c.embed_dim, mlp_ratio=t.mlp_ratio,
+            mlp_kind=t.mlp, sub_ln=t.sub_ln, **stack)
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
+                                      ())
+        if c.temporal.enabled:
+            self.temporal = temporal_lib.TemporalTransformer(
+                num_frames=v.num_frames, layers=c.temporal.layers, heads=c.temporal.heads,
+                mlp_ratio=c.temporal.mlp_ratio, pool=c.temporal.pool, **shared)
+        if c.refine.enabled:
+            self.refine = refine_lib.ContextRefinement(
+                heads=c.refine.heads, mlp_ratio=c.refine.mlp_ratio, **shared)
+            # Identity init: refinement starts from the towers' aligned embedding space.
+            head = lambda: nn.Dense(c.embed_dim, use_bias=False, kernel_init=_identity_init,
+                                    dtype=shared["dtype"], param_dtype=jnp.float32)
+            self.video_head = head()
+            self.text_head = head()
+        if c.cross_encoder.enabled:
+            x = c.cross_encoder
+            self.cross_encoder = cross_encoder_lib.CrossEncoder(
+                width=x.width, layers=x.layers, heads=x.heads, mlp_ratio=x.mlp_ratio, **stack)
+
+    def encode_video(self, video: Array) -> Dict[str, Array]:
+        """video (B, T, H, W, 3) -> {'features': (B, E) unnormalised clip features,
+        'tokens': (B, M, D_v) cross-encoder tokens: (B, T*N, D_v) patch or (B, T, D_v) frame}."""
+        out = self.visual(video)
+        features = out["embedding"]
+        if self.config.vision.frame_mode:
+            features = (self.temporal(features) if self.config.temporal.enabled
+                        else features.mean(axis=1))
+        return {"features": features, "tokens": out[f"{self.config.cross_encoder.video_tokens}_tokens"]}
+
+    def encode_text(self, ids: Array) -> Dict[str, Array]:
+        """ids (B, L) -> {'features': (B, E) unnormalised, 'tokens': (B, L, D_t),
+        'mask': (B, L) bool real-token mask}."""
+        features, tokens = self.text(ids)
+        return {"features": features, "tokens": tokens, "mask": text_lib.text_padding_mask(ids)}
+
+    def _gallery_required(self, gallery: Optional[Array], name: str) -> None:
+        if self.config.refine.enabled and gallery is None:
+            raise ValueError(f"refine.enabled: {name} is required (the other modality's "
+                             f"features to attend over; see refine.py)")
+
+    def embed_video(self, features: Array, text_gallery: Optional[Array] = None,
+                    text_mask: Optional[Array] = None) -> Array:
+        """features (B, E) -> unit embeddings (B, E) float32; with refinement, attends over
+        text_gallery (G, E) unrefined text features [text_mask (G,) bool]."""
+        self._gallery_required(text_gallery, "text_gallery")
+        if self.config.refine.enabled:
+            features = self.video_head(self.refine.refine_video(features, text_gallery, text_mask))
+        return l2_normalize(features)
+
+    def embed_text(self, features: Array, video_gallery: Optional[Array] = None,
+                   video_mask: Optional[Array] = None) -> Array:
+        """features (B, E) -> unit embeddings (B, E) float32; with refinement, attends over
+        video_gallery (G, E) unrefined video features [video_mask (G,) bool]."""
+        self._gallery_required(video_gallery, "video_gallery")
+        if self.config.refine.enabled:
+            features = self.text_head(self.refine.refine_text(features, video_gallery, video_mask))
+        return l2_normalize(features)
+
+    def score_pairs(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
+        """Cross-encoder ITM logits from cached tokens, leading dims broadcast (see
+        CrossEncoder.score): (*A, L, D_t), (*A, L), (*C, M, D_v) -> (*broadcast(A, C))."""
+        if not self.config.cross_encoder.enabled:
+            raise ValueError("score_pairs: model config cross_encoder.enabled is False")
+        return self.cross_encoder.score(text_tokens, text_mask, video_tokens)
+
+    def __call__(self, video: Array, ids: Array) -> Dict[str, Array]:
+        """A batch of B (video, text) pairs; refinement galleries are the batch itself.
+
+        video (B, T, H, W, 3), ids (B, L) -> {'video': (B, E), 'text': (B, E) unit embeddings,
+        'logit_scale': () exp'd, 'video_tokens', 'text_tokens', 'text_mask' (for ITM negatives),
+        ['itm_logits': (B,) of the matched pairs when the cross-encoder is enabled]}.
+        """
+        v, t = self.encode_video(video), self.encode_text(ids)
+        out = {"video": self.embed_video(v["features"], t["features"]),
+               "text": self.embed_text(t["features"], v["features"]),
+               "logit_scale": jnp.exp(self.logit_scale),
+               "video_tokens": v["tokens"], "text_tokens": t["tokens"], "text_mask": t["mask"]}
+        if self.config.cross_encoder.enabled:
+            out["itm_logits"] = self.score_pairs(t["tokens"], t["mask"], v["tokens"])
+        return out

@@ -1,0 +1,77 @@
+"""CLIP's causal text transformer.
+
+Input: token ids (B, L), L <= context_length (77), as produced by the CLIP tokenizer:
+<start_of_text> tokens <end_of_text> then zero padding. The end-of-text id (49407) is the
+largest id in the vocabulary, so its position is `argmax(ids)`, as CLIP pools. The causal mask
+means no token attends to padding that follows it, so no padding mask is needed here.
+"""
+
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tempret_jax.models import layers
+
+Array = jax.Array
+
+
+def end_of_text_index(ids: Array) -> Array:
+    """Position of the end-of-text token (CLIP: the largest id): ids (B, L) -> (B,) int."""
+    return jnp.argmax(ids, axis=-1)
+
+
+def text_padding_mask(ids: Array) -> Array:
+    """True on real tokens (up to and including end-of-text): ids (B, L) -> (B, L) bool."""
+    return jnp.arange(ids.shape[-1]) <= end_of_text_index(ids)[..., None]
+
+
+class TextTransformer(nn.Module):
+    """CLIP text tower. ViT-B/16 CLIP: width 512, 12 layers, 8 heads, out 512; ViT-L/14: 768, 12, 12, 768.
+
+    Parameters (D width, E output_dim): token_embedding/embedding (vocab_size, D);
+    positional_embedding (context_length, D); transformer/...; ln_final; text_projection (D, E).
+    """
+
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    output_dim: int = 512
+    mlp_ratio: float = 4.0
+    mlp_kind: str = "quick_gelu"
+    sub_ln: bool = False
+    dtype: Any = jnp.float32
+    attention_impl: Optional[str] = None
+    scan: bool = False
+    remat: bool = False
+    remat_policy: str = "nothing_saveable"
+
+    @nn.compact
+    def __call__(self, ids: Array) -> Tuple[Array, Array]:
+        """ids (B, L) int -> (pooled (B, E), tokens (B, L, D)).
+
+        pooled = ln_final(x)[end-of-text] @ text_projection (not normalised); tokens are the
+        ln_final outputs of every position (for the cross-encoder; mask them with
+        `text_padding_mask`).
+        """
+        if ids.ndim != 2 or ids.shape[1] > self.context_length:
+            raise ValueError(f"text ids: expected (B, L) with L <= {self.context_length}, "
+                             f"got shape {ids.shape}")
+        x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
+                     dtype=self.dtype, param_dtype=jnp.float32, name="token_embedding")(ids)
+        pos = self.param("positional_embedding", nn.initializers.normal(0.01),
+                         (self.context_length, self.width))
+        x = x + pos[: ids.shape[1]].astype(x.dtype)
+        x = layers.Transformer(
+            num_layers=self.layers, num_heads=self.heads,
+            mlp_dim=int(self.width * self.mlp_ratio), mlp_kind=self.mlp_kind, sub_ln=self.sub_ln,
+            causal=True, dtype=self.dtype, attention_impl=self.attention_impl, scan=self.scan,
+            remat=self.remat, remat_policy=self.remat_policy, name="transformer")(x)
+        x = layers.layer_norm("ln_final", self.dtype)(x)
+        proj = self.param("text_projection", nn.initializers.normal(self.width ** -0.5),
+                          (self.width, self.output_dim))
+        eot = jnp.take_along_axis(x, end_of_text_index(ids)[:, None, None], axis=1)[:, 0]
+        return eot @ proj.astype(x.dtype), x
