@@ -127,7 +127,7 @@ class SentenceTable:
         for i, nid in enumerate(self.narration_id):
             if nid not in index:
                 raise AnnotationError(
-                    f"{self.path}:{i + 2}: narration_id {nid!r} is not a clip of {clips.path}")
+                    f"{self.path}:{i + 2}: narration_id {str(nid)!r} is not a clip of {clips.path}")
             rows[i] = index[nid]
         return clips.labels().take(rows)
 
