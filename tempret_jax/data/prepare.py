@@ -536,6 +536,10 @@ def prepare(config: PrepareConfig) -> dict:
     tasks = [t for s in config.splits for t in _tasks(s, tables[s])]
     results = _run_tasks(tasks, config)
     _write_report(output / REPORT_FILE, results)
+    for s in config.splits:
+        if not any(r["written"] for r in results if r["split"] == s):
+            raise PrepareError(f"no clip of split {s!r} could be prepared; reasons in "
+                               f"{output / REPORT_FILE}")
 
     builder = _builder(config, tables)
     _assemble(builder, results)

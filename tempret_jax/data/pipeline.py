@@ -1,0 +1,324 @@
+"""Grain input pipelines on a prepared data set (`tempret_jax.data.prepare`).
+
+  train:     shuffled, repeated clips with a sampled positive sentence (DESIGN.md §6), T of the
+             N stored frames (one random frame per segment), a random resized crop, CLIP
+             normalisation, batches per JAX process; the iterator state can be saved/restored.
+  eval:      every clip of a split once, in record order, centre crops (optionally TTA views:
+             horizontal flip, scales), the last batch padded and flagged by ``mask``.
+  sentences: every sentence of a split once, tokenised, padded like eval.
+
+Everything random is a function of (seed, position in the stream): grain's ``random_map``
+seeds each element's generator from the pipeline seed and the element's index, so results do
+not depend on the number of worker processes, and restoring an iterator state replays exactly.
+
+Per-process sharding: the records are split between JAX processes (``process_index::count``)
+before shuffling, so processes see disjoint data; batch sizes are per process
+(global batch / process count). Eval and sentence shards are padded to the same number of
+batches in every process, so all processes run the same number of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import grain
+import numpy as np
+from PIL import Image
+
+from tempret_jax.data import ek100, prepare
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, RGB in [0, 1]
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CONTEXT_LENGTH = 77
+
+
+def tokenize(texts) -> np.ndarray:
+    """CLIP token ids: (n, 77) int32. Imported lazily (the vocabulary loads once per process)."""
+    from tempret_jax.data import tokenizer
+    return tokenizer.tokenize(list(texts), CONTEXT_LENGTH)
+
+
+def open_split(dataset_dir, split: str):
+    """The random-access source of a prepared split (records are dicts, see prepare.FEATURES)."""
+    import tensorflow_datasets as tfds
+    return tfds.builder_from_directory(str(dataset_dir)).as_data_source(split=split)
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    return process_index, process_count
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
+                         f"{process_count} JAX processes")
+    return global_batch_size // process_count
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames.
+
+
+def segment_indices(num_stored: int, num_frames: int, rng: np.random.Generator | None = None):
+    """Which of the N stored frames to use: (T,) int64, one per equal segment of [0, N).
+
+    With ``rng`` a random frame of each segment (training), else the segment's middle frame.
+    Works for T > N too (segments then repeat frames).
+    """
+    edges = np.arange(num_frames + 1) * num_stored / num_frames
+    u = rng.random(num_frames) if rng is not None else np.full(num_frames, 0.5)
+    idx = np.floor(edges[:-1] + u * (edges[1:] - edges[:-1])).astype(np.int64)
+    return np.clip(idx, 0, num_stored - 1)
+
+
+def decode_jpegs(frames, indices) -> list[Image.Image]:
+    """The JPEG byte strings ``frames[i]`` for i in ``indices``, decoded to RGB PIL images."""
+    images = []
+    for i in indices:
+        img = Image.open(io.BytesIO(frames[i]))
+        images.append(img.convert("RGB") if img.mode != "RGB" else img)
+    return images
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[float, ...]:
+    """A crop box (left, top, right, bottom) covering ``scale`` of the area, aspect in ``ratio``.
+
+    As torchvision's RandomResizedCrop: 10 tries, then the largest centred box within ``ratio``.
+    """
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+        if w <= width and h <= height:
+            left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            return left, top, left + w, top + h
+    aspect = width / height
+    w, h = ((height * ratio[1], height) if aspect > ratio[1] else
+            (width, width / ratio[0]) if aspect < ratio[0] else (width, height))
+    left, top = (width - w) / 2, (height - h) / 2
+    return left, top, left + w, top + h
+
+
+class Normalize:
+    """uint8 RGB (..., 3) -> (x / 255 - CLIP_MEAN) / CLIP_STD in ``dtype``, in one fused pass."""
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        std = np.asarray(CLIP_STD, np.float32)
+        self.scale = 1 / (255 * std)
+        self.offset = -np.asarray(CLIP_MEAN, np.float32) / std
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        out = pixels.astype(np.float32)
+        out *= self.scale
+        out += self.offset
+        return out.astype(self.dtype, copy=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """An eval view: resize the short side to ``scale * resolution``, centre crop, maybe flip.
+
+    With scale < 1 the resized frame is smaller than the crop and is padded with CLIP_MEAN
+    (zero after normalisation).
+    """
+
+    scale: float = 1.0
+    flip: bool = False
+
+
+TTA_VIEWS = (View(), View(flip=True), View(scale=0.875), View(scale=1.125))
+
+
+def center_view(image: Image.Image, resolution: int, view: View) -> np.ndarray:
+    """One view of a frame: (resolution, resolution, 3) uint8."""
+    w, h = image.size
+    k = view.scale * resolution / min(w, h)
+    nw, nh = max(1, round(w * k)), max(1, round(h * k))
+    resized = np.asarray(image.resize((nw, nh), Image.BILINEAR))
+    out = np.empty((resolution, resolution, 3), np.uint8)
+    out[:] = np.round(np.asarray(CLIP_MEAN) * 255).astype(np.uint8)
+    # Centre the resized frame on the output: crop where it is larger, pad where smaller.
+    sy, sx = max(0, (nh - resolution) // 2), max(0, (nw - resolution) // 2)
+    dy, dx = max(0, (resolution - nh) // 2), max(0, (resolution - nw) // 2)
+    ch, cw = min(nh, resolution), min(nw, resolution)
+    out[dy:dy + ch, dx:dx + cw] = resized[sy:sy + ch, sx:sx + cw]
+    return out[:, ::-1] if view.flip else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Train.
+
+
+class TrainTransform(grain.transforms.RandomMap):
+    """One record -> one training example (see `train_pipeline` for the keys and shapes)."""
+
+    def __init__(self, relevance: ek100.TrainRelevance, sentences: ek100.SentenceTable,
+                 num_frames: int, resolution: int, crop_scale=(0.5, 1.0), dtype=np.float32):
+        self.relevance = relevance
+        self.sentence_text = sentences.narration
+        self.sentence_labels = sentences.labels()
+        self.num_frames, self.resolution, self.crop_scale = num_frames, resolution, crop_scale
+        self.normalize = Normalize(dtype)
+
+    def random_map(self, element, rng: np.random.Generator) -> dict:
+        index, record = element
+        clip = int(record["clip_index"])
+        frames = record["frames"]
+        images = decode_jpegs(frames, segment_indices(len(frames), self.num_frames, rng))
+        box = random_resized_crop_box(*images[0].size, rng, self.crop_scale)
+        size = (self.resolution, self.resolution)
+        video = np.stack([np.asarray(img.resize(size, Image.BILINEAR, box=box)) for img in images])
+
+        clip_labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
+        sentence, c = self.relevance.sample_positive(clip, rng)
+        if sentence < 0:  # no sentence with rel > 0.1: the clip's own narration, c = 1
+            text, text_labels = _text(record["narration"]), clip_labels
+        else:
+            text, text_labels = self.sentence_text[sentence], self.sentence_labels.take(sentence)
+        return {
+            "video": self.normalize(video),
+            "tokens": tokenize([text])[0],
+            "clip_verb": np.int32(clip_labels.verb), "clip_nouns": clip_labels.nouns,
+            "text_verb": np.int32(text_labels.verb), "text_nouns": text_labels.nouns,
+            "pos_relevance": np.float32(c),
+            "index": np.int64(index),
+        }
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _with_index(index, record):
+    return index, record
+
+
+def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
+                   num_frames: int = 16, resolution: int = 224, crop_scale=(0.5, 1.0),
+                   seed: int = 0, num_workers: int = 0, dtype=np.float32,
+                   process_index: int | None = None, process_count: int | None = None,
+                   relevance: ek100.TrainRelevance | None = None) -> grain.IterDataset:
+    """The training stream of this process; ``iter()`` it, save/restore with get/set_state.
+
+    Each batch (B = global_batch_size / process_count, drop_remainder) holds:
+      video (B, T, R, R, 3) ``dtype``, CLIP-normalised; tokens (B, 77) int32 of the sampled
+      positive sentence; clip_verb (B,) int32, clip_nouns (B, 300) bool: the clip's classes;
+      text_verb, text_nouns: the sentence's; pos_relevance (B,) float32: rel(clip, sentence);
+      index (B,) int64: the record.
+    ``relevance`` defaults to one built from the split's annotations (built once, shared by
+    the workers).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    clips, sentences = prepare.load_annotations(dataset_dir, split)
+    if not sentences.has_classes:
+        raise ValueError(f"{sentences.path}: training needs a sentence file with class columns")
+    if relevance is None:
+        relevance = ek100.TrainRelevance.from_tables(clips, sentences)
+    transform = TrainTransform(relevance, sentences, num_frames, resolution, crop_scale, dtype)
+    ds = grain.MapDataset.source(open_split(dataset_dir, split)).map_with_index(_with_index)
+    ds = ds[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
+    ds = ds.batch(_local_batch(global_batch_size, process_count), drop_remainder=True)
+    return _iterable(ds, num_workers)
+
+
+def _iterable(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+    it = ds.to_iter_dataset()
+    if num_workers > 0:
+        # grain 0.2.18 reads an absl flag in mp_prefetch and fails if flags were never parsed
+        # (google/grain#1355); scripts without absl.app have nothing to parse.
+        from absl import flags
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval and sentences.
+
+
+def padded_indices(n: int, batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+    """This process's share of range(n), padded with -1 to whole batches.
+
+    Every process gets the same number of batches, ceil(ceil(n / count) / batch_size).
+    """
+    local = np.arange(process_index, n, process_count)
+    per_process = -(-n // process_count)
+    padded = -(-per_process // batch_size) * batch_size
+    return np.concatenate([local, np.full(padded - len(local), -1, np.int64)])
+
+
+class EvalTransform(grain.transforms.Map):
+    """A record index -> an eval example, or the padding example for index -1."""
+
+    def __init__(self, source, num_frames: int, resolution: int, views, dtype):
+        self.source, self.num_frames, self.resolution = source, num_frames, resolution
+        self.views, self.normalize = tuple(views), Normalize(dtype)
+
+    def map(self, index):
+        shape = (len(self.views), self.num_frames, self.resolution, self.resolution, 3)
+        if index < 0:
+            return {"video": np.zeros(shape, self.normalize.dtype), "mask": np.False_,
+                    "index": np.int64(-1), "clip_index": np.int64(-1), "narration_id": ""}
+        record = self.source[int(index)]
+        frames = record["frames"]
+        images = decode_jpegs(frames, segment_indices(len(frames), self.num_frames))
+        video = np.stack([np.stack([center_view(img, self.resolution, v) for img in images])
+                          for v in self.views])
+        return {"video": self.normalize(video), "mask": np.True_, "index": np.int64(index),
+                "clip_index": np.int64(record["clip_index"]),
+                "narration_id": _text(record["narration_id"])}
+
+
+def eval_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test",
+                  num_frames: int = 16, resolution: int = 224, views=(View(),),
+                  num_workers: int = 0, dtype=np.float32, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+    """Every clip of ``split`` once, in record order (this process's share).
+
+    Batches: video (B, V, T, R, R, 3) one entry per view (`TTA_VIEWS` for flip + scales), mask
+    (B,) bool (False on padding), index (B,) int64 record, clip_index (B,) int64 CSV row,
+    narration_id (B,) str ('' on padding).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    source = open_split(dataset_dir, split)
+    batch = _local_batch(global_batch_size, process_count)
+    indices = padded_indices(len(source), batch, process_index, process_count)
+    ds = grain.MapDataset.source(indices).map(
+        EvalTransform(source, num_frames, resolution, views, dtype)).batch(batch)
+    return _iterable(ds, num_workers)
+
+
+def sentence_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test",
+                      process_index: int | None = None,
+                      process_count: int | None = None) -> grain.IterDataset:
+    """Every sentence of ``split`` once, in file order (this process's share), tokenised.
+
+    Batches: tokens (B, 77) int32, mask (B,) bool, index (B,) int64 row in the sentence file,
+    narration_id (B,) str.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    _, sentences = prepare.load_annotations(dataset_dir, split)
+    tokens = tokenize(sentences.narration)
+    batch = _local_batch(global_batch_size, process_count)
+    indices = padded_indices(len(sentences), batch, process_index, process_count)
+
+    def element(i):
+        valid = i >= 0
+        return {"tokens": tokens[i] if valid else np.zeros(CONTEXT_LENGTH, np.int32),
+                "mask": np.bool_(valid), "index": np.int64(i),
+                "narration_id": str(sentences.narration_id[i]) if valid else ""}
+
+    return grain.MapDataset.source(indices).map(element).batch(batch).to_iter_dataset()

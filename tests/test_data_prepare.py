@@ -1,0 +1,235 @@
+"""SynthKitchens -> preparation -> TFDS: what is written is what the CSVs and videos say."""
+
+import csv
+import io
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from tempret_jax.data import ek100, prepare, synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = synthetic.SynthConfig(num_train_videos=3, num_test_videos=2, num_participants=2,
+                             clips_per_video=4, width=128, height=72, fps=20,
+                             clip_seconds=(0.8, 1.5), gap_seconds=(0.2, 0.5), gop=10)
+FRAMES, SHORT = 6, 64
+
+
+def _prepare(root, output, **kw) -> dict:
+    config = prepare.PrepareConfig(annotation_dir=str(root / "annotations"), video_root=str(root),
+                                   output_dir=str(output), num_frames=FRAMES, short_side=SHORT,
+                                   num_workers=1, progress=False, **kw)
+    return prepare.prepare(config)
+
+
+def _records(dataset_dir, split):
+    source = tfds.builder_from_directory(str(dataset_dir)).as_data_source(split=split)
+    return [source[i] for i in range(len(source))]
+
+
+def _stamps(record) -> list[int]:
+    return [synthetic.read_frame_index(np.asarray(Image.open(io.BytesIO(f)))) for f in record["frames"]]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synthetic.generate(root, TINY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    summary = _prepare(synth, out)
+    return pathlib.Path(summary["dataset_dir"]), summary
+
+
+def test_records_match_csvs_and_come_from_the_clip_span(synth, prepared):
+    dataset_dir, summary = prepared
+    for split, clips_file in (("train", ek100.TRAIN_CLIPS_FILE), ("test", ek100.TEST_CLIPS_FILE)):
+        table = ek100.read_clips(synth / "annotations" / clips_file)
+        records = _records(dataset_dir, split)
+        assert summary["clips"][split] == len(records) == len(table)
+        assert summary["skipped"][split] == 0
+        for row, r in enumerate(records):
+            assert r["clip_index"] == row
+            assert r["narration_id"].decode() == table.narration_id[row]
+            assert r["narration"].decode() == table.narration[row]
+            assert r["verb_class"] == table.verb_class[row]
+            assert tuple(r["noun_classes"]) == table.noun_classes[row]
+            assert len(r["frames"]) == FRAMES
+            assert min(Image.open(io.BytesIO(r["frames"][0])).size) == SHORT
+            # The stamped frame index is the frame shown at each sample time, inside the clip.
+            times = prepare.sample_times(table.start_timestamp[row], table.stop_timestamp[row], FRAMES)
+            np.testing.assert_allclose(r["frame_times"], times, rtol=1e-6)
+            stamps = _stamps(r)
+            assert stamps == list(np.floor(times * TINY.fps + 1e-6).astype(int))
+            assert table.start_timestamp[row] * TINY.fps - 1 <= stamps[0] <= stamps[-1] \
+                <= table.stop_timestamp[row] * TINY.fps
+
+
+def test_relevance_from_records_equals_relevance_from_csvs(synth, prepared):
+    dataset_dir, _ = prepared
+    rel, clip_ids, sentence_ids = ek100.load_test_relevance(synth / "annotations")
+    records = _records(dataset_dir, "test")
+    labels = ek100.ClassLabels.from_lists([r["verb_class"] for r in records],
+                                          [tuple(r["noun_classes"]) for r in records])
+    clips, sentences = prepare.load_annotations(dataset_dir, "test")
+    np.testing.assert_array_equal([r["narration_id"].decode() for r in records], clip_ids)
+    np.testing.assert_array_equal(ek100.relevance(labels, sentences.labels(clips)), rel)
+    assert rel.max() == 1 and 0 < rel.mean() < 1  # graded, as in EK-100
+
+
+@pytest.mark.parametrize("layout", ["chunked", "frames"])
+def test_other_layouts_give_the_same_frames(tmp_path, layout):
+    config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 1, "num_test_videos": 1,
+                                      "layout": layout, "chunk_seconds": 2})
+    synthetic.generate(tmp_path / "src", config)
+    if layout == "chunked":  # several chunks per video
+        assert len(list((tmp_path / "src" / "P01" / "videos" / "P01_01.MP4").iterdir())) > 2
+    summary = _prepare(tmp_path / "src", tmp_path / "out", chunk_seconds=2)
+    table = ek100.read_clips(tmp_path / "src" / "annotations" / ek100.TRAIN_CLIPS_FILE)
+    records = _records(summary["dataset_dir"], "train")
+    assert len(records) == len(table) == TINY.clips_per_video
+    for row, r in enumerate(records):
+        if layout == "frames":  # 1-based file numbers; the stamp is the 0-based index
+            expected = prepare.sample_frame_numbers(table.start_frame[row], table.stop_frame[row],
+                                                    FRAMES) - 1
+        else:
+            times = prepare.sample_times(table.start_timestamp[row], table.stop_timestamp[row], FRAMES)
+            expected = np.floor(times * TINY.fps + 1e-6).astype(int)
+        assert _stamps(r) == list(expected)
+
+
+def _cli(synth, output, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return [sys.executable, str(REPO / "tools" / "prepare_ek100.py"), "--annotations",
+            str(synth / "annotations"), "--videos", str(synth), "--output", str(output),
+            "--num_frames", str(FRAMES), "--short_side", str(SHORT), *extra], env
+
+
+def test_killed_preparation_resumes_to_the_same_result(synth, prepared, tmp_path):
+    out = tmp_path / "out"
+    cmd, env = _cli(synth, out, "--workers", "1", "--no_progress")
+    shards = out / "work" / "shards"
+    n_videos = TINY.num_train_videos + TINY.num_test_videos
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not list(shards.glob("*/*.npz")):
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = list(shards.glob("*/*.npz"))
+    assert 0 < len(done) < n_videos, "the kill should land mid-way"
+    assert not list(out.glob("ek100_mir/*/*/dataset_info.json"))
+
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    dataset_dir, _ = prepared
+    resumed = prepare.dataset_dir(out, FRAMES, SHORT)
+    for split in ("train", "test"):
+        a, b = _records(dataset_dir, split), _records(resumed, split)
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys()
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+    # The shards written before the kill were reused, not redone.
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def _broken_copy(synth, dst) -> dict[str, tuple[str, str]]:
+    """A copy of the synthetic set with a corrupt test video, a missing train video and a train
+    clip past the end of its video; returns {narration_id: (split, expected reason fragment)}."""
+    shutil.copytree(synth, dst)
+    test = ek100.read_clips(dst / "annotations" / ek100.TEST_CLIPS_FILE)
+    train = ek100.read_clips(dst / "annotations" / ek100.TRAIN_CLIPS_FILE)
+    corrupt, missing = test.video_id[0], train.video_id[-1]
+    (dst / corrupt[:3] / "videos" / f"{corrupt}.MP4").write_bytes(b"not a video" * 100)
+    (dst / missing[:3] / "videos" / f"{missing}.MP4").unlink()
+    path = dst / "annotations" / ek100.TRAIN_CLIPS_FILE
+    rows = list(csv.reader(open(path, newline="")))
+    late = rows[1][:]
+    late[0], late[4], late[5] = f"{late[2]}_late", "00:09:00.00", "00:09:02.00"
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow(late)
+    expected = {late[0]: ("train", "outside the video")}
+    expected.update({nid: ("test", "cannot decode")
+                     for nid, v in zip(test.narration_id, test.video_id) if v == corrupt})
+    expected.update({nid: ("train", "missing video")
+                     for nid, v in zip(train.narration_id, train.video_id) if v == missing})
+    return expected
+
+
+def test_bad_videos_and_clips_are_reported_and_skipped(synth, tmp_path):
+    expected = _broken_copy(synth, tmp_path / "src")
+    summary = _prepare(tmp_path / "src", tmp_path / "out")
+    with open(summary["report"], newline="") as f:
+        report = {r["narration_id"]: (r["split"], r["reason"]) for r in csv.DictReader(f)}
+    assert report.keys() == expected.keys()
+    for nid, (split, fragment) in expected.items():
+        assert report[nid][0] == split and fragment in report[nid][1], report[nid]
+    skipped = {s: sum(v[0] == s for v in expected.values()) for s in ("train", "test")}
+    assert summary["skipped"] == skipped
+    per_video = TINY.clips_per_video
+    assert summary["clips"] == {"train": TINY.num_train_videos * per_video + 1 - skipped["train"],
+                                "test": TINY.num_test_videos * per_video - skipped["test"]}
+    for split in ("train", "test"):
+        written = {r["narration_id"].decode() for r in _records(summary["dataset_dir"], split)}
+        assert len(written) == summary["clips"][split] and not written & expected.keys()
+
+
+def test_strict_fails_with_the_reason(synth, tmp_path):
+    _broken_copy(synth, tmp_path / "src")
+    with pytest.raises(prepare.PrepareError, match="outside the video|cannot decode|missing video"):
+        _prepare(tmp_path / "src", tmp_path / "out", strict=True)
+    cmd, env = _cli(tmp_path / "src", tmp_path / "out2", "--workers", "1", "--strict",
+                    "--no_progress")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "error:" in result.stderr
+
+
+def test_missing_frames_folder_and_frames_are_reported(tmp_path):
+    config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 2, "num_test_videos": 0,
+                                      "layout": "frames"})
+    root = tmp_path / "src"
+    synthetic.generate(root, config)
+    shutil.rmtree(root / "P02" / "rgb_frames" / "P02_01")
+    table = ek100.read_clips(root / "annotations" / ek100.TRAIN_CLIPS_FILE)
+    last = TINY.clips_per_video - 1  # the last clip of P01_01 loses its frames
+    for n in range(table.start_frame[last], table.stop_frame[last] + 1):
+        (root / "P01" / "rgb_frames" / "P01_01" / f"frame_{n:010d}.jpg").unlink()
+    summary = _prepare(root, tmp_path / "out", splits=("train",))
+    with open(summary["report"], newline="") as f:
+        report = {r["narration_id"]: r["reason"] for r in csv.DictReader(f)}
+    assert all("missing video" in report[f"P02_01_{k}"] for k in range(TINY.clips_per_video))
+    assert "missing" in report[f"P01_01_{TINY.clips_per_video - 1}"]
+    assert summary["clips"]["train"] == TINY.clips_per_video - 1
+
+
+def test_full_size_train_csv_has_real_class_statistics(ek100_dir, tmp_path):
+    path = tmp_path / "train.csv"
+    synthetic.synthesize_train_csv(path, ek100_dir / ek100.TRAIN_SENTENCES_FILE, num_clips=3000)
+    clips = ek100.read_clips(path)
+    sentences = ek100.read_sentences(ek100_dir / ek100.TRAIN_SENTENCES_FILE)
+    assert len(clips) == 3000
+    # Every clip's (verb, nouns, narration) is a real train sentence's.
+    real = {(n, v, c) for n, v, c in zip(sentences.narration, sentences.verb_class,
+                                          sentences.noun_classes)}
+    assert all((n, v, c) in real for n, v, c in zip(clips.narration, clips.verb_class,
+                                                     clips.noun_classes))
+    relevance = ek100.TrainRelevance.from_tables(clips, sentences)
+    assert all(relevance.num_positives(i) > 0 for i in range(0, 3000, 97))
