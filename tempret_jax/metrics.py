@@ -69,7 +69,7 @@ def _rank_relevant(sim: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np
     """
     n_rows, n_cols = sim.shape
     discount = 1 / np.log2(np.arange(n_cols) + 2.0)
-    neg_sorted = np.sort(-sim, axis=1)  # ascending -sim is descending sim
+    ascending = np.sort(sim, axis=1)
     neg_entries = -sim[rows, cols]
     starts = np.searchsorted(rows, np.arange(n_rows + 1))
     perm = np.empty(len(rows), np.int64)
@@ -79,14 +79,14 @@ def _rank_relevant(sim: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np
         lo, hi = starts[r], starts[r + 1]
         order = lo + np.argsort(neg_entries[lo:hi])
         perm[lo:hi] = order
-        # Binary search: how many items are strictly above (ties are fixed below).
-        ranks[lo:hi] = np.searchsorted(neg_sorted[r], neg_entries[order])
+        # Binary search: the items strictly above (ties are fixed below).
+        ranks[lo:hi] = n_cols - np.searchsorted(ascending[r], -neg_entries[order], side="right")
         ideal_dcg[r] = np.sort(vals[lo:hi])[::-1] @ discount[:hi - lo]
 
-    # An entry is tied when the next sorted value equals its own. Rare with real similarities;
+    # An entry is tied when the next lower value equals its own. Rare with real similarities;
     # those rows get their exact ranks (equal values in column order) from a stable argsort.
-    tied = neg_sorted[rows, np.minimum(ranks + 1, n_cols - 1)] == neg_entries[perm]
-    tied &= ranks + 1 < n_cols
+    below = n_cols - ranks - 2
+    tied = (below >= 0) & (ascending[rows, np.maximum(below, 0)] == -neg_entries[perm])
     for r in np.unique(rows[tied]):
         lo, hi = starts[r], starts[r + 1]
         stable = np.empty(n_cols, np.int64)

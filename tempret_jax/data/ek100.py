@@ -219,7 +219,7 @@ class TrainRelevance:
     """
 
     def __init__(self, clip_labels: ClassLabels, sentence_labels: ClassLabels,
-                 threshold: float = POSITIVE_THRESHOLD, chunk: int = 1024):
+                 threshold: float = POSITIVE_THRESHOLD, chunk: int = 256):
         self.clip_keys, self.clip_key_of = clip_labels.unique()
         self.sentence_keys, self.sentence_key_of = sentence_labels.unique()
         # Sentences sorted by key: the sentences of key k are order[start[k]:start[k + 1]].
