@@ -20,6 +20,7 @@ batches in every process, so all processes run the same number of steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 
@@ -200,8 +201,9 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _with_index(index, record):
-    return index, record
+def _with_index(num_records: int, index: int, record):
+    # grain passes the position in the repeated stream; the record index is modulo the split.
+    return index % num_records, record
 
 
 def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
@@ -226,7 +228,8 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
     if relevance is None:
         relevance = ek100.TrainRelevance.from_tables(clips, sentences)
     transform = TrainTransform(relevance, sentences, num_frames, resolution, crop_scale, dtype)
-    ds = grain.MapDataset.source(open_split(dataset_dir, split)).map_with_index(_with_index)
+    source = open_split(dataset_dir, split)
+    ds = grain.MapDataset.source(source).map_with_index(functools.partial(_with_index, len(source)))
     ds = ds[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
     ds = ds.batch(_local_batch(global_batch_size, process_count), drop_remainder=True)

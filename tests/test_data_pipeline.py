@@ -1,0 +1,194 @@
+"""Grain pipelines on a prepared SynthKitchens: determinism, restore, sharding, positives, TTA."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from tempret_jax.data import ek100, pipeline, prepare, synthetic
+
+TINY = synthetic.SynthConfig(num_train_videos=3, num_test_videos=2, num_participants=2,
+                             clips_per_video=5, width=128, height=72, fps=20,
+                             clip_seconds=(0.8, 1.5), gap_seconds=(0.2, 0.5), gop=10)
+T, R = 4, 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("synth")
+    synthetic.generate(root, TINY)
+    summary = prepare.prepare(prepare.PrepareConfig(
+        annotation_dir=str(root / "annotations"), video_root=str(root),
+        output_dir=str(tmp_path_factory.mktemp("prepared")), num_frames=8, short_side=48,
+        num_workers=1, progress=False))
+    return pathlib.Path(summary["dataset_dir"])
+
+
+def _train(dataset, batch=4, **kw):
+    kw = {"num_frames": T, "resolution": R, "process_index": 0, "process_count": 1, **kw}
+    return pipeline.train_pipeline(dataset, batch, **kw)
+
+
+def _take(iterator, n):
+    return [{k: np.array(v) for k, v in next(iterator).items()} for _ in range(n)]
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_train_batch_shapes_and_normalisation(dataset):
+    batch = next(iter(_train(dataset)))
+    assert batch["video"].shape == (4, T, R, R, 3) and batch["video"].dtype == np.float32
+    assert batch["tokens"].shape == (4, 77) and batch["tokens"].dtype == np.int32
+    assert batch["clip_nouns"].shape == batch["text_nouns"].shape == (4, ek100.NUM_NOUN_CLASSES)
+    assert batch["clip_verb"].dtype == batch["text_verb"].dtype == np.int32
+    # CLIP normalisation maps [0, 255] to about [-1.8, 2.2].
+    lo = (0 - np.array(pipeline.CLIP_MEAN)) / np.array(pipeline.CLIP_STD)
+    hi = (1 - np.array(pipeline.CLIP_MEAN)) / np.array(pipeline.CLIP_STD)
+    assert np.all(batch["video"] >= lo - 1e-5) and np.all(batch["video"] <= hi + 1e-5)
+
+
+def test_train_stream_is_a_function_of_the_seed(dataset):
+    a = _take(iter(_train(dataset, seed=3)), 3)
+    _assert_same(a, _take(iter(_train(dataset, seed=3)), 3))
+    b = _take(iter(_train(dataset, seed=4)), 3)
+    assert not all(np.array_equal(x["index"], y["index"]) for x, y in zip(a, b))
+
+
+def test_restored_iterator_yields_the_same_next_batches(dataset):
+    it = iter(_train(dataset))
+    _take(it, 5)  # past the first epoch of 15 clips
+    state = it.get_state()
+    expected = _take(it, 3)
+    restored = iter(_train(dataset))
+    restored.set_state(state)
+    _assert_same(expected, _take(restored, 3))
+
+
+def test_worker_processes_give_the_same_stream_and_restore(dataset):
+    expected = _take(iter(_train(dataset)), 4)
+    it = iter(_train(dataset, num_workers=1))
+    _assert_same(expected[:2], _take(it, 2))
+    state = it.get_state()
+    it.close()
+    restored = iter(_train(dataset, num_workers=1))
+    restored.set_state(state)
+    _assert_same(expected[2:], _take(restored, 2))
+    restored.close()
+
+
+def test_process_shards_are_disjoint_and_cover_an_epoch(dataset):
+    n = len(pipeline.open_split(dataset, "train"))  # 15: shards of 8 and 7
+    seen = []
+    for p in range(2):
+        it = iter(_train(dataset, batch=2, process_index=p, process_count=2))
+        local = len(range(p, n, 2))
+        epoch = np.concatenate([b["index"] for b in _take(it, local)])
+        assert len(set(epoch)) == local  # one epoch visits each of its records once
+        seen.append(set(epoch))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(n))
+
+
+def test_positive_sampling_returns_relevant_sentences_with_their_relevance(dataset):
+    clips, sentences = prepare.load_annotations(dataset, "train")
+    tokens = pipeline.tokenize(sentences.narration)
+    by_tokens = {t.tobytes(): i for i, t in enumerate(tokens)}
+    labels = sentences.labels()
+    source = pipeline.open_split(dataset, "train")
+    it = iter(_train(dataset, batch=5))
+    for batch in _take(it, 12):
+        for i in range(5):
+            record = source[int(batch["index"][i])]
+            row = int(record["clip_index"])
+            assert batch["clip_verb"][i] == clips.verb_class[row]
+            assert set(np.flatnonzero(batch["clip_nouns"][i])) == set(clips.noun_classes[row])
+            j = by_tokens[batch["tokens"][i].tobytes()]  # the sampled sentence
+            assert batch["text_verb"][i] == labels.verb[j]
+            np.testing.assert_array_equal(batch["text_nouns"][i], labels.nouns[j])
+            rel = ek100.pair_relevance(clips.labels().take([row]), labels.take([j]))[0]
+            assert rel > ek100.POSITIVE_THRESHOLD
+            assert batch["pos_relevance"][i] == pytest.approx(rel)
+
+
+def test_positive_sampling_falls_back_to_the_own_narration(dataset):
+    clips, sentences = prepare.load_annotations(dataset, "train")
+    # Sentences whose classes match no clip: no clip has a positive any more.
+    unrelated = ek100.ClassLabels.from_lists(np.full(len(sentences), 96),
+                                             [(299,)] * len(sentences))
+    relevance = ek100.TrainRelevance(clips.labels(), unrelated)
+    source = pipeline.open_split(dataset, "train")
+    batch = next(iter(_train(dataset, relevance=relevance)))
+    for i, index in enumerate(batch["index"]):
+        record = source[int(index)]
+        np.testing.assert_array_equal(batch["tokens"][i], pipeline.tokenize([record["narration"].decode()])[0])
+        assert batch["pos_relevance"][i] == 1
+        assert batch["text_verb"][i] == batch["clip_verb"][i]
+        np.testing.assert_array_equal(batch["text_nouns"][i], batch["clip_nouns"][i])
+
+
+def test_segment_sampling():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = pipeline.segment_indices(32, 16, rng)
+        assert np.all(idx // 2 == np.arange(16))  # one frame in each segment of 2
+    np.testing.assert_array_equal(pipeline.segment_indices(8, 4), [1, 3, 5, 7])
+    np.testing.assert_array_equal(pipeline.segment_indices(2, 4), [0, 0, 1, 1])
+
+
+def test_eval_covers_every_clip_once_in_order_with_a_padding_mask(dataset):
+    source = pipeline.open_split(dataset, "test")
+    n = len(source)  # 10
+    batches = list(pipeline.eval_pipeline(dataset, 4, num_frames=T, resolution=R,
+                                          process_index=0, process_count=1))
+    assert len(batches) == 3
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, np.arange(12) < n)
+    ids = np.concatenate([b["narration_id"] for b in batches])[:n]
+    np.testing.assert_array_equal(ids, [source[i]["narration_id"].decode() for i in range(n)])
+    assert batches[-1]["video"].shape == (4, 1, T, R, R, 3)
+    assert np.all(batches[-1]["video"][~batches[-1]["mask"]] == 0)
+
+
+def test_eval_shards_have_equal_length_and_cover_the_split(dataset):
+    n = len(pipeline.open_split(dataset, "test"))
+    shards = [list(pipeline.eval_pipeline(dataset, 4, num_frames=T, resolution=R,
+                                          process_index=p, process_count=2)) for p in range(2)]
+    assert len(shards[0]) == len(shards[1])  # every process runs the same number of steps
+    got = [np.concatenate([b["index"][b["mask"]] for b in s]) for s in shards]
+    assert sorted(np.concatenate(got)) == list(range(n))
+
+
+def test_tta_views_shapes_flip_and_scale(dataset):
+    batch = next(iter(pipeline.eval_pipeline(dataset, 2, num_frames=T, resolution=R,
+                                             views=pipeline.TTA_VIEWS, process_index=0,
+                                             process_count=1)))
+    video = batch["video"]
+    assert video.shape == (2, 4, T, R, R, 3)
+    plain, flipped, small, large = (video[:, v] for v in range(4))
+    np.testing.assert_array_equal(flipped, plain[:, :, :, ::-1])  # mirrors left and right
+    assert not np.array_equal(flipped, plain)
+    # Scale 0.875: the short side becomes 28 < 32, padded with the mean (0 after normalising).
+    np.testing.assert_allclose(small[:, :, :2], 0, atol=0.01)
+    np.testing.assert_allclose(small[:, :, -2:], 0, atol=0.01)
+    assert np.abs(large[:, :, :2]).mean() > 0.1 and not np.array_equal(large, plain)
+
+
+def test_sentences_once_tokenised(dataset):
+    _, sentences = prepare.load_annotations(dataset, "test")
+    batches = list(pipeline.sentence_pipeline(dataset, 8, process_index=0, process_count=1))
+    mask = np.concatenate([b["mask"] for b in batches])
+    tokens = np.concatenate([b["tokens"] for b in batches])[mask]
+    np.testing.assert_array_equal(tokens, pipeline.tokenize(sentences.narration))
+    ids = np.concatenate([b["narration_id"] for b in batches])[mask]
+    np.testing.assert_array_equal(ids, sentences.narration_id)
+    assert len(mask) == -(-len(sentences) // 8) * 8
+
+
+def test_batch_size_must_divide_between_processes(dataset):
+    with pytest.raises(ValueError, match="not divisible"):
+        _train(dataset, batch=5, process_index=0, process_count=2)
