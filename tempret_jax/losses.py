@@ -53,8 +53,10 @@ def batch_relevance(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
     verb_a, verb_b = jnp.asarray(verb_a), jnp.asarray(verb_b)
     nouns_a, nouns_b = jnp.asarray(nouns_a), jnp.asarray(nouns_b)
     if verb_a.ndim != 1 or nouns_a.shape[:1] != verb_a.shape or nouns_a.ndim != 2:
-        raise ValueError(f"verb_a (n,) and nouns_a (n, K) expected, got {verb_a.shape} and {nouns_a.shape}")
-    if verb_b.ndim != 1 or nouns_b.shape[:1] != verb_b.shape or nouns_b.shape[1:] != nouns_a.shape[1:]:
+        raise ValueError(f"verb_a (n,) and nouns_a (n, K) expected, got {verb_a.shape} and "
+                         f"{nouns_a.shape}")
+    if (verb_b.ndim != 1 or nouns_b.shape[:1] != verb_b.shape
+            or nouns_b.shape[1:] != nouns_a.shape[1:]):
         raise ValueError(f"verb_b (m,) and nouns_b (m, {nouns_a.shape[1]}) expected, "
                          f"got {verb_b.shape} and {nouns_b.shape}")
     a = nouns_a.astype(jnp.float32)
@@ -181,7 +183,8 @@ def _dense_loss(name, video, text, pos_relevance=None, relevance=None, **hparams
     if relevance is not None:
         relevance = jnp.asarray(relevance, jnp.float32)
         if relevance.shape != (n, n):
-            raise ValueError(f"relevance must be ({n}, {n}) = rel(clip a, sentence b), got {relevance.shape}")
+            raise ValueError(f"relevance must be ({n}, {n}) = rel(clip a, sentence b), "
+                             f"got {relevance.shape}")
         rel_t, rel_v = relevance.T, relevance  # text i vs clip j: rel(clip j, text i)
     if pos_relevance is not None:
         c = jnp.asarray(pos_relevance, jnp.float32)
@@ -207,7 +210,8 @@ def sms_loss(video, text, pos_relevance, relevance, *, margin=0.6, tau=0.1, eps=
     Returns:
       Scalar float32: mean of the 2n(n-1) terms (text and video anchors, j != i).
     """
-    return _dense_loss("sms", video, text, pos_relevance, relevance, margin=margin, tau=tau, eps=eps)
+    return _dense_loss("sms", video, text, pos_relevance, relevance,
+                       margin=margin, tau=tau, eps=eps)
 
 
 def mi_mm_loss(video, text, *, margin=0.2):
@@ -415,7 +419,8 @@ def _draw(key, rows: _Rows, offset, temperature, threshold):
 
 def make_hard_negative_sampler(mesh: Mesh | None = None, axis_name: str | Sequence[str] = "data",
                                *, temperature: float = 0.07,
-                               threshold: float = POSITIVE_THRESHOLD) -> Callable[..., HardNegatives]:
+                               threshold: float = POSITIVE_THRESHOLD
+                               ) -> Callable[..., HardNegatives]:
     """In-batch hard negatives for the ITM loss, over the global batch (call inside jit).
 
     Negatives are drawn in proportion to softmax(cos / temperature) over the in-batch candidates
@@ -437,7 +442,8 @@ def make_hard_negative_sampler(mesh: Mesh | None = None, axis_name: str | Sequen
 
     def sample(key, video, text, clip_verb, clip_nouns, text_verb, text_nouns):
         n = _check_batch(video, text)
-        inputs = dict(zip(LABEL_KEYS, map(jnp.asarray, (clip_verb, clip_nouns, text_verb, text_nouns))))
+        labels = (clip_verb, clip_nouns, text_verb, text_nouns)
+        inputs = dict(zip(LABEL_KEYS, map(jnp.asarray, labels)))
         for k, v in inputs.items():
             _check_per_sample(k, v, n, ndim=2 if k.endswith("nouns") else 1)
         batch_spec = P(axis_name)

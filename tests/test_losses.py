@@ -124,7 +124,8 @@ def class_labels(n, seed, num_verbs=4, num_nouns=6):
 def test_sms_matches_design_loop(n):
     video, text, c, rel = random_batch(n, seed=n)
     if n > 4:
-        assert check_boundaries_present(c, rel) == {float(EPS32), float(EPS32 / 2), 0.0, float(-EPS32)}
+        expected = {float(EPS32), float(EPS32 / 2), 0.0, float(-EPS32)}
+        assert check_boundaries_present(c, rel) == expected
     got = losses.sms_loss(video, text, c, rel)
     np.testing.assert_allclose(got, brute_sms(video, text, c, rel), rtol=2e-5, atol=1e-7)
 
@@ -170,8 +171,8 @@ def test_itm_matches_loop_with_and_without_mask():
     mask = np.array([1, 1, 0, 1, 1, 1, 1, 0, 1], bool)
     np.testing.assert_allclose(losses.itm_loss(logits, labels), brute_itm(logits, labels, [1] * 9),
                                rtol=1e-5)
-    np.testing.assert_allclose(losses.itm_loss(logits, labels, mask), brute_itm(logits, labels, mask),
-                               rtol=1e-5)
+    np.testing.assert_allclose(losses.itm_loss(logits, labels, mask),
+                               brute_itm(logits, labels, mask), rtol=1e-5)
 
 
 def test_bad_shapes_are_clear_errors():
@@ -323,7 +324,8 @@ def global_inputs(name, n, seed):
               "info_nce": dict(temperature=np.float32(0.2))}[name]
     reference = {"sms": lambda v, t, i: losses.sms_loss(v, t, i["pos_relevance"], rel),
                  "mi_mm": lambda v, t, i: losses.mi_mm_loss(v, t),
-                 "adaptive_mi_mm": lambda v, t, i: losses.adaptive_mi_mm_loss(v, t, i["pos_relevance"]),
+                 "adaptive_mi_mm": lambda v, t, i: losses.adaptive_mi_mm_loss(
+                     v, t, i["pos_relevance"]),
                  "info_nce": lambda v, t, i: losses.info_nce_loss(v, t, i["temperature"])}[name]
     return video, text, inputs, reference
 
@@ -332,8 +334,8 @@ def value_and_grads(f, video, text, inputs):
     """Loss value and gradients with respect to the embeddings (and a temperature)."""
     floats = {k: v for k, v in inputs.items() if k == "temperature"}
     fixed = {k: v for k, v in inputs.items() if k not in floats}
-    return jax.jit(jax.value_and_grad(lambda v, t, fl: f(v, t, {**fixed, **fl}), argnums=(0, 1, 2)))(
-        video, text, floats)
+    loss = lambda v, t, fl: f(v, t, {**fixed, **fl})  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(video, text, floats)
 
 
 @pytest.mark.parametrize("name", losses.LOSS_NAMES)
@@ -390,7 +392,8 @@ def test_hard_negatives_are_never_relevant_and_same_on_any_mesh():
     np.testing.assert_array_equal(want.video_valid, allowed_t.any(1))
     np.testing.assert_array_equal(want.text_valid, ((rel <= 0.3) & ~np.eye(n, dtype=bool)).any(1))
     mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
-    got = jax.jit(losses.make_hard_negative_sampler(mesh, threshold=0.3))(key, video, text, **labels)
+    sample = jax.jit(losses.make_hard_negative_sampler(mesh, threshold=0.3))
+    got = sample(key, video, text, **labels)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
 
@@ -404,7 +407,8 @@ def test_hard_negatives_follow_the_softmax_of_similarity():
     nouns = np.eye(4, dtype=bool)
     sample = losses.make_hard_negative_sampler(temperature=0.5)
     keys = jax.random.split(jax.random.key(1), 4000)
-    draws = jax.vmap(lambda k: sample(k, video, text, verb, nouns, verb, nouns).video_for_text)(keys)
+    draw = lambda k: sample(k, video, text, verb, nouns, verb, nouns).video_for_text  # noqa: E731
+    draws = jax.jit(jax.vmap(draw))(keys)
     x = cosine(text, video) / 0.5
     allowed = ~np.eye(4, dtype=bool) & ~((verb[:, None] == verb[None, :]) & (verb[:, None] == 1))
     for i in range(4):

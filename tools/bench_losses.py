@@ -23,7 +23,8 @@ _DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
 def _parse():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--devices", type=int, default=8, help="simulated CPU devices")
     p.add_argument("--dim", type=int, default=256, help="embedding width")
@@ -88,13 +89,15 @@ def main():
     shard = NamedSharding(mesh, P("data"))
     print(f"SMS forward+backward, d={ARGS.dim}, {ARGS.devices} simulated devices "
           f"({jax.devices()[0].platform}), median of {ARGS.repeats}; MiB = temp bytes per device")
-    header = (f"{'n':>6} {'n_loc':>6} | {'single MiB':>10} {'ms':>8} | {'gspmd MiB':>10} {'ms':>8} | "
+    header = (f"{'n':>6} {'n_loc':>6} | {'single MiB':>10} {'ms':>8} | "
+              f"{'gspmd MiB':>10} {'ms':>8} | "
               f"{'shmap MiB':>10} {'ms':>8} | {'shmap / (n_loc*n*4B)':>20} {'single / shmap':>14}")
     print(header)
     print("-" * len(header))
     for n in ARGS.sizes:
         video, text, inputs = _batch(n, ARGS.dim)
-        single = _measure(_step(losses.make_global_loss("sms")), (video, text, inputs), ARGS.repeats)
+        single = _measure(_step(losses.make_global_loss("sms")), (video, text, inputs),
+                          ARGS.repeats)
         sharded_args = jax.device_put((video, text, inputs), shard)
         gspmd = _measure(_step(losses.make_global_loss("sms")), sharded_args, ARGS.repeats)
         shmap = _measure(_step(losses.make_global_loss("sms", mesh, "data")), sharded_args,
@@ -112,9 +115,11 @@ def main():
     video, text, inputs = _batch(n, ARGS.dim)
     d = 1
     while d <= ARGS.devices:
-        sub = jax.make_mesh((d,), ("data",), devices=devices[:d], axis_types=(jax.sharding.AxisType.Auto,))
+        sub = jax.make_mesh((d,), ("data",), devices=devices[:d],
+                            axis_types=(jax.sharding.AxisType.Auto,))
         args = jax.device_put((video, text, inputs), NamedSharding(sub, P("data")))
-        temp = _temp_bytes(_step(losses.make_global_loss("sms", sub, "data")).lower(*args).compile())
+        step = _step(losses.make_global_loss("sms", sub, "data"))
+        temp = _temp_bytes(step.lower(*args).compile())
         print(f"{d:>3} {n // d:>6} | {_mib(temp):>10.1f} | {temp / (n // d * n * 4):>20.1f}")
         d *= 2
 
