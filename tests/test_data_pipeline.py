@@ -125,7 +125,8 @@ def test_positive_sampling_falls_back_to_the_own_narration(dataset):
     batch = next(iter(_train(dataset, relevance=relevance)))
     for i, index in enumerate(batch["index"]):
         record = source[int(index)]
-        np.testing.assert_array_equal(batch["tokens"][i], pipeline.tokenize([record["narration"].decode()])[0])
+        own = pipeline.tokenize([record["narration"].decode()])[0]
+        np.testing.assert_array_equal(batch["tokens"][i], own)
         assert batch["pos_relevance"][i] == 1
         assert batch["text_verb"][i] == batch["clip_verb"][i]
         np.testing.assert_array_equal(batch["text_nouns"][i], batch["clip_nouns"][i])

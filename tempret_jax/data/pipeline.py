@@ -111,7 +111,11 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
 
 
 class Normalize:
-    """uint8 RGB (..., 3) -> (x / 255 - CLIP_MEAN) / CLIP_STD in ``dtype``, in one fused pass."""
+    """uint8 RGB (..., W, 3) -> (x / 255 - CLIP_MEAN) / CLIP_STD in ``dtype``.
+
+    The per-channel constants are tiled over a whole row (W * 3 values): broadcasting a length-3
+    vector makes numpy's inner loop 3 elements long, about 5x slower.
+    """
 
     def __init__(self, dtype=np.float32):
         self.dtype = np.dtype(dtype)
@@ -120,10 +124,11 @@ class Normalize:
         self.offset = -np.asarray(CLIP_MEAN, np.float32) / std
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        out = pixels.astype(np.float32)
-        out *= self.scale
-        out += self.offset
-        return out.astype(self.dtype, copy=False)
+        width = pixels.shape[-2]
+        rows = pixels.reshape(-1, width * 3)
+        out = np.multiply(rows, np.tile(self.scale, width), dtype=np.float32)
+        out += np.tile(self.offset, width)
+        return out.reshape(pixels.shape).astype(self.dtype, copy=False)
 
 
 @dataclasses.dataclass(frozen=True)

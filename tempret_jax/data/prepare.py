@@ -163,8 +163,10 @@ def _resize_jpeg(img: Image.Image, short_side: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_video_at(path, times) -> list[Image.Image | None]:
+def decode_video_at(path, times, threads: int = 1) -> list[Image.Image | None]:
     """The frames shown at ``times`` (seconds, any order) of a video file; None past its end.
+
+    ``threads``: decoder threads (1: one core per worker process, as `prepare` runs them).
 
     Seeks to the keyframe before each run of times (a new run starts when the next time is
     more than 2 s past the last decoded frame) and decodes forward.
@@ -175,7 +177,9 @@ def decode_video_at(path, times) -> list[Image.Image | None]:
     eps = 1e-4  # float slack when a time falls exactly on a frame's pts
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        if threads != 1:
+            stream.thread_type = "AUTO"
         k = 0
         while k < len(order):
             sought = times[order[k]]
