@@ -124,8 +124,9 @@ def test_cross_encoder_batched_scoring_equals_pairwise(itm):
     text_candidates = jnp.array([[0, 1], [3, 2], [2, 2], [1, 0], [3, 0]])
     logits = module.apply(params, text_tokens[text_candidates], mask[text_candidates],
                           video_tokens[:, None], method=module.score)
-    np.testing.assert_allclose(logits, np.take_along_axis(expected.T, np.asarray(text_candidates), 1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logits, np.take_along_axis(expected.T, np.asarray(text_candidates), 1),
+        rtol=1e-5, atol=1e-5)
 
 
 def test_cross_encoder_ignores_padded_text_tokens(itm):

@@ -8,7 +8,7 @@ import torch
 import jax
 import jax.numpy as jnp
 
-from tempret_jax.models import layers, retrieval, video
+from tempret_jax.models import layers, video
 from tempret_jax.models.retrieval import RetrievalModel, model_config
 
 

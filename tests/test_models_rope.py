@@ -1,4 +1,5 @@
-"""EVA02-AT spatial-temporal RoPE: relative positions, identity at the origin, class token untouched."""
+"""EVA02-AT spatial-temporal RoPE: relative positions, identity at the origin, class token
+untouched."""
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def angles():
 @pytest.fixture(scope="module")
 def qk():
     rng = np.random.default_rng(0)
-    return rng.normal(size=HEAD_DIM).astype(np.float32), rng.normal(size=HEAD_DIM).astype(np.float32)
+    return tuple(rng.normal(size=HEAD_DIM).astype(np.float32) for _ in range(2))
 
 
 def logit(angles, qk, pos_q, pos_k):

@@ -211,7 +211,8 @@ def test_vit_b16_towers_equal_hf_clip():
         ref_img = hf_features(model.get_image_features(pixel_values=torch.from_numpy(pixels)))
         ref_txt = hf_features(model.get_text_features(input_ids=torch.from_numpy(ids).long()))
     vit = video.VisionTransformer(num_frames=1)  # defaults are ViT-B/16
-    img = vit.apply({"params": params["visual"]}, jnp.asarray(pixels.transpose(0, 2, 3, 1))[:, None])
+    img = vit.apply({"params": params["visual"]},
+                    jnp.asarray(pixels.transpose(0, 2, 3, 1))[:, None])
     txt, _ = text.TextTransformer().apply({"params": params["text"]}, jnp.asarray(ids))
     assert rel_error(img["embedding"], ref_img) <= 1e-5
     assert rel_error(txt, ref_txt) <= 1e-5

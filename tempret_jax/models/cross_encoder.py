@@ -29,7 +29,8 @@ def itm_probability(logits: Array) -> Array:
 
 class CrossEncoder(nn.Module):
     """Parameters (W width): text_in (D_t, W); video_in (D_v, W); ln_video;
-    transformer/resblocks_i/{ln_1, attn, ln_cross, cross_attn, ln_2, mlp}; ln_post; itm_head (W, 1)."""
+    transformer/resblocks_i/{ln_1, attn, ln_cross, cross_attn, ln_2, mlp}; ln_post;
+    itm_head (W, 1)."""
 
     width: int = 512
     layers: int = 4
@@ -43,7 +44,8 @@ class CrossEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
-        """text_tokens (B, L, D_t), text_mask (B, L) bool, video_tokens (B, M, D_v) -> (B,) logits."""
+        """text_tokens (B, L, D_t), text_mask (B, L) bool, video_tokens (B, M, D_v)
+        -> (B,) float32 logits."""
         dense = lambda name, features: nn.Dense(features, dtype=self.dtype,
                                                 param_dtype=jnp.float32, name=name)
         x = dense("text_in", self.width)(text_tokens)
@@ -60,8 +62,9 @@ class CrossEncoder(nn.Module):
     def score(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
         """ITM logits of every (text, video) pair, leading dimensions broadcast together.
 
-        text_tokens (*A, L, D_t), text_mask (*A, L), video_tokens (*C, M, D_v) -> (*broadcast(A, C)),
-        e.g. (Q, 1, L, D_t) x (Q, K, M, D_v) -> (Q, K). Equal to calling the module pair by pair.
+        text_tokens (*A, L, D_t), text_mask (*A, L), video_tokens (*C, M, D_v)
+        -> (*broadcast(A, C)), e.g. (Q, 1, L, D_t) x (Q, K, M, D_v) -> (Q, K). Equal to calling
+        the module pair by pair.
         """
         lead = jnp.broadcast_shapes(text_tokens.shape[:-2], text_mask.shape[:-1],
                                     video_tokens.shape[:-2])

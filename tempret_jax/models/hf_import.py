@@ -4,26 +4,31 @@ Our tree (unrolled layers; `scan_layers=True` stacks them under `resblocks` with
 axis, as `layers.Transformer(scan=True)` expects). D width, H heads, K = D / H; torch Linear
 weights are (out, in), ours (in, out):
 
-| ours (under visual/ or text/)           | HF CLIPModel                                 | OpenAI CLIP                     |
-|-----------------------------------------|----------------------------------------------|---------------------------------|
-| visual/conv1/kernel (p, p, 3, D)        | vision_model.embeddings.patch_embedding.weight (D, 3, p, p) | visual.conv1.weight |
-| visual/class_embedding (D,)             | vision_model.embeddings.class_embedding      | visual.class_embedding          |
-| visual/positional_embedding (N+1, D)    | vision_model.embeddings.position_embedding.weight | visual.positional_embedding |
-| visual/temporal_embedding (T, D)        | (none: zeros)                                | (none: zeros; AVION: visual.temporal_embedding) |
-| visual/ln_pre                           | vision_model.pre_layrnorm                    | visual.ln_pre                   |
-| visual/ln_post                          | vision_model.post_layernorm                  | visual.ln_post                  |
-| visual/proj (D, E)                      | visual_projection.weight (E, D), transposed  | visual.proj (D, E)              |
-| text/token_embedding/embedding (V, D)   | text_model.embeddings.token_embedding.weight | token_embedding.weight          |
-| text/positional_embedding (77, D)       | text_model.embeddings.position_embedding.weight | positional_embedding         |
-| text/ln_final                           | text_model.final_layer_norm                  | ln_final                        |
-| text/text_projection (D, E)             | text_projection.weight (E, D), transposed    | text_projection (D, E)          |
-| logit_scale ()                          | logit_scale                                  | logit_scale                     |
-| */transformer/resblocks_i/...           | *.encoder.layers.i.                          | *transformer.resblocks.i.       |
-|   ln_1, ln_2 {scale, bias}              |   layer_norm1, layer_norm2 {weight, bias}    |   ln_1, ln_2                    |
-|   attn/{q,k,v}/kernel (D, H, K)         |   self_attn.{q,k,v}_proj.weight (D, D)       |   attn.in_proj_weight (3D, D), split q|k|v |
-|   attn/{q,k,v}/bias (H, K)              |   self_attn.{q,k,v}_proj.bias                |   attn.in_proj_bias (3D,)       |
-|   attn/out/kernel (H, K, D), bias (D,)  |   self_attn.out_proj                         |   attn.out_proj                 |
-|   mlp/c_fc (D, 4D), mlp/c_proj (4D, D)  |   mlp.fc1, mlp.fc2                           |   mlp.c_fc, mlp.c_proj          |
+ours                               HF CLIPModel                       OpenAI CLIP
+visual/conv1/kernel (p, p, 3, D)   vision_model.embeddings.           visual.conv1.weight
+                                     patch_embedding.weight (D, 3, p, p)  (AVION: (D, 3, 1, p, p))
+visual/class_embedding (D,)        vision_model.embeddings.           visual.class_embedding
+                                     class_embedding
+visual/positional_embedding        vision_model.embeddings.           visual.positional_embedding
+  (N+1, D)                           position_embedding.weight
+visual/temporal_embedding (T, D)   none: zeros                        none: zeros (AVION:
+                                                                        visual.temporal_embedding)
+visual/ln_pre                      vision_model.pre_layrnorm          visual.ln_pre
+visual/ln_post                     vision_model.post_layernorm        visual.ln_post
+visual/proj (D, E)                 visual_projection.weight (E, D) ^T visual.proj (D, E)
+text/token_embedding/embedding     text_model.embeddings.             token_embedding.weight
+  (V, D)                             token_embedding.weight
+text/positional_embedding (77, D)  text_model.embeddings.             positional_embedding
+                                     position_embedding.weight
+text/ln_final                      text_model.final_layer_norm        ln_final
+text/text_projection (D, E)        text_projection.weight (E, D) ^T   text_projection (D, E)
+logit_scale ()                     logit_scale                        logit_scale
+*/transformer/resblocks_i/         *.encoder.layers.i.                *transformer.resblocks.i.
+  ln_1, ln_2                         layer_norm1, layer_norm2           ln_1, ln_2
+  attn/{q,k,v}/kernel (D, H, K)      self_attn.{q,k,v}_proj.weight ^T   attn.in_proj_weight (3D, D)
+  attn/{q,k,v}/bias (H, K)           self_attn.{q,k,v}_proj.bias        attn.in_proj_bias, split
+  attn/out/kernel (H, K, D), bias    self_attn.out_proj ^T              attn.out_proj ^T
+  mlp/c_fc (D, 4D), c_proj (4D, D)   mlp.fc1 ^T, mlp.fc2 ^T             mlp.c_fc ^T, mlp.c_proj ^T
 
 LayerNorm: weight -> scale, bias -> bias. The temporal transformer, refinement and cross-encoder
 have no CLIP counterpart: take them from `RetrievalModel.init` and merge.

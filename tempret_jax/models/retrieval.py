@@ -188,7 +188,8 @@ class RetrievalModel(nn.Module):
         if self.config.vision.frame_mode:
             features = (self.temporal(features) if self.config.temporal.enabled
                         else features.mean(axis=1))
-        return {"features": features, "tokens": out[f"{self.config.cross_encoder.video_tokens}_tokens"]}
+        tokens = out[f"{self.config.cross_encoder.video_tokens}_tokens"]
+        return {"features": features, "tokens": tokens}
 
     def encode_text(self, ids: Array) -> Dict[str, Array]:
         """ids (B, L) -> {'features': (B, E) unnormalised, 'tokens': (B, L, D_t),

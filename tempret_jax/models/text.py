@@ -28,7 +28,8 @@ def text_padding_mask(ids: Array) -> Array:
 
 
 class TextTransformer(nn.Module):
-    """CLIP text tower. ViT-B/16 CLIP: width 512, 12 layers, 8 heads, out 512; ViT-L/14: 768, 12, 12, 768.
+    """CLIP text tower. CLIP ViT-B/16: width 512, 12 layers, 8 heads, out 512;
+    CLIP ViT-L/14: 768, 12, 12, 768.
 
     Parameters (D width, E output_dim): token_embedding/embedding (vocab_size, D);
     positional_embedding (context_length, D); transformer/...; ln_final; text_projection (D, E).

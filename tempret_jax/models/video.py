@@ -73,7 +73,8 @@ class VisionTransformer(nn.Module):
           the mean of its patch tokens (joint mode).
         """
         if self.pos_embed not in POS_EMBED_KINDS:
-            raise ValueError(f"pos_embed: expected one of {POS_EMBED_KINDS}, got {self.pos_embed!r}")
+            raise ValueError(
+                f"pos_embed: expected one of {POS_EMBED_KINDS}, got {self.pos_embed!r}")
         if video.ndim != 5 or video.shape[-1] != 3:
             raise ValueError(f"video: expected (B, T, H, W, 3), got shape {video.shape}")
         batch, num_frames, height, width = video.shape[:4]
