@@ -25,9 +25,10 @@ FRAMES, SHORT = 6, 64
 
 
 def _prepare(root, output, **kw) -> dict:
+    kw = {"num_workers": 1, **kw}
     config = prepare.PrepareConfig(annotation_dir=str(root / "annotations"), video_root=str(root),
                                    output_dir=str(output), num_frames=FRAMES, short_side=SHORT,
-                                   num_workers=1, progress=False, **kw)
+                                   progress=False, **kw)
     return prepare.prepare(config)
 
 
@@ -176,7 +177,7 @@ def _broken_copy(synth, dst) -> dict[str, tuple[str, str]]:
 
 def test_bad_videos_and_clips_are_reported_and_skipped(synth, tmp_path):
     expected = _broken_copy(synth, tmp_path / "src")
-    summary = _prepare(tmp_path / "src", tmp_path / "out")
+    summary = _prepare(tmp_path / "src", tmp_path / "out", num_workers=2)  # a process pool
     with open(summary["report"], newline="") as f:
         report = {r["narration_id"]: (r["split"], r["reason"]) for r in csv.DictReader(f)}
     assert report.keys() == expected.keys()
