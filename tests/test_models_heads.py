@@ -1,5 +1,7 @@
 """Temporal transformer, context refinement and cross-encoder: the properties they promise."""
 
+import functools
+
 import numpy as np
 import pytest
 import jax
@@ -24,8 +26,8 @@ def frames():
 @pytest.mark.parametrize("pool", ["mean", "cls"])
 def test_temporal_transformer_starts_as_frame_averaging(frames, pool):
     module = temporal.TemporalTransformer(num_frames=4, layers=2, heads=2, pool=pool)
-    params = module.init(jax.random.key(1), frames)
-    out = module.apply(params, frames)
+    params = jax.jit(module.init)(jax.random.key(1), frames)
+    out = jax.jit(module.apply)(params, frames)
     assert out.shape == (3, 16)
     np.testing.assert_allclose(out, frames.mean(axis=1), rtol=1e-6, atol=1e-6)
 
@@ -33,11 +35,12 @@ def test_temporal_transformer_starts_as_frame_averaging(frames, pool):
 @pytest.mark.parametrize("pool", ["mean", "cls"])
 def test_trained_temporal_transformer_sees_frame_order(frames, pool):
     module = temporal.TemporalTransformer(num_frames=4, layers=2, heads=2, pool=pool)
-    params = randomize(module.init(jax.random.key(1), frames), jax.random.key(2))
+    params = randomize(jax.jit(module.init)(jax.random.key(1), frames), jax.random.key(2))
     reversed_frames = frames[:, ::-1]
     # Frame averaging cannot tell the two apart; the temporal transformer does.
     np.testing.assert_allclose(frames.mean(1), reversed_frames.mean(1), rtol=1e-6, atol=1e-6)
-    diff = np.abs(module.apply(params, frames) - module.apply(params, reversed_frames)).max()
+    apply = jax.jit(module.apply)
+    diff = np.abs(apply(params, frames) - apply(params, reversed_frames)).max()
     assert diff > 1e-3
 
 
@@ -52,7 +55,7 @@ def refinement():
     videos = jax.random.normal(jax.random.key(3), (6, 16))
     texts = jax.random.normal(jax.random.key(4), (5, 16))
     module = refine.ContextRefinement(heads=2)
-    params = randomize(module.init(jax.random.key(5), videos, texts), jax.random.key(6))
+    params = randomize(jax.jit(module.init)(jax.random.key(5), videos, texts), jax.random.key(6))
     return module, params, videos, texts
 
 
@@ -97,7 +100,7 @@ def itm():
     mask = jnp.arange(7)[None] < jnp.array([[3], [7], [5], [1]])              # (Q, L)
     video_tokens = jax.random.normal(rng[1], (5, 9, 20))                      # (V, M, D_v)
     module = cross_encoder.CrossEncoder(width=16, layers=2, heads=4)
-    params = module.init(rng[2], text_tokens[:1], mask[:1], video_tokens[:1])
+    params = jax.jit(module.init)(rng[2], text_tokens[:1], mask[:1], video_tokens[:1])
     return module, params, text_tokens, mask, video_tokens
 
 
@@ -115,15 +118,15 @@ def test_cross_encoder_batched_scoring_equals_pairwise(itm):
     expected = pairwise(module, params, text_tokens, mask, video_tokens)
     # Text queries against K = 3 candidate videos each (cached tokens, gathered by index).
     candidates = jnp.array([[0, 2, 4], [1, 1, 3], [4, 3, 2], [0, 1, 2]])
-    logits = module.apply(params, text_tokens[:, None], mask[:, None], video_tokens[candidates],
-                          method=module.score)
+    score = jax.jit(functools.partial(module.apply, method=module.score))
+    logits = score(params, text_tokens[:, None], mask[:, None], video_tokens[candidates])
     assert logits.shape == (4, 3)
     np.testing.assert_allclose(logits, np.take_along_axis(expected, np.asarray(candidates), 1),
                                rtol=1e-5, atol=1e-5)
     # Video queries against K = 2 candidate texts each.
     text_candidates = jnp.array([[0, 1], [3, 2], [2, 2], [1, 0], [3, 0]])
-    logits = module.apply(params, text_tokens[text_candidates], mask[text_candidates],
-                          video_tokens[:, None], method=module.score)
+    logits = score(params, text_tokens[text_candidates], mask[text_candidates],
+                   video_tokens[:, None])
     np.testing.assert_allclose(
         logits, np.take_along_axis(expected.T, np.asarray(text_candidates), 1),
         rtol=1e-5, atol=1e-5)
@@ -132,8 +135,9 @@ def test_cross_encoder_batched_scoring_equals_pairwise(itm):
 def test_cross_encoder_ignores_padded_text_tokens(itm):
     module, params, text_tokens, mask, video_tokens = itm
     noisy = jnp.where(mask[..., None], text_tokens, 50.0)
-    a = module.apply(params, text_tokens, mask, video_tokens[:4])
-    b = module.apply(params, noisy, mask, video_tokens[:4])
+    apply = jax.jit(module.apply)
+    a = apply(params, text_tokens, mask, video_tokens[:4])
+    b = apply(params, noisy, mask, video_tokens[:4])
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert np.all((cross_encoder.itm_probability(a) > 0) & (cross_encoder.itm_probability(a) < 1))
 
@@ -141,6 +145,7 @@ def test_cross_encoder_ignores_padded_text_tokens(itm):
 def test_cross_encoder_depends_on_the_video(itm):
     module, params, text_tokens, mask, video_tokens = itm
     params = randomize(params, jax.random.key(8))
-    a = module.apply(params, text_tokens, mask, video_tokens[:4])
-    b = module.apply(params, text_tokens, mask, video_tokens[1:])
+    apply = jax.jit(module.apply)
+    a = apply(params, text_tokens, mask, video_tokens[:4])
+    b = apply(params, text_tokens, mask, video_tokens[1:])
     assert np.abs(a - b).max() > 1e-3

@@ -13,7 +13,10 @@ from tempret_jax.models.retrieval import RetrievalModel, model_config
 
 
 def tiny(**overrides):
+    """The tiny preset with overrides `section__key=value`. Layer stacks are scanned: one
+    compilation per stack keeps these tests fast (the unrolled path is in test_models_towers)."""
     config = model_config("tiny")
+    config.scan_layers = True
     for key, value in overrides.items():
         section, _, leaf = key.rpartition("__")
         (config[section] if section else config)[leaf] = value
@@ -34,7 +37,7 @@ def inputs(batch=3, frames=4, seed=0):
 CONFIGS = {
     "avion": {},
     "eva02_at": {"vision__pos_embed": "learned+rope", "vision__mlp": "swiglu",
-                 "vision__sub_ln": True},
+                 "vision__sub_ln": True, "scan_layers": False, "remat": True},
     "tempret": {"vision__frame_mode": True, "temporal__enabled": True,
                 "cross_encoder__enabled": True, "cross_encoder__video_tokens": "frame"},
     "contextrefine": {"refine__enabled": True, "cross_encoder__enabled": True},
@@ -151,15 +154,14 @@ def stack_layers(params, num_layers):
     return params
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_scanned_and_rematerialised_stack_equals_unrolled(remat):
+def test_scanned_and_rematerialised_stack_equals_unrolled():
     kw = dict(num_layers=3, num_heads=2, mlp_dim=32, cross_attention=True)
     x = jax.random.normal(jax.random.key(0), (2, 5, 16))
     context = jax.random.normal(jax.random.key(1), (2, 4, 8))
     mask = jnp.arange(5)[None, None, None] < 4
     unrolled = layers.Transformer(**kw)
     params = unrolled.init(jax.random.key(2), x, mask=mask, context=context)["params"]
-    scanned = layers.Transformer(scan=True, remat=remat, remat_policy="dots_saveable", **kw)
+    scanned = layers.Transformer(scan=True, remat=True, remat_policy="dots_saveable", **kw)
     stacked = stack_layers(dict(params), 3)
     assert jax.tree.map(np.shape, stacked) == jax.tree.map(
         np.shape, scanned.init(jax.random.key(2), x, mask=mask, context=context)["params"])

@@ -186,7 +186,8 @@ def test_openai_and_hf_state_dicts_convert_to_the_same_params(tiny_clip):
 def test_converted_params_match_init_tree(tiny_clip):
     _, sd = tiny_clip
     params = hf_import.params_from_hf_clip(sd, vision_heads=4, text_heads=4, num_frames=2)
-    init = vision_tower(num_frames=2).init(jax.random.key(0), jnp.zeros((1, 2, 32, 32, 3)))
+    init = jax.eval_shape(vision_tower(num_frames=2).init, jax.random.key(0),
+                          jnp.zeros((1, 2, 32, 32, 3)))
     shapes = lambda tree: jax.tree.map(np.shape, tree)
     assert shapes(init["params"]) == shapes(params["visual"])
 
