@@ -3,14 +3,13 @@
     python tools/bench_train_relevance.py [--annotation_dir tests/data/ek100] [--clips 67217]
 
 EPIC_100_retrieval_train.csv is not shipped, so a full-size one is synthesised with the real
-columns: each clip copies the verb/noun classes and narration of a row of the real train
-sentence file drawn at random, so clip keys follow the train narrations' class statistics.
+columns (`synthetic.synthesize_train_csv`: each clip copies the classes and narration of a
+random row of the real train sentence file, so clip keys follow EK-100's class statistics).
 Peak memory is measured with tracemalloc (NumPy reports its buffers to it) around reading the
 CSV and building `TrainRelevance`; the dense float32 matrix is shown for comparison.
 """
 
 import argparse
-import csv
 import pathlib
 import tempfile
 import time
@@ -18,32 +17,7 @@ import tracemalloc
 
 import numpy as np
 
-from tempret_jax.data import ek100
-
-
-def _stamp(seconds: float) -> str:
-    cs = round(seconds * 100)
-    return f"{cs // 360000:02d}:{cs // 6000 % 60:02d}:{cs // 100 % 60:02d}.{cs % 100:02d}"
-
-
-def synthesize_train_clips(path, sentences: ek100.SentenceTable, n_clips: int, seed: int = 0) -> None:
-    """Writes an EK-100 clip CSV (15 columns) of n_clips rows drawn from a train sentence table."""
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(sentences), n_clips)
-    starts = rng.uniform(0, 600, n_clips)
-    lengths = rng.uniform(0.5, 8, n_clips)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(ek100.CLIP_COLUMNS)
-        for i, (j, start, length) in enumerate(zip(pick, starts, lengths)):
-            video = f"P{i % 37 + 1:02d}_{i % 23 + 1:02d}"
-            nouns = list(sentences.nouns[j])
-            classes = list(sentences.noun_classes[j])
-            writer.writerow([
-                f"{video}_{i}", video[:3], video, _stamp(start), _stamp(start), _stamp(start + length),
-                int(start * 60) + 1, int((start + length) * 60) + 1, sentences.narration[j],
-                sentences.verb[j], sentences.verb_class[j], nouns[0], classes[0], str(nouns),
-                str(classes)])
+from tempret_jax.data import ek100, synthetic
 
 
 def main() -> None:
@@ -55,7 +29,8 @@ def main() -> None:
     sentences = ek100.read_sentences(args.annotation_dir / ek100.TRAIN_SENTENCES_FILE)
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / ek100.TRAIN_CLIPS_FILE
-        synthesize_train_clips(path, sentences, args.clips)
+        synthetic.synthesize_train_csv(path, args.annotation_dir / ek100.TRAIN_SENTENCES_FILE,
+                                       args.clips)
         tracemalloc.start()
         start = time.perf_counter()
         clips = ek100.read_clips(path)
