@@ -1,0 +1,226 @@
+"""Evaluation reports: plots (PNG) and a self-contained HTML gallery of retrieval results.
+
+- `plot_verb_ap`: mean V2T AP per verb class, the top and bottom 20 classes.
+- `plot_rerank_curve`: average mAP against the rerank depth K.
+- `plot_training_curves`: every numeric series of <workdir>/metrics.jsonl against the step.
+- `write_gallery`: for random test sentences their top-5 clips (a strip of middle frames) and
+  for random clips their top-5 sentences, each result coloured by its relevance.
+
+Everything is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _atomic_bytes(path, data: bytes) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _save_figure(fig, path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    _atomic_bytes(path, buffer.getvalue())
+
+
+def verb_ap(ap_per_clip: np.ndarray, verb_class: np.ndarray) -> dict[int, float]:
+    """Mean AP (percent) per verb class over the clips that have one (NaN rows ignored).
+
+    ap_per_clip (n_clips,) fractions, e.g. `metrics.mir_per_row(...)[('mAP', 'v2t')]`;
+    verb_class (n_clips,) int.
+    """
+    out = {}
+    for verb in np.unique(verb_class):
+        values = ap_per_clip[verb_class == verb]
+        if np.isfinite(values).any():
+            out[int(verb)] = 100 * float(np.nanmean(values))
+    return out
+
+
+def plot_verb_ap(path, ap_per_clip: np.ndarray, verb_class: np.ndarray,
+                 verb_names: dict[int, str] | None = None, top: int = 20) -> None:
+    """Bar charts of the ``top`` best and worst verb classes by mean V2T AP."""
+    per_verb = sorted(verb_ap(ap_per_clip, verb_class).items(), key=lambda kv: -kv[1])
+    names = verb_names or {}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.25 * min(top, len(per_verb)) + 1.5))
+    for ax, title, part in ((axes[0], f"top {top}", per_verb[:top]),
+                            (axes[1], f"bottom {top}", per_verb[-top:][::-1])):
+        labels = [names.get(v, str(v)) for v, _ in part]
+        ax.barh(range(len(part)), [a for _, a in part], color="tab:blue")
+        ax.set_yticks(range(len(part)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("mean AP (V2T, %)")
+        ax.set_title(f"verb classes: {title}")
+    _save_figure(fig, path)
+
+
+def plot_rerank_curve(path, map_by_k: dict[int, float], baseline: float | None = None) -> None:
+    """Average mAP (percent) against the rerank depth K; ``baseline`` is the dual encoder."""
+    ks = sorted(map_by_k)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ks, [map_by_k[k] for k in ks], marker="o", label="reranked")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", label="dual encoder")
+    ax.set_xlabel("K (candidates rescored per query)")
+    ax.set_ylabel("avg mAP (%)")
+    ax.legend()
+    _save_figure(fig, path)
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file; a malformed line is an error naming its number."""
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+    return records
+
+
+def _numeric_series(records: list[dict]) -> dict[str, tuple[list, list]]:
+    """Flattens nested numeric fields ('mAP/avg') into (steps, values) series."""
+    series: dict[str, tuple[list, list]] = {}
+
+    def walk(prefix, value, step):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}" if prefix else k, v, step)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            steps, values = series.setdefault(prefix, ([], []))
+            steps.append(step)
+            values.append(value)
+
+    for record in records:
+        if "step" in record:
+            walk("", {k: v for k, v in record.items() if k not in ("step", "time")},
+                 record["step"])
+    return series
+
+
+def plot_training_curves(path, metrics_jsonl) -> list[str]:
+    """One panel per numeric series of a metrics.jsonl, against the step. Returns the names."""
+    series = _numeric_series(read_jsonl(metrics_jsonl))
+    if not series:
+        raise ValueError(f"{metrics_jsonl}: no records with a 'step' and numeric values")
+    names = sorted(series)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        steps, values = series[name]
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    _save_figure(fig, path)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML gallery.
+
+
+def frame_strip(frames: Sequence[np.ndarray], height: int = 64, count: int = 3) -> bytes:
+    """JPEG of ``count`` middle frames side by side. frames: (T,) of (H, W, 3) uint8."""
+    t = len(frames)
+    picks = [frames[i] for i in np.linspace(t // 4, t - 1 - t // 4, min(count, t)).round().astype(int)]
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in picks]
+    width = [round(im.width * height / im.height) for im in images]
+    strip = Image.new("RGB", (sum(width), height))
+    x = 0
+    for im, w in zip(images, width):
+        strip.paste(im.resize((w, height)), (x, 0))
+        x += w
+    out = io.BytesIO()
+    strip.save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def _relevance_colour(rel: float) -> str:
+    if rel >= 1:
+        return "#2e7d32"  # a hit
+    return "#f9a825" if rel > 0 else "#c62828"
+
+
+def _img(jpeg: bytes) -> str:
+    return f'<img src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
+
+
+def write_gallery(path, sim: np.ndarray, rel: np.ndarray, clip_ids: Sequence[str],
+                  clip_narrations: Sequence[str], sentences: Sequence[str],
+                  clip_frames: Callable[[int], Sequence[np.ndarray]], *, n_sentences: int = 50,
+                  n_clips: int = 20, top: int = 5, seed: int = 0, title: str = "") -> int:
+    """Writes a self-contained HTML page of retrieval results; returns the number of images.
+
+    Args:
+      path: output .html.
+      sim, rel: (n_clips, n_sentences).
+      clip_ids, clip_narrations: (n_clips,) the clips' narration_ids and narrations.
+      sentences: (n_sentences,) the sentence texts.
+      clip_frames: clip index -> its frames, (T,) of (H, W, 3) uint8; called once per shown clip.
+      n_sentences, n_clips: how many random queries of each direction to show.
+    """
+    sim, rel = np.asarray(sim), np.asarray(rel)
+    rng = np.random.default_rng(seed)
+    text_queries = np.sort(rng.choice(sim.shape[1], min(n_sentences, sim.shape[1]), replace=False))
+    clip_queries = np.sort(rng.choice(sim.shape[0], min(n_clips, sim.shape[0]), replace=False))
+    strips: dict[int, str] = {}
+
+    def strip(i: int) -> str:
+        if i not in strips:
+            strips[i] = _img(frame_strip(clip_frames(i)))
+        return strips[i]
+
+    parts = [f"<h2>Text to video: top {top} clips for {len(text_queries)} sentences</h2>"]
+    for j in text_queries:
+        best = np.argsort(-sim[:, j], kind="stable")[:top]
+        cells = "".join(
+            f'<td style="border:4px solid {_relevance_colour(rel[i, j])}">{strip(i)}'
+            f"<br><small>{html.escape(str(clip_ids[i]))}: {html.escape(str(clip_narrations[i]))}"
+            f" (rel {rel[i, j]:.2f})</small></td>" for i in best)
+        parts.append(f"<h3>{html.escape(str(sentences[j]))}</h3><table><tr>{cells}</tr></table>")
+    parts.append(f"<h2>Video to text: top {top} sentences for {len(clip_queries)} clips</h2>")
+    for i in clip_queries:
+        best = np.argsort(-sim[i], kind="stable")[:top]
+        items = "".join(
+            f'<li style="color:{_relevance_colour(rel[i, j])}">{html.escape(str(sentences[j]))}'
+            f" (rel {rel[i, j]:.2f})</li>" for j in best)
+        parts.append(f"<h3>{html.escape(str(clip_ids[i]))}: "
+                     f"{html.escape(str(clip_narrations[i]))}</h3>{strip(i)}<ol>{items}</ol>")
+    legend = ('<p>Border / text colour: <b style="color:#2e7d32">relevance 1</b>, '
+              '<b style="color:#f9a825">partly relevant</b>, <b style="color:#c62828">not relevant</b></p>')
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title or 'retrieval gallery')}"
+            f"</title><style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:2px}}"
+            f"</style></head><body><h1>{html.escape(title or 'Retrieval gallery')}</h1>{legend}"
+            f"{''.join(parts)}</body></html>\n")
+    _atomic_bytes(path, page.encode())
+    return len(text_queries) * min(top, sim.shape[0]) + len(clip_queries)

@@ -1,0 +1,86 @@
+"""Evaluation reports: plots are PNG files, the gallery is valid self-contained HTML."""
+
+import html.parser
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tempret_jax import metrics, report
+
+
+def _is_png(path):
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.width > 100
+
+
+def test_verb_ap_averages_per_class_and_ignores_nan():
+    ap = np.array([0.5, 1.0, np.nan, 0.2])
+    assert report.verb_ap(ap, np.array([3, 3, 7, 9])) == {3: 75.0, 9: pytest.approx(20.0)}
+
+
+def test_plots_are_written(tmp_path):
+    rng = np.random.default_rng(0)
+    sim, rel = rng.standard_normal((40, 30)), rng.choice([0, 0.5, 1], size=(40, 30))
+    ap = metrics.mir_per_row(sim, rel)["mAP", "v2t"]
+    report.plot_verb_ap(tmp_path / "verbs.png", ap, rng.integers(0, 25, 40), {0: "take"})
+    report.plot_rerank_curve(tmp_path / "rerank.png", {10: 5.0, 50: 6.0, 100: 6.5}, baseline=4.0)
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 1, "loss": 2.0, "lr": 1e-4}, {"step": 2, "loss": 1.5, "lr": 2e-4},
+        {"step": 2, "mAP": {"avg": 10.0}, "nDCG": {"avg": 20.0}}]))
+    names = report.plot_training_curves(tmp_path / "curves.png", jsonl)
+    assert names == ["loss", "lr", "mAP/avg", "nDCG/avg"]
+    for name in ("verbs.png", "rerank.png", "curves.png"):
+        assert _is_png(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "curves.png", "metrics.jsonl", "rerank.png", "verbs.png"]  # no temporaries left
+
+
+def test_a_malformed_metrics_line_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not JSON"):
+        report.plot_training_curves(tmp_path / "c.png", path)
+
+
+class _Collect(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.errors = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag not in ("meta", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+
+def test_gallery_is_valid_html_with_the_expected_images(tmp_path):
+    rng = np.random.default_rng(0)
+    n_clips, n_sentences = 30, 60
+    sim, rel = rng.standard_normal((n_clips, n_sentences)), rng.choice([0, 0.5, 1], (n_clips, n_sentences))
+    frames = rng.integers(0, 255, (8, 48, 64, 3), dtype=np.uint8)
+    shown = []
+
+    def clip_frames(i):
+        shown.append(i)
+        return frames
+
+    count = report.write_gallery(tmp_path / "gallery.html", sim, rel, [f"c{i}" for i in range(n_clips)],
+                                 [f"cut <onion> {i}" for i in range(n_clips)],
+                                 [f"s{j}" for j in range(n_sentences)], clip_frames)
+    page = (tmp_path / "gallery.html").read_text()
+    parser = _Collect()
+    parser.feed(page)
+    assert page.startswith("<!DOCTYPE html>") and not parser.errors and not parser.stack
+    assert count == 50 * 5 + 20 == len(parser.images)
+    assert all(src.startswith("data:image/jpeg;base64,") for src in parser.images)  # self-contained
+    assert "cut &lt;onion&gt;" in page  # text is escaped
+    assert len(shown) == len(set(shown))  # each clip's frames are read once
+
