@@ -184,14 +184,16 @@ def params_from_hf_clip(state_dict: Mapping[str, Any], *, vision_heads: int, tex
 def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
                             text_heads: int, num_frames: Optional[int] = None,
                             scan_layers: bool = False,
-                            key_map: Callable[[str], str] = lambda k: k) -> Params:
+                            key_map: Optional[Callable[[str], str]] = None) -> Params:
     """OpenAI CLIP (`clip.load(...).state_dict()`, also AVION's towers) -> our tower params.
 
     `key_map` rewrites the checkpoint's keys first (e.g. strip AVION's 'module.' prefix).
     A checkpoint's own `visual.temporal_embedding` (AVION) is used when present; otherwise
     `num_frames` adds zeros as in `params_from_hf_clip`.
     """
-    sd = _StateDict({key_map(k): val for k, val in state_dict.items()}, "OpenAI CLIP")
+    if key_map is not None:
+        state_dict = {key_map(k): val for k, val in state_dict.items()}
+    sd = _StateDict(state_dict, "OpenAI CLIP")
     conv = sd("visual.conv1.weight")
     if conv.ndim == 5:  # AVION's Conv3d kernel (D, 3, 1, p, p)
         conv = conv[:, :, 0]
