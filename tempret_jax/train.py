@@ -188,7 +188,7 @@ class Trainer:
     """The model, optimiser and jitted train step of a config on a mesh.
 
     Methods: `init_state`, `abstract_state`, `train_step` (process-local numpy batch in),
-    `load_init` (init_from), `eval_params`.
+    `gradients`, `load_init` (init_from), `eval_params`.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -224,6 +224,10 @@ class Trainer:
                              in_shardings=(self.state_shardings, batch_sharding),
                              out_shardings=(self.state_shardings, sharding_lib.replicated(mesh)),
                              donate_argnums=0)
+        self._gradients = jax.jit(
+            lambda state, batch: self._grads(state.params, batch, self._step_rng(state)),
+            in_shardings=(self.state_shardings, batch_sharding),
+            out_shardings=(None, None, self.state_shardings.params))
 
     # -- initialisation -----------------------------------------------------------------------
 
@@ -360,9 +364,12 @@ class Trainer:
         g_towers, _ = jax.lax.scan(backward, zeros, (inputs, jax.tree.map(self._split, g_enc)))
         return value, out, _add_trees(g_head, g_towers)
 
+    @staticmethod
+    def _step_rng(state: TrainState):
+        return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
     def _train_step(self, state: TrainState, batch: dict):
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        loss, out, grads = self._grads(state.params, batch, rng)
+        loss, out, grads = self._grads(state.params, batch, self._step_rng(state))
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -371,7 +378,7 @@ class Trainer:
             ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         trainable_grads = jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype),
                                        grads, self.trainable)
-        out = {**out, "loss": loss, "grad_norm": optax.global_norm(trainable_grads),
+        out = {**out, "loss": loss, "grad_norm": optax.tree.norm(trainable_grads),
                "lr": self.schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              ema_params=ema), out
@@ -381,8 +388,15 @@ class Trainer:
 
         Returns (new state, metrics {name: replicated scalar}); ``state`` is donated.
         """
-        arrays = sharding_lib.global_batch({k: local_batch[k] for k in MODEL_KEYS}, self.mesh)
-        return self._step(state, arrays)
+        return self._step(state, self._global(local_batch))
+
+    def gradients(self, state: TrainState, local_batch: dict):
+        """(loss, metrics, grads) the next `train_step` would use, without updating: grads
+        sharded like the params (for checks and debugging)."""
+        return self._gradients(state, self._global(local_batch))
+
+    def _global(self, local_batch: dict) -> dict:
+        return sharding_lib.global_batch({k: local_batch[k] for k in MODEL_KEYS}, self.mesh)
 
 
 def _state_specs(abstract_opt, param_specs):

@@ -1,0 +1,266 @@
+"""The trainer on a tiny SynthKitchens: losses go down, sharding and accumulation change nothing,
+runs resume bitwise after kill -9, SIGTERM checkpoints and exits 0, NaN stops cleanly,
+init_from names what does not fit, and 2 processes compute what 1 does."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tempret_jax import checkpoint, sharding, train
+from tempret_jax.data import ek100, pipeline, prepare, synthetic
+
+# Several trainers here (and the subprocesses) compile identical programs: a persistent
+# compilation cache shared by this session and its subprocesses saves most of the compile time.
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                               tempfile.mkdtemp(prefix="tempret-jax-test-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+TINY = synthetic.SynthConfig(num_train_videos=2, num_test_videos=1, num_participants=2,
+                             clips_per_video=4, width=96, height=64, fps=10,
+                             clip_seconds=(0.6, 1.0), gap_seconds=(0.2, 0.3), gop=10)
+REPO = pathlib.Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("synth")
+    synthetic.generate(root, TINY)
+    summary = prepare.prepare(prepare.PrepareConfig(
+        annotation_dir=str(root / "annotations"), video_root=str(root),
+        output_dir=str(tmp_path_factory.mktemp("prepared")), num_frames=4, short_side=36,
+        num_workers=1, progress=False))
+    return summary["dataset_dir"]
+
+
+def tiny_config(dataset, **overrides):
+    """The training config of these tests: the tiny model, 8 clips a step, constant lr."""
+    c = train.default_config()
+    c.name = "test"
+    c.dataset_dir = dataset
+    c.total_steps = 4
+    c.optim.update(lr=1e-3, start_lr=1e-3, end_lr=1e-3)
+    c.eval.every_steps = -1
+    c.checkpoint.every_steps = 2
+    c.log_every = 1
+    c.update(overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def fixed_batch(dataset):
+    it = iter(pipeline.train_pipeline(dataset, 8, num_frames=4, resolution=32,
+                                      process_index=0, process_count=1))
+    return next(it)
+
+
+def _one_device_mesh():
+    return sharding.make_mesh(devices=jax.devices()[:1])
+
+
+def _run_steps(trainer, batch, n):
+    state = trainer.init_state()
+    losses = []
+    for _ in range(n):
+        state, out = trainer.train_step(state, batch)
+        losses.append({k: float(v) for k, v in out.items()})
+    return state, losses
+
+
+def _host(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning.
+
+
+@pytest.mark.parametrize("loss", ["sms", "mi_mm", "adaptive_mi_mm", "info_nce"])
+def test_stage1_overfits_a_fixed_batch(dataset, fixed_batch, loss):
+    trainer = train.Trainer(tiny_config(dataset, loss={"name": loss}), _one_device_mesh())
+    _, history = _run_steps(trainer, fixed_batch, 8)
+    first, last = history[0]["loss"], history[-1]["loss"]
+    assert np.isfinite(first) and last < 0.7 * first, [h["loss"] for h in history]
+
+
+def test_stage2_trains_the_cross_encoder_with_the_dual_encoder_frozen(dataset, fixed_batch):
+    config = tiny_config(dataset, stage=2)
+    config.model.cross_encoder.enabled = True
+    trainer = train.Trainer(config, _one_device_mesh())
+    start = _host(trainer.init_state().params)
+    state, history = _run_steps(trainer, fixed_batch, 16)
+    itm = [h["itm_loss"] for h in history]  # noisy: new hard negatives every step
+    assert np.mean(itm[-3:]) < 0.8 * itm[0], itm
+    end = _host(state.params)
+    for name in ("visual", "text", "logit_scale"):
+        jax.tree.map(np.testing.assert_array_equal, start[name], end[name])
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), start["cross_encoder"],
+                           end["cross_encoder"])
+    assert all(jax.tree.leaves(changed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding and accumulation.
+
+
+def test_fsdp_sharding_and_microbatches_give_the_single_device_step(dataset):
+    # 16 pairs: 2 microbatches of 8, one pair per device and microbatch on 8 devices.
+    batch = next(iter(pipeline.train_pipeline(dataset, 16, num_frames=4, resolution=32,
+                                              process_index=0, process_count=1)))
+    reference = train.Trainer(tiny_config(dataset, global_batch_size=16), _one_device_mesh())
+    config = tiny_config(dataset, global_batch_size=16, microbatches=2)
+    config.mesh.update(data=4, fsdp=2, fsdp_min_size=1024)
+    sharded = train.Trainer(config, sharding.make_mesh(4, 2))
+
+    ref_state, state = reference.init_state(), sharded.init_state()
+    kernel = state.params["visual"]["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"]
+    assert "fsdp" in kernel.sharding.spec  # really sharded, (32, 128): on the 128
+    jax.tree.map(np.testing.assert_array_equal, _host(ref_state.params), _host(state.params))
+    ref_loss, _, ref_grads = reference.gradients(ref_state, batch)
+    loss, _, grads = sharded.gradients(state, batch)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    # Gradients, not Adam's updates: Adam turns float noise on ~0 gradients (attention key
+    # biases have exactly 0) into full-size steps. Tolerance relative to the largest one.
+    ref_grads, grads = _host(ref_grads), _host(grads)
+    scale = max(np.abs(g).max() for g in jax.tree.leaves(ref_grads))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-6 * scale),
+                 ref_grads, grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: resume, preemption, NaN.
+
+_RUNNER = """
+import json, os, pathlib, signal, sys, time
+import ml_collections
+from tempret_jax import train
+
+config = ml_collections.ConfigDict(json.loads(pathlib.Path(sys.argv[1]).read_text()))
+workdir, kill_at, wait_for = pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+
+def hook(step, state):
+    print(f"STEP {step}", flush=True)
+    if step == kill_at:
+        # Die like a lost machine, once the wanted checkpoint is complete on disk.
+        deadline = time.time() + 120
+        while not (workdir / "checkpoints" / wait_for).is_dir() and time.time() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+result = train.train_and_evaluate(config, workdir, hooks=[hook])
+print("DONE", result["step"], result["preempted"], flush=True)
+"""
+
+
+def _start_runner(tmp_path, config, workdir, kill_at=-1, wait_for="none"):
+    (tmp_path / "config.json").write_text(config.to_json())
+    (tmp_path / "runner.py").write_text(_RUNNER)
+    return subprocess.Popen(
+        [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "config.json"),
+         str(workdir), str(kill_at), wait_for],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def straight_run(dataset, tmp_path_factory):
+    """4 steps without interruption (checkpoints at 2 and 4)."""
+    workdir = tmp_path_factory.mktemp("straight")
+    result = train.train_and_evaluate(tiny_config(dataset), workdir)
+    return workdir, result
+
+
+def test_resume_after_kill_9_is_bitwise_identical(dataset, straight_run, tmp_path):
+    workdir, straight = straight_run
+    killed = tmp_path / "killed"
+    proc = _start_runner(tmp_path, tiny_config(dataset), killed, kill_at=3, wait_for="2")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    assert "STEP 3" in out and "DONE" not in out
+
+    resumed = train.train_and_evaluate(tiny_config(dataset), killed)
+    assert resumed["step"] == 4 and not resumed["preempted"]
+    jax.tree.map(np.testing.assert_array_equal, _host(straight["state"]),
+                 _host(resumed["state"]))
+    lines = [json.loads(x) for x in (killed / "train_metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines][-2:] == [3, 4]
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_0(dataset, tmp_path):
+    workdir = tmp_path / "run"
+    config = tiny_config(dataset, total_steps=10_000)
+    config.checkpoint.every_steps = 100_000
+    proc = _start_runner(tmp_path, config, workdir)
+    for line in proc.stdout:
+        if line.startswith("STEP 2"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    done = [line.split() for line in out.splitlines() if line.startswith("DONE")]
+    assert len(done) == 1 and done[0][2] == "True"
+    step = int(done[0][1])
+    assert 2 <= step < 10_000
+    meta = json.loads((workdir / "checkpoints" / str(step) / "meta" / "metadata").read_text())
+    assert meta["preempted"] and meta["step"] == step
+
+
+def test_non_finite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(
+        dataset, straight_run, tmp_path):
+    import shutil
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    before = checkpoint.load_flat_params(workdir)
+    config = tiny_config(dataset, total_steps=8)
+    config.optim.update(lr=float("inf"), start_lr=float("inf"), end_lr=float("inf"))
+    with pytest.raises(train.NonFiniteLossError) as error:
+        train.train_and_evaluate(config, workdir)
+    assert 5 <= error.value.step <= 6  # step 5 makes the weights non-finite
+    train_ids = set(ek100.read_clips(pathlib.Path(dataset) / "annotations" /
+                                     ek100.TRAIN_CLIPS_FILE).narration_id)
+    assert len(error.value.narration_ids) == 8 and set(error.value.narration_ids) <= train_ids
+    assert str(error.value.step) in str(error.value)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 4
+    after = checkpoint.load_flat_params(workdir)
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# init_from.
+
+
+def test_init_from_loads_by_regex_and_names_missing_and_mismatched_keys(straight_run, tmp_path):
+    workdir, result = straight_run
+    params = _host(result["state"].params)
+    source = checkpoint.load_flat_params(workdir)
+    assert source.keys() == checkpoint.flatten(params).keys()
+
+    target = {"visual": {"proj": np.zeros((32, 16), np.float32),
+                         "extra": np.zeros(3, np.float32)},
+              "text": {"text_projection": np.zeros((32, 8), np.float32)},
+              "logit_scale": np.zeros((), np.float32)}
+    merged = checkpoint.merge_params(target, source, include=r"^visual/proj$|^logit_scale$")
+    np.testing.assert_array_equal(merged["visual"]["proj"], params["visual"]["proj"])
+    np.testing.assert_array_equal(merged["visual"]["extra"], 0)
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.merge_params(target, source)
+    message = str(error.value)
+    assert "missing keys (1): visual/extra" in message
+    assert "text/text_projection: model (32, 8), checkpoint (32, 16)" in message
+
+    converted = tmp_path / "converted"
+    checkpoint.save_params(converted, {"visual": {"proj": params["visual"]["proj"]}})
+    assert list(checkpoint.load_flat_params(converted)) == ["visual/proj"]
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.load_flat_params(tmp_path / "nowhere")
