@@ -264,3 +264,74 @@ def test_init_from_loads_by_regex_and_names_missing_and_mismatched_keys(straight
     assert list(checkpoint.load_flat_params(converted)) == ["visual/proj"]
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         checkpoint.load_flat_params(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes.
+
+_WORKER = """
+import json, os, sys
+process_id, port, dataset, out, workdir = sys.argv[1:6]
+os.environ.pop("XLA_FLAGS", None)
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
+import numpy as np
+import ml_collections
+from tempret_jax import sharding, train
+from tempret_jax.data import pipeline
+
+config = ml_collections.ConfigDict(json.loads(open(sys.argv[6]).read()))
+trainer = train.Trainer(config, sharding.make_mesh())
+batch = next(iter(pipeline.train_pipeline(dataset, 8, num_frames=4, resolution=32,
+                                          process_index=0, process_count=1)))
+rows = slice(4 * jax.process_index(), 4 * jax.process_index() + 4)  # this process's half
+state = trainer.init_state()
+_, _, grads = trainer.gradients(state, {k: v[rows] for k, v in batch.items()})
+losses = []
+for _ in range(2):
+    state, metrics = trainer.train_step(state, {k: v[rows] for k, v in batch.items()})
+    losses.append(float(metrics["loss"]))
+grads = jax.tree.map(np.asarray, grads)  # replicated over the data axis
+if jax.process_index() == 0:
+    np.savez(out, losses=np.asarray(losses),
+             **{k: v for k, v in train.checkpoint_lib.flatten(grads).items()})
+# The whole loop too: pipeline shards, checkpoint, evaluation.
+result = train.train_and_evaluate(config, workdir)
+print("RESULT", jax.process_index(), result["step"], json.dumps(result["metrics"]), flush=True)
+"""
+
+
+@pytest.mark.slow  # ~100 s on 2 cores: two JAX processes compile, gloo collectives are slow
+def test_two_processes_train_like_one(dataset, fixed_batch, tmp_path):
+    config = tiny_config(dataset, total_steps=2)
+    config.eval.every_steps = 0  # evaluate at the end
+    (tmp_path / "config.json").write_text(config.to_json())
+    (tmp_path / "worker.py").write_text(_WORKER)
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, str(tmp_path / "worker.py"), str(i), str(port), dataset,
+         str(tmp_path / "two.npz"), str(tmp_path / "run"), str(tmp_path / "config.json")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    results = [line.split(maxsplit=3) for out, _ in outputs for line in out.splitlines()
+               if line.startswith("RESULT")]
+    assert sorted(r[1] for r in results) == ["0", "1"] and {r[2] for r in results} == {"2"}
+    assert results[0][3] == results[1][3] and "mAP" in results[0][3]
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+
+    reference = train.Trainer(config, sharding.make_mesh())  # 8 devices, one process
+    _, _, grads = reference.gradients(reference.init_state(), fixed_batch)
+    _, history = _run_steps(reference, fixed_batch, 2)
+    two = np.load(tmp_path / "two.npz")
+    np.testing.assert_allclose(two["losses"], [h["loss"] for h in history], rtol=1e-5)
+    one = checkpoint.flatten(_host(grads))
+    scale = max(np.abs(g).max() for g in one.values())  # see the FSDP test for why
+    for k, v in one.items():
+        np.testing.assert_allclose(two[k], v, rtol=1e-3, atol=1e-6 * scale, err_msg=k)
