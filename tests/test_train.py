@@ -236,6 +236,16 @@ def test_non_finite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(
         np.testing.assert_array_equal(before[k], after[k])
 
 
+def test_evaluate_scores_the_latest_checkpoint(dataset, straight_run):
+    workdir, _ = straight_run
+    record = train.evaluate(tiny_config(dataset), workdir)
+    assert record["step"] == 4 and record["config"] == "test"
+    assert 0 < record["mAP"]["avg"] <= 100 and 0 < record["nDCG"]["avg"] <= 100
+    assert json.loads((workdir / "metrics.json").read_text()) == record
+    history = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(history[-1]) == record
+
+
 # ---------------------------------------------------------------------------------------------
 # init_from.
 
