@@ -8,7 +8,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -17,14 +16,6 @@ import pytest
 
 from tempret_jax import checkpoint, sharding, train
 from tempret_jax.data import ek100, pipeline, prepare, synthetic
-
-# Several trainers here (and the subprocesses) compile identical programs: a persistent
-# compilation cache shared by this session and its subprocesses saves most of the compile time.
-_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                               tempfile.mkdtemp(prefix="tempret-jax-test-cache-"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 TINY = synthetic.SynthConfig(num_train_videos=2, num_test_videos=1, num_participants=2,
                              clips_per_video=4, width=96, height=64, fps=10,
