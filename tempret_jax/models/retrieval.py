@@ -9,7 +9,8 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
 
     embed_dim            E, the joint embedding size (CLIP's projection dim)
     dtype                compute dtype: 'float32' | 'bfloat16' | 'float16' (params stay float32)
-    attention_impl       'auto' (XLA picks) | 'xla' | 'cudnn'  (jax.nn.dot_product_attention)
+    attention_impl       'auto' (einsum on CPU, else jax picks) | 'xla' | 'cudnn'
+                         (jax.nn.dot_product_attention) | 'einsum' (layers.dot_product_attention)
     scan_layers, remat, remat_policy   layer stacks: nn.scan over layers, nn.remat + policy name
     vision.{image_size, patch_size, width, layers, heads, mlp_ratio, mlp, sub_ln, num_frames,
             frame_mode, pos_embed ('learned' | 'rope' | 'learned+rope'), rope_theta}
@@ -39,7 +40,7 @@ from tempret_jax.models import video as video_lib
 Array = jax.Array
 PRESETS = ("tiny", "vit_b16", "vit_l14")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "einsum": "einsum"}
 VIDEO_TOKENS = ("patch", "frame")
 
 
