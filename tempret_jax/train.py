@@ -38,7 +38,9 @@ Config (`default_config()` holds every key with its default; configs/ override t
                           hard-negative draw)
     optim                 `optim.optim_config` (AdamW, schedule, multipliers, freeze, clip, EMA)
     data.{train_split, num_frames, resolution, crop_scale, num_workers, dtype}
-    eval.{every_steps (0: only at the end; -1: never), split, batch_size, tta, num_workers, chunk}
+    eval.{every_steps (0: only at the end; -1: never), split, batch_size, tta, tta_views,
+          tta_reduce, dual_softmax, rerank.*, submission_sls, num_workers, chunk}
+                          (see `evaluate`: periodic evaluation uses all but rerank)
     checkpoint.{every_steps, keep, keep_best, best_metric, async_save}
     init_from.{path, step, include, exclude}   load parameters before step 0 (see
                           `checkpoint.load_flat_params`, `checkpoint.merge_params`)
@@ -115,8 +117,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(train_split="train", num_frames=4, resolution=32,
                                             crop_scale=(0.5, 1.0), num_workers=0,
                                             dtype="float32"))
-    c.eval = ml_collections.ConfigDict(dict(every_steps=0, split="test", batch_size=16,
-                                            tta=False, num_workers=0, chunk=1024))
+    c.eval = ml_collections.ConfigDict(dict(
+        every_steps=0, split="test", batch_size=16, tta=False,
+        tta_views=("orig", "flip", "scale=0.875", "scale=1.125"), tta_reduce="mean",
+        dual_softmax=False, submission_sls=(4, 3, 3), num_workers=0, chunk=1024))
+    c.eval.rerank = ml_collections.ConfigDict(dict(
+        k=0, alpha=1.0, alphas=(), tune_split="train", tune_clips=256,
+        curve_ks=(1, 5, 10, 20, 50, 100), batch_size=64))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, keep_best=1,
                                                   best_metric="mAP_avg", async_save=True))
     c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, include=".*", exclude=""))
@@ -484,12 +491,8 @@ def _mesh(config) -> jax.sharding.Mesh:
 
 
 def _evaluate(trainer: Trainer, state: TrainState, config) -> dict:
-    e, d = config.eval, config.data
-    return evaluate_lib.evaluate_split(
-        trainer.model, trainer.eval_params(state), trainer.mesh, config.dataset_dir,
-        split=e.split, batch_size=e.batch_size, num_frames=d.num_frames,
-        resolution=d.resolution, views=pipeline.TTA_VIEWS if e.tta else (pipeline.View(),),
-        num_workers=e.num_workers, dtype=np.dtype(d.dtype), chunk=e.chunk)
+    return evaluate_lib.evaluate_split_from_config(trainer.model, trainer.eval_params(state),
+                                                   trainer.mesh, config)
 
 
 def _record_eval(workdir: pathlib.Path, config, step: int, result: dict, started: float) -> dict:
