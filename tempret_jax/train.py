@@ -38,6 +38,7 @@ Config (`default_config()` holds every key with its default; configs/ override t
                           hard-negative draw)
     optim                 `optim.optim_config` (AdamW, schedule, multipliers, freeze, clip, EMA)
     data.{train_split, num_frames, resolution, crop_scale, num_workers, dtype}
+    data.positive_threshold   sampled positives have rel > this (DESIGN §6: 0.1)
     eval.{every_steps (0: only at the end; -1: never), split, batch_size, tta, tta_views,
           tta_reduce, dual_softmax, rerank.*, submission_sls, num_workers, chunk}
                           (see `evaluate`: periodic evaluation uses all but rerank)
@@ -81,7 +82,7 @@ from tempret_jax import losses
 from tempret_jax import metrics as metrics_lib
 from tempret_jax import optim
 from tempret_jax import sharding as sharding_lib
-from tempret_jax.data import pipeline
+from tempret_jax.data import ek100, pipeline, prepare
 from tempret_jax.models import retrieval
 
 # Per-batch inputs of each retrieval loss besides the embeddings ("temperature" comes from the
@@ -114,7 +115,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.itm = ml_collections.ConfigDict(dict(freeze_dual_encoder=True, dual_loss_weight=0.0,
                                            temperature=0.07))
     c.optim = optim.optim_config()
-    c.data = ml_collections.ConfigDict(dict(train_split="train", num_frames=4, resolution=32,
+    c.data = ml_collections.ConfigDict(dict(train_split="train", positive_threshold=0.1,
+                                            num_frames=4, resolution=32,
                                             crop_scale=(0.5, 1.0), num_workers=0,
                                             dtype="float32"))
     c.eval = ml_collections.ConfigDict(dict(
@@ -490,6 +492,28 @@ def _mesh(config) -> jax.sharding.Mesh:
     return sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
 
 
+def _train_relevance(config) -> ek100.TrainRelevance:
+    clips, sentences = prepare.load_annotations(config.dataset_dir, config.data.train_split)
+    return ek100.TrainRelevance.from_tables(clips, sentences,
+                                            threshold=config.data.positive_threshold)
+
+
+def describe(trainer: Trainer) -> str:
+    """Startup summary: devices, mesh, parameter count per top-level module, global batch."""
+    c = trainer.config
+    devices = jax.devices()
+    counts = {name: sum(x.size for x in jax.tree.leaves(tree))
+              for name, tree in trainer.abstract_state().params.items()}
+    lines = [f"devices: {len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
+             f"{jax.process_count()} process(es)",
+             f"mesh: {dict(trainer.mesh.shape)}",
+             "parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+             + f" (total {sum(counts.values()) / 1e6:.2f}M)",
+             f"global batch: {c.global_batch_size} pairs ({c.microbatches} microbatch(es)), "
+             f"{c.total_steps} steps, stage {c.stage}, loss {c.loss.name}"]
+    return "\n".join(lines)
+
+
 def _evaluate(trainer: Trainer, state: TrainState, config) -> dict:
     return evaluate_lib.evaluate_split_from_config(trainer.model, trainer.eval_params(state),
                                                    trainer.mesh, config)
@@ -556,11 +580,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
     train_iter = iter(pipeline.train_pipeline(
         config.dataset_dir, config.global_batch_size, split=d.train_split,
         num_frames=d.num_frames, resolution=d.resolution, crop_scale=tuple(d.crop_scale),
-        seed=config.seed, num_workers=d.num_workers, dtype=np.dtype(d.dtype)))
+        seed=config.seed, num_workers=d.num_workers, dtype=np.dtype(d.dtype),
+        relevance=_train_relevance(config)))
     c = config.checkpoint
     ckpts = checkpoint_lib.RunCheckpoints(workdir, keep=c.keep, keep_best=c.keep_best,
                                           best_metric=c.best_metric, async_save=c.async_save)
     is_main = jax.process_index() == 0
+    if is_main:
+        print(describe(trainer), flush=True)
     writer = MetricWriter(workdir, enabled=is_main)
     preemption = Preemption()
     progress = None
