@@ -603,8 +603,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None,
     workdir = pathlib.Path(workdir)
     timings = {}
     tick = time.perf_counter()
-    model, mesh, params, number = load_model(config, workdir, step=step, checkpoint=checkpoint)
     rerank_config = _rerank_settings(config)
+    model, mesh, params, number = load_model(config, workdir, step=step, checkpoint=checkpoint)
     timings["load"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

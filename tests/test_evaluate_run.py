@@ -1,0 +1,286 @@
+"""The evaluation of a trained run: TTA views and their reduction follow the config, dual-softmax
+is the DESIGN formula, reranking with alpha = 0 is the dual encoder's ranking and otherwise
+reorders the top-K by s + alpha * P(match), the entry point writes every output, and a missing
+checkpoint or a run of another config is a clear error."""
+
+import html.parser
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tempret_jax import checkpoint, evaluate, metrics
+from tempret_jax.data import pipeline, prepare
+from trained_run import load_config, trained_run
+
+REPO = pathlib.Path(__file__).parent.parent
+
+
+@pytest.fixture
+def run(tmp_path_factory):
+    """(a fresh copy of the config, workdir) of the run trained once (tests/trained_run.py)."""
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    config, workdir = trained_run(tmp_path_factory)
+    model, mesh, params, step = evaluate.load_model(config, workdir)
+    assert step == 4
+    return model, params, mesh
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, loaded):
+    config, _ = trained_run(tmp_path_factory)
+    return evaluate.embed_split(*loaded, config.dataset_dir, tokens=True,
+                                **evaluate.embed_kwargs(config))
+
+
+def _video_batches(config, views):
+    return pipeline.eval_pipeline(config.dataset_dir, 8, num_frames=4, resolution=32,
+                                  views=views, process_index=0, process_count=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation.
+
+
+def test_view_specs_parse_and_tta_switches_them_on(run):
+    config, _ = run
+    assert evaluate.parse_view("scale=0.875+flip") == pipeline.View(scale=0.875, flip=True)
+    assert evaluate.eval_views(config.eval) == (pipeline.View(),)
+    config.eval.tta = True
+    assert evaluate.eval_views(config.eval) == pipeline.TTA_VIEWS
+    config.eval.tta_views = ("flip",)
+    assert evaluate.eval_views(config.eval) == (pipeline.View(flip=True),)
+    for bad in ("mirror", "scale=0", "scale=big"):
+        with pytest.raises(evaluate.EvaluationError, match="eval.tta_views"):
+            evaluate.parse_view(bad)
+
+
+def test_each_view_changes_the_features_and_the_reduction_follows_the_config(run, loaded):
+    config, _ = run
+    model, params, mesh = loaded
+    per_view = evaluate.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
+                                       mesh, reduce="none")["features"]
+    n, v, _ = per_view.shape
+    assert v == 4
+    for a in range(v):
+        for b in range(a + 1, v):
+            assert not np.allclose(per_view[:, a], per_view[:, b], atol=1e-4), (a, b)
+    plain = evaluate.video_features(model, params, _video_batches(config, (pipeline.View(),)),
+                                    mesh)["features"]
+    np.testing.assert_allclose(per_view[:, 0], plain, rtol=1e-5, atol=1e-6)
+    for reduce, expected in (("mean", per_view.mean(1)), ("sum", per_view.sum(1))):
+        got = evaluate.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
+                                      mesh, reduce=reduce)["features"]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(evaluate.EvaluationError, match="eval.tta_reduce"):
+        evaluate.video_features(model, params, [], mesh, reduce="max")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring.
+
+
+def _numpy_dual_softmax(sim, temperature=500.0):
+    """DESIGN.md §5 written out: S = texts x videos; softmax(S / t over videos) * S; softmax
+    over texts."""
+    s = sim.T.astype(np.float64)
+    out = np.empty_like(s)
+    for i in range(s.shape[0]):
+        w = np.exp(s[i] / temperature)
+        out[i] = w / w.sum() * s[i]
+    for j in range(s.shape[1]):
+        w = np.exp(out[:, j])
+        out[:, j] = w / w.sum()
+    return out.T
+
+
+def test_dual_softmax_equals_the_numpy_formula(embedded):
+    sim = embedded.similarity()
+    np.testing.assert_allclose(sim, embedded.video @ embedded.text.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedded.similarity(dual_softmax=True), _numpy_dual_softmax(sim),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_embedded_split_covers_every_prepared_clip_and_sentence(run, embedded):
+    config, _ = run
+    clips, sentences = prepare.load_annotations(config.dataset_dir, "test")
+    assert embedded.video.shape[0] == len(pipeline.open_split(config.dataset_dir, "test"))
+    np.testing.assert_array_equal(embedded.sentence_rows, np.arange(len(sentences)))
+    np.testing.assert_allclose(np.linalg.norm(embedded.video, axis=1), 1, atol=1e-5)
+    assert embedded.rel.shape == (len(embedded.clip_rows), len(sentences))
+    assert embedded.text_tokens.shape[1] == embedded.text_mask.shape[1] < 77  # padding trimmed
+
+
+# ---------------------------------------------------------------------------------------------
+# Reranking.
+
+
+def test_itm_scores_are_the_cross_encoder_on_each_query_candidate_pair(run, loaded, embedded):
+    config, _ = run
+    model, params, mesh = loaded
+    sim = embedded.similarity()
+    k = 3
+    full = evaluate.text_features(model, params, evaluate.sentence_batches(
+        list(prepare.load_annotations(config.dataset_dir, "test")[1].narration), 8, 0, 1), mesh,
+        tokens=True)  # untrimmed 77 tokens: trimming the padding must not change a score
+    for direction in evaluate.DIRECTIONS:
+        cands = evaluate.top_k(sim, k, direction)
+        got = evaluate.itm_scores(model, params, mesh, embedded, cands, direction, batch_size=1)
+        for q in range(len(cands)):
+            for j, c in enumerate(cands[q]):
+                t, v = (q, c) if direction == "t2v" else (c, q)
+                logit = model.apply({"params": params}, full["tokens"][t], full["mask"][t],
+                                    embedded.video_tokens[v], method=model.score_pairs)
+                assert got[q, j] == pytest.approx(float(1 / (1 + np.exp(-logit))), abs=1e-5)
+
+
+def _ranking(matrix, direction):
+    rows = matrix.T if direction == "t2v" else matrix
+    return np.argsort(-rows, axis=1, kind="stable")
+
+
+def test_rerank_with_alpha_zero_is_the_dual_encoder_ranking(run, loaded, embedded):
+    sim = embedded.similarity()
+    sim[0, 1] = sim[0, 2]  # a tie: the smaller index must stay first
+    reranker = evaluate.Reranker.score(*loaded, embedded, sim, k=3, batch_size=2)
+    for k in (1, 2, 3):
+        matrices = reranker.matrices(alpha=0.0, k=k)
+        for d in evaluate.DIRECTIONS:
+            np.testing.assert_array_equal(_ranking(matrices[d], d), _ranking(sim, d))
+        assert reranker.metrics(0.0, k) == metrics.mir_metrics(sim, embedded.rel)
+
+
+def test_rerank_orders_the_top_k_by_dual_plus_alpha_itm_and_keeps_the_rest(loaded, embedded):
+    sim = embedded.similarity()
+    k, alpha = 2, 5.0
+    reranker = evaluate.Reranker.score(*loaded, embedded, sim, k=k)
+    for d in evaluate.DIRECTIONS:
+        dual = _ranking(sim, d)
+        got = _ranking(reranker.matrices(alpha, k)[d], d)
+        scores = (sim.T if d == "t2v" else sim)
+        for q in range(len(dual)):
+            top = dual[q, :k]
+            new = scores[q, top] + alpha * reranker.itm[d][q, :k]
+            np.testing.assert_array_equal(got[q, :k], top[np.argsort(-new, kind="stable")])
+            np.testing.assert_array_equal(got[q, k:], dual[q, k:])
+
+
+def test_alpha_sweep_picks_the_best_alpha(loaded, embedded):
+    reranker = evaluate.Reranker.score(*loaded, embedded, embedded.similarity(), k=4)
+    best, results = reranker.sweep([0.0, 1.0, 10.0])
+    assert set(results) == {0.0, 1.0, 10.0}
+    assert results[best] == max(results.values())
+    assert results[best] == reranker.metrics(best)["mAP"]["avg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point and its outputs.
+
+
+class _Html(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag not in ("meta", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack.pop() == tag
+
+
+def test_run_writes_metrics_similarity_submission_plots_and_gallery(run, tmp_path):
+    config, workdir = run
+    config.eval.update(tta=True, dual_softmax=True)
+    config.eval.rerank.update(k=2, alphas=(0.0, 1.0), tune_split="train", tune_clips=4,
+                              curve_ks=(1, 2, 3))
+    record = evaluate.run(config, workdir)
+    out = workdir / "eval"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["step"] == 4 and written["views"] == 4 and written["dual_softmax"]
+    assert written["mAP"] == pytest.approx(record["mAP"])
+    assert written["rerank"]["alpha"] in (0.0, 1.0)
+    assert set(written["rerank"]["map_by_k"]) == {"1", "2", "3"}
+    assert set(written["timings_s"]) >= {"embedding", "scoring", "reranking", "metrics"}
+
+    clips, sentences = prepare.load_annotations(config.dataset_dir, "test")
+    sim = np.load(out / "similarity.npy")
+    assert sim.shape == (record["clips"], len(sentences))
+    assert len(sim) == len(clips)  # SynthKitchens: no clip skipped at preparation
+    rel = evaluate.split_relevance(config.dataset_dir, "test", np.arange(len(clips)))
+    assert metrics.mir_metrics(sim, rel)["mAP"] == pytest.approx(record["mAP"])
+    submission = metrics.read_submission(out / "submission.pkl", clips.narration_id,
+                                         sentences.narration_id)
+    np.testing.assert_array_equal(submission["sim_mat"], sim)
+    assert submission["vis_ids"] == list(clips.narration_id)
+
+    for name in ("verb_ap.png", "rerank_curve.png", "training_curves.png", "eval_curves.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG"
+    page = _Html()
+    page.feed((out / "gallery.html").read_text())
+    n_clips, n_sentences = sim.shape
+    assert len(page.images) == n_sentences * min(5, n_clips) + min(20, n_clips)
+    assert all(src.startswith("data:image/jpeg;base64,") for src in page.images)
+    assert page.stack == []
+    assert json.loads((out / "config.json").read_text())["name"] == config.name
+
+
+def test_the_entry_point_prints_the_table_and_writes_eval(run, tmp_path):
+    config, workdir = run
+    result = subprocess.run(
+        [sys.executable, "-m", "tempret_jax.evaluate", "--config", "configs/synthetic.py:test",
+         "--workdir", str(workdir), "--step", "2"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "step 2" in result.stdout and "mAP" in result.stdout and "nDCG" in result.stdout
+    assert json.loads((workdir / "eval" / "metrics.json").read_text())["step"] == 2
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tempret_jax.evaluate", "--config", "configs/synthetic.py:test",
+         "--workdir", str(tmp_path), "--config.dataset_dir", str(tmp_path)], cwd=REPO,
+        capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"error: no checkpoint in {tmp_path / 'checkpoints'}" in result.stderr
+
+
+def test_a_run_of_another_config_or_step_is_a_clear_error(run):
+    config, workdir = run
+    other = load_config("mean,test")
+    with pytest.raises(evaluate.EvaluationError,
+                       match="holds a run of config 'synthetic_tempret_sms_test', but the config "
+                             "given is 'synthetic_mean_sms_test'"):
+        evaluate.find_step_dir(other, workdir)
+    with pytest.raises(evaluate.EvaluationError, match="has no step 3; it has \\[2, 4\\]"):
+        evaluate.find_step_dir(config, workdir, step=3)
+
+
+def test_a_converted_checkpoint_is_evaluated_with_its_parameters(run, loaded, tmp_path):
+    config, _ = run
+    _, params, _ = loaded
+    checkpoint.save_params(tmp_path / "converted", params)
+    _, _, again, step = evaluate.load_model(config, checkpoint=str(tmp_path / "converted"))
+    assert step == -1
+    for key, value in checkpoint.flatten(params).items():
+        np.testing.assert_array_equal(np.asarray(checkpoint.flatten(again)[key]),
+                                      np.asarray(value))
+
+
+def test_rerank_without_a_cross_encoder_names_the_key(run):
+    config, workdir = run
+    config.model.cross_encoder.enabled = False
+    config.eval.rerank.k = 5
+    with pytest.raises(evaluate.EvaluationError, match="model.cross_encoder.enabled"):
+        evaluate.run(config, workdir)
