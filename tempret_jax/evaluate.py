@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import pathlib
 import time
@@ -110,13 +111,17 @@ def eval_views(eval_config) -> tuple[pipeline.View, ...]:
 # Encoding.
 
 
-def _gather_rows(mesh, fn, params, batches: Iterable[dict], data_keys, id_key) -> dict:
-    """Runs ``fn(params, ids, mask, *data) -> ({name: (B, ...)}, ids, mask)`` on every batch.
+# The jitted functions are built once per (model, mesh, option): a new closure per call would
+# be traced and compiled again every time (search embeds one query per call).
+_cached = functools.lru_cache(maxsize=64)
 
-    Returns {name: (n, ...) numpy} plus 'ids' (n,), sorted by id, padding dropped. ``fn`` is
-    jitted with replicated outputs, so every process holds every row.
+
+def _gather_rows(mesh, jitted, params, batches: Iterable[dict], data_keys, id_key) -> dict:
+    """Runs ``jitted(params, ids, mask, *data) -> ({name: (B, ...)}, ids, mask)`` on every batch.
+
+    Returns {name: (n, ...) numpy} plus 'ids' (n,), sorted by id, padding dropped. ``jitted``
+    has replicated outputs, so every process holds every row.
     """
-    jitted = jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
     outputs: dict[str, list] = {}
     for batch in batches:
         local = {k: batch[k] for k in data_keys}
@@ -148,7 +153,12 @@ def video_features(model, params, batches: Iterable[dict], mesh, *, reduce: str 
     """
     if reduce not in TTA_REDUCE + ("none",):
         raise EvaluationError(f"eval.tta_reduce: expected one of {TTA_REDUCE}, got {reduce!r}")
+    return _gather_rows(mesh, _video_fn(model, mesh, reduce, tokens), params, batches,
+                        ("video",), "clip_index")
 
+
+@_cached
+def _video_fn(model, mesh, reduce: str, tokens: bool):
     def fn(params, ids, mask, video):
         b, v = video.shape[:2]
         out = model.apply({"params": params}, video.reshape((b * v,) + video.shape[2:]),
@@ -161,7 +171,7 @@ def video_features(model, params, batches: Iterable[dict], mesh, *, reduce: str 
             result["tokens"] = out["tokens"].reshape((b, v) + out["tokens"].shape[1:])[:, 0]
         return result, ids, mask
 
-    return _gather_rows(mesh, fn, params, batches, ("video",), "clip_index")
+    return jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
 
 
 def text_features(model, params, batches: Iterable[dict], mesh, *, tokens: bool = False) -> dict:
@@ -171,6 +181,12 @@ def text_features(model, params, batches: Iterable[dict], mesh, *, tokens: bool 
     Returns {'features': (n, E) float32 unnormalised, 'ids': (n,) positions (sorted),
     ['tokens': (n, 77, D_t) compute dtype, 'mask': (n, 77) bool real tokens]}.
     """
+    return _gather_rows(mesh, _text_fn(model, mesh, tokens), params, batches, ("tokens",),
+                        "index")
+
+
+@_cached
+def _text_fn(model, mesh, tokens: bool):
     def fn(params, ids, mask, token_ids):
         out = model.apply({"params": params}, token_ids, method=model.encode_text)
         result = {"features": out["features"].astype(jnp.float32)}
@@ -178,7 +194,7 @@ def text_features(model, params, batches: Iterable[dict], mesh, *, tokens: bool 
             result.update(tokens=out["tokens"], mask=out["mask"])
         return result, ids, mask
 
-    return _gather_rows(mesh, fn, params, batches, ("tokens",), "index")
+    return jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
 
 
 def sentence_batches(texts: Sequence[str], global_batch_size: int,
@@ -226,13 +242,7 @@ def embed(model, params, features: np.ndarray, gallery: np.ndarray, modality: st
           chunk: int = 1024) -> np.ndarray:
     """Unit embeddings (n, E) of ``features`` (n, E); refinement (if the model has it) attends
     over ``gallery`` (G, E), the other modality's unnormalised features. Chunked over rows."""
-    method = {"video": model.embed_video, "text": model.embed_text}[modality]
-    gallery_key = {"video": "text_gallery", "text": "video_gallery"}[modality]
-
-    @jax.jit
-    def fn(params, x, gallery):
-        return model.apply({"params": params}, x, **{gallery_key: gallery}, method=method)
-
+    fn = _embed_fn(model, modality)
     n = len(features)
     chunk = min(chunk, max(n, 1))
     padded = np.zeros((-(-n // chunk) * chunk, features.shape[1]), np.float32)
@@ -240,6 +250,17 @@ def embed(model, params, features: np.ndarray, gallery: np.ndarray, modality: st
     out = [np.asarray(fn(params, padded[i:i + chunk], gallery))
            for i in range(0, len(padded), chunk)]
     return np.concatenate(out)[:n]
+
+
+@_cached
+def _embed_fn(model, modality: str):
+    method = {"video": model.embed_video, "text": model.embed_text}[modality]
+    gallery_key = {"video": "text_gallery", "text": "video_gallery"}[modality]
+
+    def fn(params, x, gallery):
+        return model.apply({"params": params}, x, **{gallery_key: gallery}, method=method)
+
+    return jax.jit(fn)
 
 
 def similarity(video: np.ndarray, text: np.ndarray) -> np.ndarray:
@@ -412,16 +433,7 @@ def itm_scores(model, params, mesh, embedded: Embedded, candidates: np.ndarray,
     text_tokens = _replicate(mesh, embedded.text_tokens)
     text_mask = _replicate(mesh, embedded.text_mask)
     video_tokens = _replicate(mesh, embedded.video_tokens)
-
-    def fn(params, query, cands, text_tokens, text_mask, video_tokens):
-        if direction == "t2v":
-            t, m, v = text_tokens[query][:, None], text_mask[query][:, None], video_tokens[cands]
-        else:
-            t, m, v = text_tokens[cands], text_mask[cands], video_tokens[query][:, None]
-        logits = model.apply({"params": params}, t, m, v, method=model.score_pairs)
-        return jax.nn.sigmoid(logits)
-
-    jitted = jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
+    jitted = _itm_fn(model, mesh, direction)
     unit = sharding_lib.batch_devices(mesh)
     batch = -(-batch_size // unit) * unit
     n = len(candidates)
@@ -436,6 +448,19 @@ def itm_scores(model, params, mesh, embedded: Embedded, candidates: np.ndarray,
                         video_tokens)
         out[start:start + batch - pad] = np.asarray(scores)[:batch - pad]
     return out
+
+
+@_cached
+def _itm_fn(model, mesh, direction: str):
+    def fn(params, query, cands, text_tokens, text_mask, video_tokens):
+        if direction == "t2v":
+            t, m, v = text_tokens[query][:, None], text_mask[query][:, None], video_tokens[cands]
+        else:
+            t, m, v = text_tokens[cands], text_mask[cands], video_tokens[query][:, None]
+        logits = model.apply({"params": params}, t, m, v, method=model.score_pairs)
+        return jax.nn.sigmoid(logits)
+
+    return jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
 
 
 def rerank(sim: np.ndarray, candidates: np.ndarray, itm: np.ndarray, alpha: float,
