@@ -6,7 +6,7 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
 demo:  ## install, then run the main job on the embedded default
 	$(PYTHON) -m pip install -q -e .
-	$(PYTHON) -m tempret_jax.main --config configs/random_baseline.py --workdir runs/demo
+	$(PYTHON) -m tempret_jax.main --config configs/synthetic.py --workdir runs/demo
 
 test:  ## install with the test extra, then run the fast test suite
 	$(PYTHON) -m pip install -q -e '.[test]'

@@ -86,6 +86,8 @@ def run(config, workdir: pathlib.Path, mode: str) -> int:
     if mode == "eval":
         train.evaluate(config, workdir)
         return 0
+    # The resolved config beside the run: search and evaluation reopen the run from it.
+    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
     if mode == "train":
         config.eval.every_steps = -1
     try:

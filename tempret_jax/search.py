@@ -77,11 +77,12 @@ class Index:
 
 def load_config(workdir, config: ml_collections.ConfigDict | None = None
                 ) -> ml_collections.ConfigDict:
-    """``config``, else the one saved in the workdir by an evaluation or an index build."""
+    """``config``, else the one saved in the workdir by training, an evaluation or an index build."""
     if config is not None:
         return config
     workdir = pathlib.Path(workdir)
-    for path in (workdir / evaluate.EVAL_DIR / evaluate.CONFIG_FILE,
+    for path in (workdir / evaluate.CONFIG_FILE,
+                 workdir / evaluate.EVAL_DIR / evaluate.CONFIG_FILE,
                  workdir / INDEX_DIR / evaluate.CONFIG_FILE):
         if path.is_file():
             return ml_collections.ConfigDict(json.loads(path.read_text()))
