@@ -72,13 +72,13 @@ def get_config(arg=None):
 
     c.loss.name = choice["loss"]
     c.global_batch_size = 64 if demo else 8
-    c.total_steps = 300 if demo else 4
+    c.total_steps = 400 if demo else 4
     c.data.update(num_frames=m.vision.num_frames, resolution=m.vision.image_size,
                   crop_scale=(0.7, 1.0), positive_threshold=0.99)
     # Trained from scratch: a larger lr than fine-tuning CLIP (AVION uses 3e-5 from CLIP).
     c.optim.update(lr=2e-3, start_lr=1e-5, end_lr=1e-5,
                    warmup_steps=40 if demo else 1, weight_decay=0.05, clip_grad_norm=1.0)
-    c.eval.update(every_steps=150 if demo else 0, batch_size=64 if demo else 8)
+    c.eval.update(every_steps=200 if demo else 0, batch_size=64 if demo else 8)
     c.checkpoint.update(every_steps=100 if demo else 2, keep=2)
     c.log_every = 10 if demo else 1
     return c

@@ -20,3 +20,26 @@ def test_a_misspelt_config_key_names_the_nearest_one(tmp_path):
         [sys.executable, "-m", "tempret_jax.main", "--config", "configs/random_baseline.py",
          "--workdir", str(tmp_path), "--config.sed=1"], capture_output=True, text=True)
     assert run.returncode != 0 and 'Did you mean "seed"' in run.stderr
+
+
+def _main(*args):
+    return subprocess.run([sys.executable, "-m", "tempret_jax.main", *args],
+                          capture_output=True, text=True)
+
+
+def test_synthetic_job_generates_prepares_trains_and_evaluates(tmp_path):
+    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "devices:" in run.stdout and "parameters:" in run.stdout and "global batch" in run.stdout
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["step"] == 4 and set(result["mAP"]) == {"v2t", "t2v", "avg"}
+    assert json.loads((tmp_path / "config.json").read_text())["name"] == "synthetic_tempret_info_nce_test"
+    # eval mode scores the saved checkpoint again: same numbers.
+    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path), "--mode", "eval")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["mAP"] == result["mAP"]
+
+
+def test_eval_mode_without_a_checkpoint_is_a_clear_error(tmp_path):
+    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path), "--mode", "eval")
+    assert run.returncode != 0 and "checkpoint" in run.stderr.splitlines()[-1].lower()
