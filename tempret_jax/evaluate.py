@@ -492,12 +492,7 @@ def directional_metrics(sim_v2t: np.ndarray, sim_t2v: np.ndarray,
                         rel: np.ndarray) -> dict[str, dict[str, float]]:
     """`metrics.mir_metrics` with V2T read from ``sim_v2t`` and T2V from ``sim_t2v`` (percent)."""
     v2t, t2v = metrics.mir_per_row(sim_v2t, rel), metrics.mir_per_row(sim_t2v, rel)
-    out = {}
-    for name in ("mAP", "nDCG"):
-        a = 100 * float(np.nanmean(v2t[name, "v2t"]))
-        b = 100 * float(np.nanmean(t2v[name, "t2v"]))
-        out[name] = {"v2t": a, "t2v": b, "avg": (a + b) / 2}
-    return out
+    return metrics.summarize({key: (v2t if key[1] == "v2t" else t2v)[key] for key in v2t})
 
 
 @dataclasses.dataclass

@@ -47,7 +47,9 @@ def _check(sim: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sim, rel
 
 
-def _average(per_row: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def summarize(per_row: dict[tuple[str, str], np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per-row results (`mir_per_row`) -> {'mAP' | 'nDCG': {'v2t', 't2v', 'avg'}} in percent;
+    rows with an undefined score (NaN) are left out of the means."""
     out = {}
     for name in ("mAP", "nDCG"):
         v2t = 100 * float(np.nanmean(per_row[name, "v2t"]))
@@ -180,7 +182,7 @@ def mir_metrics(sim: np.ndarray, rel: np.ndarray) -> dict[str, dict[str, float]]
     Returns:
       {'mAP': {'v2t', 't2v', 'avg'}, 'nDCG': {'v2t', 't2v', 'avg'}}.
     """
-    return _average(mir_per_row(sim, rel))
+    return summarize(mir_per_row(sim, rel))
 
 
 def _reference_direction(sim: np.ndarray, rel: np.ndarray) -> dict[str, np.ndarray]:
@@ -207,7 +209,7 @@ def reference_mir_metrics(sim: np.ndarray, rel: np.ndarray) -> dict[str, dict[st
     for direction, (s, r) in {"v2t": (sim, rel), "t2v": (sim.T, rel.T)}.items():
         for name, value in _reference_direction(s, r).items():
             per_row[name, direction] = value
-    return _average(per_row)
+    return summarize(per_row)
 
 
 def dual_softmax(sim: np.ndarray, temperature: float = 500.0) -> np.ndarray:
