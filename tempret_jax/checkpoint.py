@@ -118,13 +118,15 @@ def checkpoint_step_dir(path, step: int | None = None) -> pathlib.Path:
     """A run workdir / checkpoints folder -> the step folder (latest complete one by default)."""
     path = pathlib.Path(path).absolute()
     folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
     steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
     if step is not None and step >= 0:
         if step not in steps:
-            raise CheckpointError(f"init_from: {folder} has no step {step}; it has {steps}")
+            raise CheckpointError(f"{folder} has no checkpoint step {step}; it has {steps}")
         return folder / str(step)
     if not steps:
-        raise CheckpointError(f"init_from: {folder} holds no checkpoint steps")
+        raise CheckpointError(f"{folder} holds no checkpoint steps")
     return folder / str(steps[-1])
 
 

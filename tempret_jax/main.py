@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import metrics, train
+from tempret_jax import checkpoint, metrics, train
 from tempret_jax.data import ek100, prepare, synthetic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a Python file).")
@@ -84,7 +84,11 @@ def run(config, workdir: pathlib.Path, mode: str) -> int:
         raise app.UsageError("config.dataset_dir is empty: pass --config.dataset_dir=<prepared "
                              "data set> (tools/prepare_ek100.py makes one)")
     if mode == "eval":
-        train.evaluate(config, workdir)
+        try:
+            train.evaluate(config, workdir)
+        except checkpoint.CheckpointError as e:
+            print(f"error: --mode eval needs a trained run in --workdir: {e}", file=sys.stderr)
+            return 2
         return 0
     # The resolved config beside the run: search and evaluation reopen the run from it.
     write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))

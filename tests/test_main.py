@@ -42,4 +42,5 @@ def test_synthetic_job_generates_prepares_trains_and_evaluates(tmp_path):
 
 def test_eval_mode_without_a_checkpoint_is_a_clear_error(tmp_path):
     run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path), "--mode", "eval")
-    assert run.returncode != 0 and "checkpoint" in run.stderr.splitlines()[-1].lower()
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1].startswith("error: --mode eval needs a trained run")
