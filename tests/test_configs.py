@@ -72,7 +72,7 @@ def _random_batch(c, rng):
 
 @pytest.mark.parametrize("variant", ["tempret", "mean", "joint", "rope"])
 def test_demo_variants_learn_a_fixed_batch(variant):
-    c = load("synthetic.py", f"{variant},test")
+    c = load("synthetic.py", f"{variant},sms,test")
     c.optim.update(lr=2e-3, start_lr=2e-3, warmup_steps=0)
     trainer = train.Trainer(c, train._mesh(c))
     state = trainer.init_state()
