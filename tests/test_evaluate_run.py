@@ -260,10 +260,10 @@ def test_a_run_of_another_config_or_step_is_a_clear_error(run):
     config, workdir = run
     other = load_config("mean,test")
     with pytest.raises(evaluate.EvaluationError,
-                       match="holds a run of config 'synthetic_tempret_sms_test', but the config "
-                             "given is 'synthetic_mean_sms_test'"):
+                       match=f"holds a run of config '{config.name}', but the config "
+                             f"given is '{other.name}'"):
         evaluate.find_step_dir(other, workdir)
-    with pytest.raises(evaluate.EvaluationError, match="has no step 3; it has \\[2, 4\\]"):
+    with pytest.raises(evaluate.EvaluationError, match="has no checkpoint step 3; it has \\[2, 4\\]"):
         evaluate.find_step_dir(config, workdir, step=3)
 
 
