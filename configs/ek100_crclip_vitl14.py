@@ -17,8 +17,7 @@ def get_config(arg=None):
     del arg
     c = recipes.ek100_finetune("vit_l14", "ek100_crclip_vitl14")
     c.model.refine.enabled = True
-    c.loss.name = "sms"
-    c.loss.hparams = {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}
+    recipes.use_sms(c)
     c.eval.tta = True  # flip + multi-scale, features averaged
     c.init_from.include = r"^(visual|text|logit_scale)/"  # refinement heads start fresh
     return c

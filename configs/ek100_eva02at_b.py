@@ -17,6 +17,5 @@ def get_config(arg=None):
     del arg
     c = recipes.ek100_finetune("vit_b16", "ek100_eva02at_b")
     c.model.vision.update(pos_embed="learned+rope", mlp="swiglu", sub_ln=True)
-    c.loss.name = "sms"
-    c.loss.hparams = {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}
+    recipes.use_sms(c)
     return c

@@ -14,6 +14,5 @@ from tempret_jax import recipes
 def get_config(arg=None):
     del arg
     c = recipes.ek100_finetune("vit_b16", "ek100_sms_vitb16")
-    c.loss.name = "sms"
-    c.loss.hparams = {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}  # EVA02-AT SMS
+    recipes.use_sms(c)
     return c

@@ -37,7 +37,7 @@ def test_ek100_configs_validate_and_follow_their_paper(name, arg):
     assert (c.optim.lr, c.optim.weight_decay) == (3e-5, 0.01) or c.stage == 2
     assert c.loss.name == ("mi_mm" if "avion" in name else "sms")
     if c.loss.name == "sms":
-        assert dict(c.loss.hparams) == {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}
+        assert dict(c.loss.hparams) == {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}  # EVA02-AT
     width = {"vitb16": 768, "eva02at_b": 768, "vitl14": 1024}
     assert c.model.vision.width == next(w for k, w in width.items() if k in name)
     assert c.model.vision.frame_mode == ("tempret" in name) == c.model.temporal.enabled
