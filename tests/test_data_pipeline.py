@@ -4,6 +4,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tempret_jax.data import ek100, pipeline, prepare, synthetic
 
@@ -193,3 +194,39 @@ def test_sentences_once_tokenised(dataset):
 def test_batch_size_must_divide_between_processes(dataset):
     with pytest.raises(ValueError, match="not divisible"):
         _train(dataset, batch=5, process_index=0, process_count=2)
+
+
+def test_sentences_are_tokenised_once_as_tokenize_does(dataset):
+    clips, sentences = prepare.load_annotations(dataset, "train")
+    transform = pipeline.TrainTransform(ek100.TrainRelevance.from_tables(clips, sentences),
+                                        sentences, T, R)
+    assert transform.sentence_tokens.shape == (len(sentences), pipeline.CONTEXT_LENGTH)
+    for i, text in enumerate(sentences.narration):
+        np.testing.assert_array_equal(transform.sentence_tokens[i], pipeline.tokenize([text])[0])
+
+
+def test_normalize_into_out_equals_the_formula():
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    expected = (pixels / 255 - np.array(pipeline.CLIP_MEAN)) / np.array(pipeline.CLIP_STD)
+    normalize = pipeline.Normalize()
+    np.testing.assert_allclose(normalize(pixels), expected, rtol=1e-6, atol=1e-6)
+    out = np.full(pixels.shape, np.nan, np.float32)
+    assert normalize(pixels[:, :, ::-1], out=out) is out  # a mirrored (strided) view as input
+    np.testing.assert_allclose(out, expected[:, :, ::-1], rtol=1e-6, atol=1e-6)
+    half = pipeline.Normalize(np.float16)(pixels)
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half, expected, rtol=1e-3, atol=2e-3)
+
+
+def test_random_resized_crops_use_one_box_for_every_frame():
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(a) for a in rng.integers(0, 256, (3, 40, 60, 3), dtype=np.uint8)]
+    normalize = pipeline.Normalize()
+    video = pipeline.random_resized_crops(iter(frames), 3, np.random.default_rng(7), 16,
+                                          (0.5, 1.0), normalize)
+    box = pipeline.random_resized_crop_box(60, 40, np.random.default_rng(7), (0.5, 1.0))
+    expected = [normalize(np.asarray(f.resize((16, 16), Image.BILINEAR, box=box))) for f in frames]
+    np.testing.assert_array_equal(video, np.stack(expected))
+    for count in (2, 4):
+        with pytest.raises(ValueError, match="expected num_frames=3"):
+            pipeline.random_resized_crops((frames * 2)[:count], 3, rng, 16, (0.5, 1.0), normalize)

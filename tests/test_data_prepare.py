@@ -112,6 +112,23 @@ def test_other_layouts_give_the_same_frames(tmp_path, layout):
         assert _stamps(r) == list(expected)
 
 
+def test_decode_at_reads_across_chunks_whatever_the_seek_gap(tmp_path):
+    config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 1, "num_test_videos": 0,
+                                      "layout": "chunked", "chunk_seconds": 2})
+    synthetic.generate(tmp_path, config)
+    kind, folder = prepare.find_source(tmp_path, "P01", "P01_01")
+    assert kind == "chunked"
+    # Times in several chunks, out of order, with gaps longer and shorter than a seek.
+    times = np.array([[5.07, 0.0, 1.98], [2.02, 3.5, 0.52]])
+    expected = list(np.floor(times.ravel() * TINY.fps + 1e-6).astype(int))
+    for gap in (0.0, 2.0, 100.0):
+        images = prepare.decode_at(kind, folder, times, chunk_seconds=2, seek_gap=gap)
+        assert [synthetic.read_frame_index(np.asarray(img)) for img in images] == expected
+    (folder / "2.MP4").unlink()  # frames of a missing chunk are None
+    images = prepare.decode_at(kind, folder, [1.0, 2.5, 4.5], chunk_seconds=2)
+    assert images[1] is None and images[0] is not None and images[2] is not None
+
+
 def _cli(synth, output, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return [sys.executable, str(REPO / "tools" / "prepare_ek100.py"), "--annotations",

@@ -1,22 +1,35 @@
 """Input throughput: prepared TFDS clips vs decoding the MP4s, and the positive sampler's memory.
 
   python tools/bench_pipeline.py [--work DIR] [--repeats 5] [--frames 16] [--resolution 224]
+      [--video_size 568x320] [--fps 30] [--gop FRAMES] [--layout mp4|chunked]
+      [--durations synth|ek100]
 
 1. Generates a SynthKitchens set (default 568x320 at 30 fps, like AVION's 320p re-encodes;
    --video_size / --fps for others, e.g. EK-100's 1920x1080 at 60), 10 clips of 1.5-4.5 s per
-   video, and prepares it (32 frames, short side 256).
+   video, keyframes every --gop frames (default 2 s), one file per video or (--layout chunked)
+   AVION's 15-second chunks. --durations ek100 re-times the train clips to the durations of
+   the EK-100 MIR test clips (see `ek100_durations`). Prepares the train split (32 frames,
+   short side 256).
 2. Times, on ONE core (this process), the training transform per clip: T random-offset
    segment frames, random resized crop to R x R, CLIP normalisation, positive sampling and
-   tokenisation. "prepared" decodes T JPEGs from the ArrayRecord records; "mp4" decodes the same
-   clips' frames from the MP4s with PyAV (seek to the keyframe before, decode forward). The full
-   grain pipeline (in-process, batch 8) is timed too. Medians over --repeats passes.
+   its tokens. "prepared" decodes T JPEGs from the ArrayRecord records
+   (`pipeline.TrainTransform`); "mp4" decodes the same clips' frames from the MP4s with PyAV
+   (`prepare.decode_at`: seek to the keyframe before, decode forward; a new seek only when
+   the next frame is more than max(2 s, one keyframe interval) ahead, so a seek never lands
+   behind the decoder) and runs the same crop, normalisation and sampling code. The full grain
+   pipeline (in-process, batch 8) is timed too. Medians over --repeats passes. A per-stage
+   profile of the prepared path follows (each stage timed on its own, so their sum is a bit
+   more than the transform, which streams one frame at a time through decode, resize and
+   normalisation).
 3. Builds `ek100.TrainRelevance` on a full-size synthetic train CSV (67,217 clips drawn from the
    real train sentences' class statistics) and reports its peak allocation (tracemalloc), the
    size it keeps, and the sampling rate.
 """
 
 import argparse
+import csv
 import dataclasses
+import os
 import pathlib
 import resource
 import statistics
@@ -35,22 +48,66 @@ BENCH_SET = synthetic.SynthConfig(seed=1, num_train_videos=6, num_test_videos=1,
                                   num_participants=3, clips_per_video=10, width=568, height=320,
                                   fps=30, clip_seconds=(1.5, 4.5), gap_seconds=(0.5, 2.0), gop=60)
 EK100_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "ek100"
+STORED_FRAMES = 32  # prepare's default
 
 
-def _mp4_transform(transform: pipeline.TrainTransform, video_root, clips: ek100.ClipTable):
+def ek100_durations(n: int) -> np.ndarray:
+    """n clip durations (s) at the quantiles (k + 0.5) / n of EK-100's 9,668 MIR test clips.
+
+    Their mean is 3.7 s and median 2.0 s, with a long tail (95 %: 11.9 s); n = 60 reaches 30 s.
+    """
+    clips = ek100.read_clips(EK100_DIR / ek100.TEST_CLIPS_FILE)
+    durations = np.asarray(clips.stop_timestamp) - np.asarray(clips.start_timestamp)
+    return np.quantile(durations, (np.arange(n) + 0.5) / n)
+
+
+def _timestamp(seconds: float) -> str:
+    centis = int(round(seconds * 100))
+    return f"{centis // 360000:02d}:{centis // 6000 % 60:02d}:{centis // 100 % 60:02d}.{centis % 100:02d}"
+
+
+def retime_train_clips(annotation_dir: pathlib.Path, fps: int, seed: int = 0) -> None:
+    """Gives the train clips EK-100's durations (`ek100_durations`), each at a random place in
+    its own video; narrations and classes stay (throughput does not look at the content)."""
+    path = annotation_dir / ek100.TRAIN_CLIPS_FILE
+    with open(path, newline="", encoding="utf-8") as f:
+        header, *rows = list(csv.reader(f))
+    with open(annotation_dir / synthetic.VIDEO_INFO_FILE, newline="", encoding="utf-8") as f:
+        length = {r["video_id"]: float(r["duration"]) for r in csv.DictReader(f)}
+    rng = np.random.default_rng(seed)
+    durations = rng.permutation(ek100_durations(len(rows)))
+    col = {name: header.index(name) for name in ek100.CLIP_COLUMNS}
+    for row, d in zip(rows, durations):
+        video_length = length[row[col["video_id"]]] - 2 / fps  # keep the last frame inside
+        d = min(round(float(d), 2), video_length)
+        start = round(float(rng.uniform(0, video_length - d)), 2)
+        for name, value in (("narration_timestamp", _timestamp(start)),
+                            ("start_timestamp", _timestamp(start)),
+                            ("stop_timestamp", _timestamp(start + d)),
+                            ("start_frame", int(start * fps) + 1),
+                            ("stop_frame", int((start + d) * fps) + 1)):
+            row[col[name]] = value
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    os.replace(tmp, path)
+
+
+def _mp4_transform(transform: pipeline.TrainTransform, video_root, clips: ek100.ClipTable,
+                   chunk_seconds: int, seek_gap: float):
     """The training transform with frames decoded from the MP4s instead of stored JPEGs."""
 
     def run(row: int, rng: np.random.Generator):
-        stored = prepare.sample_times(clips.start_timestamp[row], clips.stop_timestamp[row], 32)
-        times = stored[pipeline.segment_indices(32, transform.num_frames, rng)]
-        _, path = prepare.find_source(video_root, clips.participant_id[row], clips.video_id[row])
-        images = prepare.decode_video_at(path, times)
-        box = pipeline.random_resized_crop_box(*images[0].size, rng, transform.crop_scale)
-        size = (transform.resolution, transform.resolution)
-        video = np.stack([np.asarray(img.resize(size, Image.BILINEAR, box=box)) for img in images])
-        sentence, _ = transform.relevance.sample_positive(row, rng)
-        text = transform.sentence_text[sentence] if sentence >= 0 else clips.narration[row]
-        return transform.normalize(video), pipeline.tokenize([text])[0]
+        stored = prepare.sample_times(clips.start_timestamp[row], clips.stop_timestamp[row],
+                                      STORED_FRAMES)
+        times = stored[pipeline.segment_indices(STORED_FRAMES, transform.num_frames, rng)]
+        kind, path = prepare.find_source(video_root, clips.participant_id[row], clips.video_id[row])
+        images = prepare.decode_at(kind, path, times, chunk_seconds, seek_gap)
+        video = pipeline.random_resized_crops(images, transform.num_frames, rng,
+                                              transform.resolution, transform.crop_scale,
+                                              transform.normalize)
+        tokens, _, _ = transform.positive(row, clips.narration[row], rng)
+        return video, tokens
 
     return run
 
@@ -68,14 +125,53 @@ def _rate(fn, n: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def stage_profile(transform: pipeline.TrainTransform, source, repeats: int) -> dict[str, float]:
+    """Median ms per clip of each stage of the prepared path, each stage timed on its own."""
+    n, size = len(source), (transform.resolution, transform.resolution)
+    stages = ("record read", "JPEG decode", "crop + resize", "normalisation",
+              "positive + tokens")
+    runs = {s: [] for s in stages}
+    for r in range(repeats):
+        rng = np.random.default_rng(r)
+        spent = dict.fromkeys(stages, 0.0)
+        for i in range(n):
+            t0 = time.perf_counter()
+            record = source[i]
+            frames = record["frames"]
+            indices = pipeline.segment_indices(len(frames), transform.num_frames, rng)
+            t1 = time.perf_counter()
+            images = [pipeline.decode_jpeg(frames[j]) for j in indices]
+            for img in images:
+                img.load()
+            t2 = time.perf_counter()
+            box = pipeline.random_resized_crop_box(*images[0].size, rng, transform.crop_scale)
+            pixels = [np.asarray(img.resize(size, Image.BILINEAR, box=box)) for img in images]
+            t3 = time.perf_counter()
+            video = np.empty((len(pixels), *size, 3), transform.normalize.dtype)
+            for t, p in enumerate(pixels):
+                transform.normalize(p, out=video[t])
+            t4 = time.perf_counter()
+            transform.positive(int(record["clip_index"]), record["narration"], rng)
+            t5 = time.perf_counter()
+            for s, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                spent[s] += dt
+        for s in stages:
+            runs[s].append(1e3 * spent[s] / n)
+    return {s: statistics.median(v) for s, v in runs.items()}
+
+
 def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
-               videos: synthetic.SynthConfig) -> list[tuple]:
-    root = work / f"synth_{videos.width}x{videos.height}_{videos.fps}fps_{videos.num_train_videos}"
+               videos: synthetic.SynthConfig, durations: str):
+    root = work / (f"synth_{videos.width}x{videos.height}_{videos.fps}fps_{videos.num_train_videos}"
+                   f"_{videos.layout}_gop{videos.gop}_{durations}")
     if not (root / synthetic.ANNOTATION_DIR).is_dir():
         synthetic.generate(root, videos)
+        if durations == "ek100":
+            retime_train_clips(root / synthetic.ANNOTATION_DIR, videos.fps)
     summary = prepare.prepare(prepare.PrepareConfig(
         annotation_dir=str(root / "annotations"), video_root=str(root), output_dir=str(root / "prepared"),
-        splits=("train", "test"), progress=False))
+        splits=("train",), num_frames=STORED_FRAMES, chunk_seconds=videos.chunk_seconds,
+        progress=False))
     dataset = pathlib.Path(summary["dataset_dir"])
     clips, sentences = prepare.load_annotations(dataset, "train")
     relevance = ek100.TrainRelevance.from_tables(clips, sentences)
@@ -84,20 +180,30 @@ def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
     n = len(source)
 
     prepared_rate = _rate(lambda i, rng: transform.random_map((i, source[i]), rng), n, repeats)
-    mp4_rate = _rate(_mp4_transform(transform, root, clips), n, repeats)
+    stages = stage_profile(transform, source, repeats)
+    seek_gap = max(2.0, videos.gop / videos.fps)
+    mp4 = _mp4_transform(transform, root, clips, videos.chunk_seconds, seek_gap)
+    mp4_rate = _rate(mp4, n, repeats)
 
-    # grain reads ahead with threads: this row uses every core, over 3 epochs per pass.
+    # grain reads ahead with threads: this row uses every core, over 3 epochs per pass. Last,
+    # as its threads keep reading ahead after the timing.
     batch = 8
     it = iter(pipeline.train_pipeline(dataset, batch, num_frames=frames, resolution=resolution,
                                       process_index=0, process_count=1, relevance=relevance))
     grain_rate = _rate(lambda i, rng: next(it), 3 * n // batch, repeats) * batch
-    mp4_bytes = sum(p.stat().st_size for p in root.glob("*/videos/*.MP4"))
-    return [
+    train_videos = set(clips.video_id)
+    mp4_bytes = sum(f.stat().st_size for f in root.glob("*/videos/**/*.MP4")
+                    if f.is_file() and f.relative_to(root).parts[2].split(".")[0] in train_videos)
+    rows = [
         ("prepared ArrayRecord (transform)", prepared_rate, summary["bytes"] / n),
         ("prepared, grain pipeline (all cores)", grain_rate, summary["bytes"] / n),
         ("MP4 + PyAV seek/decode (transform)", mp4_rate, None),
-        ("speed-up prepared / MP4", prepared_rate / mp4_rate, mp4_bytes / n),
-    ], n
+        ("speed-up prepared / MP4", prepared_rate / mp4_rate, None),
+    ]
+    durations_s = np.asarray(clips.stop_timestamp) - np.asarray(clips.start_timestamp)
+    facts = {"clips": n, "mean clip s": durations_s.mean(), "median clip s": np.median(durations_s),
+             "max clip s": durations_s.max(), "MP4 kB/clip": mp4_bytes / 1e3 / n}
+    return rows, facts, stages
 
 
 def _peak_rss_mib() -> float:
@@ -151,7 +257,13 @@ def main():
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--video_size", default="568x320", help="WxH of the generated MP4s")
     p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--gop", type=int, default=None, help="keyframe interval (default 2 s)")
+    p.add_argument("--layout", choices=("mp4", "chunked"), default="mp4",
+                   help="one MP4 per video, or AVION's folders of 15-second chunks")
+    p.add_argument("--durations", choices=("synth", "ek100"), default="synth",
+                   help="SynthKitchens' 1.5-4.5 s clips, or EK-100 MIR's clip durations")
     p.add_argument("--videos", type=int, default=6, help="train videos of 10 clips")
+    p.add_argument("--no_sampler", action="store_true", help="skip the positive sampler part")
     p.add_argument("--sampler_only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,19 +274,30 @@ def main():
             return
         width, height = (int(x) for x in a.video_size.split("x"))
         videos = dataclasses.replace(BENCH_SET, width=width, height=height, fps=a.fps,
-                                     gop=2 * a.fps, num_train_videos=a.videos)
-        rows, n = throughput(work, a.repeats, a.frames, a.resolution, videos)
-        print(f"\nMP4s {a.video_size} at {a.fps} fps. Training clips {a.frames} x {a.resolution}"
-              f" x {a.resolution}, {n} clips, one core, median of {a.repeats} passes")
+                                     gop=a.gop or 2 * a.fps, num_train_videos=a.videos,
+                                     layout=a.layout)
+        rows, facts, stages = throughput(work, a.repeats, a.frames, a.resolution, videos,
+                                         a.durations)
+        print(f"\nMP4s {a.video_size} at {a.fps} fps, keyframe every {videos.gop} frames, layout "
+              f"{a.layout}; clips: {a.durations} durations (mean {facts['mean clip s']:.2f} s, "
+              f"median {facts['median clip s']:.2f} s, max {facts['max clip s']:.1f} s); "
+              f"{facts['MP4 kB/clip']:.0f} kB of MP4 per clip.\nTraining clips {a.frames} x "
+              f"{a.resolution} x {a.resolution}, {facts['clips']} clips, one core, median of "
+              f"{a.repeats} passes")
         print(f"| {'path':<38} | {'clips/s/core':>12} | {'bytes/clip':>10} |")
         print(f"|{'-' * 40}|{'-' * 14}|{'-' * 12}|")
         for name, rate, size in rows:
             unit = "x" if name.startswith("speed") else ""
             size = f"{size / 1e3:.0f} kB" if size else "-"
             print(f"| {name:<38} | {rate:>11.1f}{unit or ' '} | {size:>10} |")
-        print("(bytes/clip on the speed-up row: the MP4s' size per clip)")
-        print("\nPositive sampler on a full-size train split (fresh process)", flush=True)
-        subprocess.run([sys.executable, __file__, "--work", str(work), "--sampler_only"], check=True)
+        print("\nPrepared path per stage, ms per clip (each stage timed on its own)")
+        for name, ms in stages.items():
+            print(f"| {name:<20} | {ms:>6.2f} |")
+        print(f"| {'sum':<20} | {sum(stages.values()):>6.2f} |", flush=True)
+        if not a.no_sampler:
+            print("\nPositive sampler on a full-size train split (fresh process)", flush=True)
+            subprocess.run([sys.executable, __file__, "--work", str(work), "--sampler_only"],
+                           check=True)
 
 
 if __name__ == "__main__":

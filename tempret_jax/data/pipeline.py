@@ -80,13 +80,15 @@ def segment_indices(num_stored: int, num_frames: int, rng: np.random.Generator |
     return np.clip(idx, 0, num_stored - 1)
 
 
+def decode_jpeg(data: bytes) -> Image.Image:
+    """One JPEG byte string decoded to an RGB PIL image."""
+    img = Image.open(io.BytesIO(data), formats=("JPEG",))
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
 def decode_jpegs(frames, indices) -> list[Image.Image]:
     """The JPEG byte strings ``frames[i]`` for i in ``indices``, decoded to RGB PIL images."""
-    images = []
-    for i in indices:
-        img = Image.open(io.BytesIO(frames[i]))
-        images.append(img.convert("RGB") if img.mode != "RGB" else img)
-    return images
+    return [decode_jpeg(frames[i]) for i in indices]
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
@@ -113,8 +115,9 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
 class Normalize:
     """uint8 RGB (..., W, 3) -> (x / 255 - CLIP_MEAN) / CLIP_STD in ``dtype``.
 
-    The per-channel constants are tiled over a whole row (W * 3 values): broadcasting a length-3
-    vector makes numpy's inner loop 3 elements long, about 5x slower.
+    The per-channel constants are tiled over a whole row (W, 3): broadcasting a length-3 vector
+    makes numpy's inner loop 3 elements long, about 5x slower. Called on one frame at a time
+    with ``out`` a slice of the clip's array, the float32 passes stay in cache.
     """
 
     def __init__(self, dtype=np.float32):
@@ -122,13 +125,26 @@ class Normalize:
         std = np.asarray(CLIP_STD, np.float32)
         self.scale = 1 / (255 * std)
         self.offset = -np.asarray(CLIP_MEAN, np.float32) / std
+        self._rows = {}  # width -> (scale, offset) tiled to (W, 3)
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        width = pixels.shape[-2]
-        rows = pixels.reshape(-1, width * 3)
-        out = np.multiply(rows, np.tile(self.scale, width), dtype=np.float32)
-        out += np.tile(self.offset, width)
-        return out.reshape(pixels.shape).astype(self.dtype, copy=False)
+    def _tiled(self, width: int):
+        if width not in self._rows:
+            self._rows[width] = (np.tile(self.scale, (width, 1)), np.tile(self.offset, (width, 1)))
+        return self._rows[width]
+
+    def __call__(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalised ``pixels``: a new array, or written into ``out`` (same shape, ``dtype``)."""
+        scale, offset = self._tiled(pixels.shape[-2])
+        if out is None:
+            out = np.empty(pixels.shape, self.dtype)
+        # x * scale + offset in float32 (x is exact in float32), then cast if dtype is narrower.
+        work = out if self.dtype == np.float32 else np.empty(pixels.shape, np.float32)
+        work[...] = pixels
+        work *= scale
+        work += offset
+        if work is not out:
+            out[...] = work
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,17 +178,44 @@ def center_view(image: Image.Image, resolution: int, view: View) -> np.ndarray:
     return out[:, ::-1] if view.flip else out
 
 
+def random_resized_crops(images, num_frames: int, rng: np.random.Generator, resolution: int,
+                         crop_scale, normalize: Normalize) -> np.ndarray:
+    """A clip's frames -> (T, R, R, 3) ``normalize.dtype``: one random crop box for all frames.
+
+    ``images``: T RGB PIL images of one size, any iterable (a generator that decodes on demand
+    keeps one frame in flight: it is decoded, resized and normalised while in cache). The box
+    is drawn from ``rng`` when the first frame arrives (`random_resized_crop_box`), then each
+    frame is resized to R x R (PIL bilinear) and normalised.
+    """
+    video = np.empty((num_frames, resolution, resolution, 3), normalize.dtype)
+    size, box, count = (resolution, resolution), None, 0
+    for count, img in enumerate(images, 1):
+        if count > num_frames:
+            break
+        if box is None:
+            box = random_resized_crop_box(*img.size, rng, crop_scale)
+        normalize(np.asarray(img.resize(size, Image.BILINEAR, box=box)), out=video[count - 1])
+    if count != num_frames:
+        raise ValueError(f"{'more than ' if count > num_frames else ''}{count} frames, expected "
+                         f"num_frames={num_frames}")
+    return video
+
+
 # ---------------------------------------------------------------------------------------------
 # Train.
 
 
 class TrainTransform(grain.transforms.RandomMap):
-    """One record -> one training example (see `train_pipeline` for the keys and shapes)."""
+    """One record -> one training example (see `train_pipeline` for the keys and shapes).
+
+    The sentences are tokenised once here ((S, 77) int32, 4.9 MB for EK-100's 15,989), not per
+    example; only the fallback to a clip's own narration tokenises on the fly.
+    """
 
     def __init__(self, relevance: ek100.TrainRelevance, sentences: ek100.SentenceTable,
                  num_frames: int, resolution: int, crop_scale=(0.5, 1.0), dtype=np.float32):
         self.relevance = relevance
-        self.sentence_text = sentences.narration
+        self.sentence_tokens = tokenize(sentences.narration)
         self.sentence_labels = sentences.labels()
         self.num_frames, self.resolution, self.crop_scale = num_frames, resolution, crop_scale
         self.normalize = Normalize(dtype)
@@ -181,25 +224,31 @@ class TrainTransform(grain.transforms.RandomMap):
         index, record = element
         clip = int(record["clip_index"])
         frames = record["frames"]
-        images = decode_jpegs(frames, segment_indices(len(frames), self.num_frames, rng))
-        box = random_resized_crop_box(*images[0].size, rng, self.crop_scale)
-        size = (self.resolution, self.resolution)
-        video = np.stack([np.asarray(img.resize(size, Image.BILINEAR, box=box)) for img in images])
-
+        indices = segment_indices(len(frames), self.num_frames, rng)
+        video = random_resized_crops((decode_jpeg(frames[i]) for i in indices), self.num_frames,
+                                     rng, self.resolution, self.crop_scale, self.normalize)
+        tokens, text_labels, c = self.positive(clip, record["narration"], rng)
         clip_labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
-        sentence, c = self.relevance.sample_positive(clip, rng)
-        if sentence < 0:  # no sentence with rel > 0.1: the clip's own narration, c = 1
-            text, text_labels = _text(record["narration"]), clip_labels
-        else:
-            text, text_labels = self.sentence_text[sentence], self.sentence_labels.take(sentence)
         return {
-            "video": self.normalize(video),
-            "tokens": tokenize([text])[0],
+            "video": video,
+            "tokens": tokens,
             "clip_verb": np.int32(clip_labels.verb), "clip_nouns": clip_labels.nouns,
             "text_verb": np.int32(text_labels.verb), "text_nouns": text_labels.nouns,
             "pos_relevance": np.float32(c),
             "index": np.int64(index),
         }
+
+    def positive(self, clip: int, narration, rng: np.random.Generator):
+        """(tokens (77,) int32, the sentence's ek100.ClassLabels, rel) of a sampled positive.
+
+        Uniform among the sentences with rel > 0.1 (DESIGN.md §6); with none, the clip's own
+        ``narration`` and classes, rel = 1.
+        """
+        sentence, c = self.relevance.sample_positive(clip, rng)
+        if sentence < 0:
+            labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
+            return tokenize([_text(narration)])[0], labels, c
+        return self.sentence_tokens[sentence], self.sentence_labels.take(sentence), c
 
 
 def _text(value) -> str:
@@ -282,10 +331,12 @@ class EvalTransform(grain.transforms.Map):
                     "index": np.int64(-1), "clip_index": np.int64(-1), "narration_id": ""}
         record = self.source[int(index)]
         frames = record["frames"]
-        images = decode_jpegs(frames, segment_indices(len(frames), self.num_frames))
-        video = np.stack([np.stack([center_view(img, self.resolution, v) for img in images])
-                          for v in self.views])
-        return {"video": self.normalize(video), "mask": np.True_, "index": np.int64(index),
+        video = np.empty(shape, self.normalize.dtype)
+        for t, i in enumerate(segment_indices(len(frames), self.num_frames)):
+            img = decode_jpeg(frames[i])
+            for v, view in enumerate(self.views):
+                self.normalize(center_view(img, self.resolution, view), out=video[v, t])
+        return {"video": video, "mask": np.True_, "index": np.int64(index),
                 "clip_index": np.int64(record["clip_index"]),
                 "narration_id": _text(record["narration_id"])}
 

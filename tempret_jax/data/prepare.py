@@ -163,13 +163,15 @@ def _resize_jpeg(img: Image.Image, short_side: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_video_at(path, times, threads: int = 1) -> list[Image.Image | None]:
+def decode_video_at(path, times, threads: int = 1,
+                    seek_gap: float = _SEEK_GAP) -> list[Image.Image | None]:
     """The frames shown at ``times`` (seconds, any order) of a video file; None past its end.
 
     ``threads``: decoder threads (1: one core per worker process, as `prepare` runs them).
 
     Seeks to the keyframe before each run of times (a new run starts when the next time is
-    more than 2 s past the last decoded frame) and decodes forward.
+    more than ``seek_gap`` seconds past the last decoded frame) and decodes forward. With a
+    gap of at least the keyframe interval a seek never lands before the current position.
     """
     times = np.asarray(times, np.float64)
     order = np.argsort(times, kind="stable")
@@ -195,7 +197,7 @@ def decode_video_at(path, times, threads: int = 1) -> list[Image.Image | None]:
                     k += 1
                 if k == len(order):
                     break
-                if times[order[k]] > max(ft, sought) + _SEEK_GAP:
+                if times[order[k]] > max(ft, sought) + seek_gap:
                     break  # seeking there is cheaper than decoding the gap
                 prev, prev_image, prev_time = frame, None, ft
             else:
@@ -218,36 +220,50 @@ def video_duration(path) -> float:
         return float(stream.duration * stream.time_base)
 
 
-def _frames_from_video(kind, path, task: VideoTask, config: PrepareConfig):
-    """Yields (clip, frames or reason) for every clip of a video file or chunk folder."""
-    times = np.stack([sample_times(c.start, c.stop, config.num_frames) for c in task.clips])
+def decode_at(kind: str, path, times, chunk_seconds: int = 15,
+              seek_gap: float = _SEEK_GAP) -> list[Image.Image | None]:
+    """The frames shown at ``times`` (seconds of the video, any shape, flattened) of a source.
+
+    ``kind``, ``path`` as `find_source` returns them: 'mp4', a video file; 'chunked', AVION's
+    folder of ``<start_sec>.MP4`` chunks of ``chunk_seconds``. None where there is no frame
+    (past the end, a missing chunk). Raises SkipVideo for a chunk folder without chunks or a
+    file that cannot be decoded.
+    """
+    times = np.asarray(times, np.float64).ravel()
     if kind == "mp4":
         sources = {path: (times, np.ones(times.shape, bool))}
     else:
         chunks = {}
-        for f in path.iterdir():
+        for f in pathlib.Path(path).iterdir():
             if f.is_file() and f.stem.isdigit():
                 chunks[int(f.stem)] = f
         if not chunks:
             raise SkipVideo(f"chunk folder {path} holds no <start_sec>.MP4 files")
-        starts = times // config.chunk_seconds * config.chunk_seconds
+        starts = times // chunk_seconds * chunk_seconds
         sources = {}
         for s in np.unique(starts):
             chunk = chunks.get(int(s))
-            if chunk is None:  # reported per clip below
-                continue
-            sources[chunk] = (times - s, starts == s)
-    images = [[None] * times.shape[1] for _ in task.clips]  # lists: PIL images are array-like
+            if chunk is not None:  # else its frames stay None
+                sources[chunk] = (times - s, starts == s)
+    out: list[Image.Image | None] = [None] * len(times)
     for source, (local, mask) in sources.items():
         try:
-            decoded = decode_video_at(source, local[mask])
+            decoded = decode_video_at(source, local[mask], seek_gap=seek_gap)
         except (av.FFmpegError, OSError, ValueError, IndexError) as e:
             raise SkipVideo(f"cannot decode {source}: {type(e).__name__}: {e}") from None
-        for (i, j), img in zip(np.argwhere(mask), decoded):
-            images[i][j] = img
-    for clip, row in zip(task.clips, images):
-        missing = [t for t, img in zip(sample_times(clip.start, clip.stop, config.num_frames), row)
-                   if img is None]
+        for i, img in zip(np.flatnonzero(mask), decoded):
+            out[i] = img
+    return out
+
+
+def _frames_from_video(kind, path, task: VideoTask, config: PrepareConfig):
+    """Yields (clip, frames or reason) for every clip of a video file or chunk folder."""
+    n = config.num_frames
+    times = np.stack([sample_times(c.start, c.stop, n) for c in task.clips])
+    images = decode_at(kind, path, times, config.chunk_seconds)
+    for k, clip in enumerate(task.clips):
+        row = images[k * n:(k + 1) * n]
+        missing = [t for t, img in zip(times[k], row) if img is None]
         if missing:
             yield clip, (f"clip [{clip.start:.2f}, {clip.stop:.2f}] s is outside the video "
                          f"{path}: no frame at {missing[0]:.3f} s")
