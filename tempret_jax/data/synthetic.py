@@ -89,6 +89,10 @@ class SynthConfig:
     clip_seconds: tuple[float, float] = (1.0, 2.5)
     gap_seconds: tuple[float, float] = (0.2, 0.8)
     max_nouns: int = 2  # acted-on objects per clip
+    num_nouns: int = len(NOUNS)  # objects are drawn from the first num_nouns of NOUNS
+    num_verbs: int = len(VERBS)  # verbs are drawn from the first num_verbs of VERBS
+    object_size: tuple[float, float] = (0.12, 0.2)  # object size range, fraction of the height
+    travel: float = 0.25  # distance moved by move / lift / lower, fraction of the frame
     num_distractors: int = 2
     num_clutter: int = 8
     jitter_pixels: float = 2.0
@@ -102,8 +106,13 @@ class SynthConfig:
             raise ValueError(f"layout {self.layout!r}: expected mp4, chunked or frames")
         if self.width % 2 or self.height % 2:
             raise ValueError(f"width x height {self.width}x{self.height} must be even (yuv420p)")
-        if not 1 <= self.max_nouns <= 3 or self.max_nouns + self.num_distractors > len(NOUNS):
+        if not 1 <= self.max_nouns <= 3:
             raise ValueError(f"max_nouns {self.max_nouns} must be in [1, 3]")
+        if not 1 <= self.num_verbs <= len(VERBS):
+            raise ValueError(f"num_verbs {self.num_verbs} must be in [1, {len(VERBS)}]")
+        if not self.max_nouns + self.num_distractors <= self.num_nouns <= len(NOUNS):
+            raise ValueError(f"num_nouns {self.num_nouns} must be in [max_nouns + num_distractors "
+                             f"= {self.max_nouns + self.num_distractors}, {len(NOUNS)}]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +168,12 @@ def _centi(x: float) -> float:
 
 
 def _plan_clip(rng, narration_id, start, stop, config) -> Clip:
-    verb = int(rng.integers(len(VERBS)))
-    picked = rng.choice(len(NOUNS), config.max_nouns + config.num_distractors, replace=False)
+    verb = int(rng.integers(config.num_verbs))
+    picked = rng.choice(config.num_nouns, config.max_nouns + config.num_distractors, replace=False)
     n_nouns = int(rng.integers(1, config.max_nouns + 1))
     nouns, distractors = picked[:n_nouns], picked[config.max_nouns:]
-    place = lambda n: (int(n), *rng.uniform([0.25, 0.35, 0.12], [0.75, 0.8, 0.2]))  # noqa: E731
+    low, high = config.object_size
+    place = lambda n: (int(n), *rng.uniform([0.25, 0.35, low], [0.75, 0.8, high]))  # noqa: E731
     return Clip(narration_id, start, stop, verb, tuple(int(n) for n in nouns),
                 _narration(rng, VERBS[verb], nouns), tuple(place(n) for n in nouns),
                 tuple(place(n) for n in distractors), float(rng.uniform(0.3, 0.7)))
@@ -180,13 +190,14 @@ def _narration(rng, verb: Verb, nouns) -> str:
 # Pixels.
 
 
-def _object_state(motion: str, u: float, reveal: float, x: float, y: float, size: float):
+def _object_state(motion: str, u: float, reveal: float, x: float, y: float, size: float,
+                  travel: float = 0.25):
     """(x, y, size, visible) of an acted-on object at clip progress u in [0, 1].
 
     Mirrored motions are exact time reversals of each other: state(partner, u) = state(m, 1 - u)
     up to where the motion starts, which is what makes frame order necessary.
     """
-    d = 0.25
+    d = travel
     if motion == "left":
         return x + d / 2 - d * u, y, size, True
     if motion == "right":
@@ -255,7 +266,7 @@ class _Painter:
                     self._draw(img, noun, x, y, size)
                 motion = VERBS[clip.verb].motion
                 for noun, x, y, size in clip.objects:
-                    x, y, size, visible = _object_state(motion, u, clip.reveal, x, y, size)
+                    x, y, size, visible = _object_state(motion, u, clip.reveal, x, y, size, c.travel)
                     if visible:
                         self._draw(img, noun, x, y, size)
         if c.stamp_frame_index:
