@@ -9,6 +9,8 @@
           rope (EVA02-AT spatial-temporal RoPE, no learned position embedding)
   loss:   info_nce | sms (EVA02-AT) | mi_mm (AVION) | adaptive_mi_mm (EgoVLP)
   size:   demo (under 10 minutes on 2 CPU cores) | test (seconds: for the test suite)
+  reversed: add time-reversed hard negatives for the mirrored verb pairs (loss.reversed_negatives:
+          a clip of "move left" played backwards is a negative for its own sentence)
 The model is trained from scratch (no CLIP weights exist offline), small enough for a CPU.
 SynthKitchens has 9 verbs and 20 nouns, so EK-100's positive rule (any sentence with
 rel > 0.1) would pair a clip with a quarter of all sentences, far too weak a signal to learn
@@ -19,25 +21,34 @@ from scratch in minutes: the demo samples positives with the clip's own (verb, n
 import ml_collections
 
 from tempret_jax import train
+from tempret_jax.data import synthetic
 from tempret_jax.models import retrieval
 
 MODELS = ("tempret", "mean", "joint", "rope")
 LOSSES = ("sms", "mi_mm", "adaptive_mi_mm", "info_nce")
 SIZES = ("demo", "test")
+NEGATIVES = ("plain", "reversed")
 
 
 def parse_arg(arg):
-    """'joint,mi_mm' -> {'model': 'joint', 'loss': 'mi_mm', 'size': 'demo'}."""
-    choice = {"model": "tempret", "loss": "info_nce", "size": "demo"}
+    """'joint,mi_mm' -> {'model': 'joint', 'loss': 'mi_mm', 'size': 'demo', 'negatives': 'plain'}."""
+    choice = {"model": "tempret", "loss": "info_nce", "size": "demo", "negatives": "plain"}
+    categories = (("model", MODELS), ("loss", LOSSES), ("size", SIZES), ("negatives", NEGATIVES))
     for token in filter(None, (arg or "").split(",")):
-        for key, allowed in (("model", MODELS), ("loss", LOSSES), ("size", SIZES)):
+        for key, allowed in categories:
             if token in allowed:
                 choice[key] = token
                 break
         else:
             raise ValueError(f"configs/synthetic.py: unknown variant {token!r}; expected tokens "
-                             f"from {MODELS + LOSSES + SIZES}")
+                             f"from {MODELS + LOSSES + SIZES + NEGATIVES}")
     return choice
+
+
+def mirrored_verb_ids():
+    """SynthKitchens' time-mirrored verb pairs as class ids: ((0, 1), (2, 3), ...)."""
+    ids = {v.key: i for i, v in enumerate(synthetic.VERBS)}
+    return tuple((ids[a], ids[b]) for a, b in synthetic.MIRRORED_VERBS)
 
 
 def get_config(arg=None):
@@ -45,6 +56,8 @@ def get_config(arg=None):
     demo = choice["size"] == "demo"
     c = train.default_config()
     c.name = "synthetic_" + "_".join(choice[k] for k in ("model", "loss", "size"))
+    if choice["negatives"] == "reversed":
+        c.name += "_reversed"
     c.seed = 0
 
     # SynthKitchens (tempret_jax.data.synthetic.SynthConfig) and its preparation.
@@ -71,6 +84,8 @@ def get_config(arg=None):
     c.model = m
 
     c.loss.name = choice["loss"]
+    if choice["negatives"] == "reversed":
+        c.loss.reversed_negatives = mirrored_verb_ids()
     c.global_batch_size = 64 if demo else 8
     c.total_steps = 400 if demo else 4
     c.data.update(num_frames=m.vision.num_frames, resolution=m.vision.image_size,

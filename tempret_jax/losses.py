@@ -32,6 +32,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # the loss matmuls are tiny next to the to
 
 # Per-sample class labels that `batch_relevance` needs for rel(clip a, sentence b).
 LABEL_KEYS = ("clip_verb", "clip_nouns", "text_verb", "text_nouns")
+# Inputs of the time-reversed negatives (`make_global_loss(..., reversed_negatives=True)`).
+REVERSED_KEYS = ("reversed_video", "reversed_verb")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +91,11 @@ class _Rows(NamedTuple):
     own: jax.Array
     rel: jax.Array | None
     c: jax.Array | None
+    valid: jax.Array | None = None  # (m, n) bool: False for candidates that are not there
+
+    def skipped(self) -> jax.Array:
+        """(m, n) bool: terms left out of the sums (the own pair and missing candidates)."""
+        return self.own if self.valid is None else self.own | ~self.valid
 
 
 def _normalize(x):
@@ -110,7 +117,7 @@ def _hinge_sum(rows: _Rows, margin) -> jax.Array:
     """Sum over j != i of relu(margin_i - (pos_i - sim_ij)); margin scalar or (m,)."""
     margin = jnp.broadcast_to(jnp.asarray(margin, jnp.float32), rows.pos.shape)
     terms = jax.nn.relu(margin[:, None] - (rows.pos[:, None] - rows.sim))
-    return jnp.sum(jnp.where(rows.own, 0.0, terms))
+    return jnp.sum(jnp.where(rows.skipped(), 0.0, terms))
 
 
 def _mi_mm_sum(rows: _Rows, *, margin) -> jax.Array:
@@ -128,12 +135,14 @@ def _sms_sum(rows: _Rows, *, margin, tau, eps) -> jax.Array:
     eps = jnp.float32(eps)
     terms = jnp.where(r > eps, jax.nn.relu(u),
                       jnp.where(jnp.abs(r) < eps, jax.nn.relu(jnp.abs(u) - tau), jax.nn.relu(-u)))
-    return jnp.sum(jnp.where(rows.own, 0.0, terms))
+    return jnp.sum(jnp.where(rows.skipped(), 0.0, terms))
 
 
 def _info_nce_sum(rows: _Rows, *, temperature) -> jax.Array:
     """Sum over anchors of the cross-entropy of softmax(sim_i / temperature) at the own pair."""
     logits = rows.sim / temperature
+    if rows.valid is not None:
+        logits = jnp.where(rows.valid, logits, -jnp.inf)
     return jnp.sum(jax.nn.logsumexp(logits, axis=1) - rows.pos / temperature)
 
 
@@ -304,6 +313,32 @@ def _label_directions(video, text, inputs, ops: _Collectives):
     return _rows(t, v_all, offset, rel_t, c), _rows(v, t_all, offset, rel_v, c)
 
 
+def _with_reversed_clips(rows_t: _Rows, text, inputs) -> _Rows:
+    """Text anchors with one more candidate each: their own clip played backwards.
+
+    The reversed clip of a time-asymmetric verb shows the mirrored verb (a clip of "open"
+    played backwards is a "close"), so it is a hard negative that only frame order separates
+    from the positive, as in TACT's time-reversed negatives (Bagad et al., "Test of Time",
+    CVPR 2023). ``reversed_verb`` (m,) is that mirrored verb class, -1 where the clip has none
+    (the candidate is then left out). The reversed clip keeps the clip's nouns, so for SMS
+    rel(reversed clip i, text i) = 0.5 * [reversed_verb_i == text_verb_i] + 0.5 * IoU(clip
+    nouns, text nouns).
+    """
+    t = _normalize(text)
+    sim = jnp.sum(t * _normalize(inputs["reversed_video"]), axis=1, keepdims=True)  # (m, 1)
+    valid = (inputs["reversed_verb"] >= 0)[:, None]
+    rel = rows_t.rel
+    if rel is not None:
+        rel_rev = jnp.diagonal(batch_relevance(inputs["reversed_verb"], inputs["clip_nouns"],
+                                               inputs["text_verb"], inputs["text_nouns"]))
+        rel = jnp.concatenate([rel, rel_rev[:, None]], axis=1)
+    m = sim.shape[0]
+    return _Rows(sim=jnp.concatenate([rows_t.sim, sim], axis=1), pos=rows_t.pos,
+                 own=jnp.concatenate([rows_t.own, jnp.zeros((m, 1), bool)], axis=1), rel=rel,
+                 c=rows_t.c,
+                 valid=jnp.concatenate([jnp.ones(rows_t.sim.shape, bool), valid], axis=1))
+
+
 def _axis_size(mesh: Mesh, axis_name) -> int:
     names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
     missing = [a for a in names if a not in mesh.shape]
@@ -336,13 +371,18 @@ def _per_device(fn, mesh: Mesh | None, axis_name, n: int, in_specs, out_specs):
 
 
 def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Sequence[str] = "data",
-                     **hparams) -> Callable[..., jax.Array]:
+                     reversed_negatives: bool = False, **hparams) -> Callable[..., jax.Array]:
     """A retrieval loss over the global batch, for the train step (call it inside jit).
 
     Args:
       name: one of `LOSS_NAMES` ("sms", "mi_mm", "adaptive_mi_mm", "info_nce").
       mesh: the device mesh, with the batch sharded over ``axis_name``; None on one device.
       axis_name: mesh axis (or tuple of axes) the batch dimension is sharded over.
+      reversed_negatives: each text anchor also ranks its own clip played backwards below
+        its positive (`_with_reversed_clips`): the loss then takes reversed_video (n, d), the
+        embeddings of the reversed clips, and reversed_verb (n,) int, the verb a reversed clip
+        shows or -1 for none. The extra terms are added to the text direction's sum with the
+        same normalisation, so with every reversed_verb = -1 the loss is the plain one.
       **hparams: overrides of the loss's DESIGN §6 hyper-parameters (e.g. margin, tau, eps).
 
     Returns:
@@ -363,23 +403,29 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
         raise ValueError(f"loss {name!r} has no hyper-parameter(s) {sorted(unknown)}; "
                          f"it has {sorted(spec.defaults)}")
     hparams = {**spec.defaults, **hparams}
+    expected = spec.inputs + (REVERSED_KEYS if reversed_negatives else ())
 
     def body(ops, video, text, inputs):
         rows_t, rows_v = _label_directions(video, text, inputs, ops)
+        if reversed_negatives:
+            rows_t = _with_reversed_clips(rows_t, text, inputs)
         kw = {**hparams, **{k: v for k, v in inputs.items() if k in _REPLICATED}}
         return ops.psum(spec.row_sum(rows_t, **kw) + spec.row_sum(rows_v, **kw))
 
     def loss_fn(video, text, **inputs):
-        missing = [k for k in spec.inputs if k not in inputs]
-        extra = [k for k in inputs if k not in spec.inputs]
+        missing = [k for k in expected if k not in inputs]
+        extra = [k for k in inputs if k not in expected]
         if missing or extra:
-            raise ValueError(f"loss {name!r} takes inputs {spec.inputs}; missing {missing}, "
+            raise ValueError(f"loss {name!r} takes inputs {expected}; missing {missing}, "
                              f"unexpected {extra}")
         n = _check_batch(video, text)
         inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+        if "reversed_video" in inputs and inputs["reversed_video"].shape != video.shape:
+            raise ValueError(f"reversed_video must have the shape of video {video.shape}, got "
+                             f"{inputs['reversed_video'].shape}")
         for k, v in inputs.items():
             if k not in _REPLICATED:
-                _check_per_sample(k, v, n, ndim=2 if k.endswith("nouns") else 1)
+                _check_per_sample(k, v, n, ndim=2 if k.endswith(("nouns", "video")) else 1)
         batch_spec = P(axis_name)
         in_specs = (batch_spec, batch_spec,
                     {k: P() if k in _REPLICATED else batch_spec for k in inputs})

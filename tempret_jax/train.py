@@ -34,6 +34,10 @@ Config (`default_config()` holds every key with its default; configs/ override t
     mesh.fsdp_min_size    parameters smaller than this stay replicated
     model                 `models.retrieval.model_config` (compute dtype: model.dtype)
     loss.name, loss.hparams   retrieval loss and overrides of its DESIGN §6 hyper-parameters
+    loss.reversed_negatives   ((verb_a, verb_b), ...) verb classes that are each other's time
+                          reversal; each such clip played backwards becomes a hard negative for
+                          its own sentence (TACT, `losses.make_global_loss`). () = off (the
+                          papers' EK-100 recipes); in joint mode it doubles the video tower's work
     itm.{freeze_dual_encoder, dual_loss_weight, temperature}   stage 2 (temperature of the
                           hard-negative draw)
     optim                 `optim.optim_config` (AdamW, schedule, multipliers, freeze, clip, EMA)
@@ -111,7 +115,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.microbatches = 1
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=(), fsdp_min_size=2 ** 14))
     c.model = retrieval.model_config("tiny")
-    c.loss = ml_collections.ConfigDict(dict(name="sms", hparams={}))
+    c.loss = ml_collections.ConfigDict(dict(name="sms", hparams={}, reversed_negatives=()))
     c.itm = ml_collections.ConfigDict(dict(freeze_dual_encoder=True, dual_loss_weight=0.0,
                                            temperature=0.07))
     c.optim = optim.optim_config()
@@ -162,6 +166,12 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int, process_coun
     _check(0 <= c.optim.ema_decay < 1, "optim.ema_decay", "in [0, 1)", c.optim.ema_decay)
     _check(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", ">= 1",
            c.checkpoint.every_steps)
+    pairs = [tuple(p) for p in c.loss.reversed_negatives]
+    verbs = [v for p in pairs for v in p]
+    _check(all(len(p) == 2 for p in pairs) and all(isinstance(v, int) and v >= 0 for v in verbs)
+           and len(set(verbs)) == len(verbs), "loss.reversed_negatives",
+           "pairs (verb_a, verb_b) of distinct verb class ids >= 0, each verb in one pair",
+           c.loss.reversed_negatives)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +225,10 @@ class Trainer:
         _, labels = optim.param_groups(optim_config, abstract_params)
         self.trainable = jax.tree.map(lambda label: label != optim.FROZEN, labels)
         self.use_dual_loss = not self.stage2 or config.itm.dual_loss_weight > 0
+        self.reversed_pairs = tuple(tuple(p) for p in config.loss.reversed_negatives)
+        self.reversed = bool(self.reversed_pairs) and self.use_dual_loss
         self.loss_fn = losses.make_global_loss(config.loss.name, mesh, sharding_lib.BATCH_AXES,
+                                               reversed_negatives=self.reversed,
                                                **dict(config.loss.hparams))
         self.sampler = losses.make_hard_negative_sampler(
             mesh, sharding_lib.BATCH_AXES, temperature=config.itm.temperature)
@@ -281,9 +294,12 @@ class Trainer:
 
     def _encode(self, params, video, tokens):
         """The per-example part: tower outputs (differentiable dict) and the text mask."""
-        v = self.model.apply({"params": params}, video, method=self.model.encode_video)
+        v = self.model.apply({"params": params}, video, self.reversed,
+                             method=self.model.encode_video)
         t = self.model.apply({"params": params}, tokens, method=self.model.encode_text)
         out = {"video": v["features"], "text": t["features"]}
+        if self.reversed:
+            out["reversed_video"] = v["reversed_features"]
         if self.stage2:
             out.update(video_tokens=v["tokens"], text_tokens=t["tokens"])
         return out, t["mask"]
@@ -302,6 +318,10 @@ class Trainer:
             inputs = {k: batch[k] for k in LOSS_INPUTS[self.config.loss.name] if k in batch}
             if "temperature" in LOSS_INPUTS[self.config.loss.name]:
                 inputs["temperature"] = 1.0 / scale
+            if self.reversed:
+                inputs["reversed_video"] = self.model.apply(
+                    variables, enc["reversed_video"], enc["text"], method=self.model.embed_video)
+                inputs["reversed_verb"] = self._reversed_verb(batch["clip_verb"])
             out["retrieval_loss"] = self.loss_fn(video, text, **inputs)
             weight = self.config.itm.dual_loss_weight if self.stage2 else 1.0
             total = total + weight * out["retrieval_loss"]
@@ -310,6 +330,13 @@ class Trainer:
                                                              batch, rng)
             total = total + out["itm_loss"]
         return total, out
+
+    def _reversed_verb(self, clip_verb):
+        """(n,) the verb each clip shows when played backwards, -1 for verbs without a pair."""
+        out = jnp.full_like(clip_verb, -1)
+        for a, b in self.reversed_pairs:
+            out = jnp.where(clip_verb == a, b, jnp.where(clip_verb == b, a, out))
+        return out
 
     def _itm(self, params, enc, text_mask, video, text, batch, rng):
         """ITM loss and accuracy on the n positives and 2n hard negatives."""

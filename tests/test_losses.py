@@ -415,3 +415,97 @@ def test_hard_negatives_follow_the_softmax_of_similarity():
         p = np.where(allowed[i], np.exp(x[i]), 0)
         freq = np.bincount(np.asarray(draws[:, i]), minlength=4) / len(keys)
         np.testing.assert_allclose(freq, p / p.sum(), atol=0.03)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time-reversed clips as hard negatives (TACT).
+
+
+def brute_reversed_terms(name, video, text, reversed_video, reversed_verb, inputs):
+    """Sum of the extra text-anchor terms: candidate = own clip reversed, where it exists."""
+    t = cosine(text, video)
+    x_rev = np.diag(cosine(text, reversed_video))
+    total = 0.0
+    for i in np.flatnonzero(reversed_verb >= 0):
+        d = t[i, i] - x_rev[i]
+        if name == "mi_mm":
+            total += max(0.2 - d, 0.0)
+        elif name == "adaptive_mi_mm":
+            total += max(inputs["pos_relevance"][i] * 0.4 - d, 0.0)
+        elif name == "sms":
+            nouns_c, nouns_t = inputs["clip_nouns"][i], inputs["text_nouns"][i]
+            union = np.sum(nouns_c | nouns_t)
+            iou = np.sum(nouns_c & nouns_t) / union if union else 0.0
+            rel = 0.5 * (reversed_verb[i] == inputs["text_verb"][i]) + 0.5 * iou
+            total += sms_term(np.float32(inputs["pos_relevance"][i]) - np.float32(rel), d)
+    return total
+
+
+@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+def test_reversed_negatives_add_one_candidate_per_text_anchor(name):
+    """Each text anchor ranks its own reversed clip as one more candidate (where the clip has a
+    mirrored verb, reversed_verb >= 0); with none the loss is exactly the plain loss."""
+    n = 8
+    video, text, inputs, reference = global_inputs(name, n, seed=11)
+    rng = np.random.default_rng(12)
+    reversed_video = rng.normal(size=video.shape).astype(np.float32)
+    reversed_verb = np.int32([2, -1, 0, 3, -1, -1, 1, 2])
+    loss_fn = losses.make_global_loss(name, reversed_negatives=True)
+    plain = float(reference(video, text, inputs))
+    none = loss_fn(video, text, reversed_video=reversed_video,
+                   reversed_verb=np.full(n, -1, np.int32), **inputs)
+    np.testing.assert_allclose(none, plain, rtol=1e-6)
+    got = loss_fn(video, text, reversed_video=reversed_video, reversed_verb=reversed_verb, **inputs)
+    if name == "info_nce":
+        temperature = float(inputs["temperature"])
+        x = cosine(text, video) / temperature
+        x_rev = np.diag(cosine(text, reversed_video)) / temperature
+        total = 0.0
+        for i in range(n):
+            row = np.append(x[i], x_rev[i]) if reversed_verb[i] >= 0 else x[i]
+            total += np.log(np.sum(np.exp(row))) - x[i, i]
+            total += np.log(np.sum(np.exp(x[:, i]))) - x[i, i]
+        want = total / (2 * n)
+    else:
+        want = plain + brute_reversed_terms(name, video, text, reversed_video, reversed_verb,
+                                            inputs) / (2 * n * (n - 1))
+    assert abs(want - plain) > 1e-4  # the extra candidates do count
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sms", "info_nce"])
+def test_reversed_negatives_on_8_devices_equal_one_device(name):
+    n = 16
+    video, text, inputs, _ = global_inputs(name, n, seed=13)
+    rng = np.random.default_rng(14)
+    inputs = dict(inputs, reversed_video=rng.normal(size=video.shape).astype(np.float32),
+                  reversed_verb=rng.integers(-1, 4, n).astype(np.int32))
+    one = losses.make_global_loss(name, reversed_negatives=True)
+    want = value_and_grads(lambda v, t, i: one(v, t, **i), video, text, inputs)
+    mesh = jax.make_mesh((8,), ("data",))
+    eight = losses.make_global_loss(name, mesh, "data", reversed_negatives=True)
+    got = value_and_grads(lambda v, t, i: eight(v, t, **i), video, text, inputs)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_reversed_negative_pushes_the_clip_away_from_its_reversal():
+    """The loss grows with the cosine between a sentence and its own clip reversed: the
+    gradient pushes the reversed clip away from the sentence."""
+    video, text, inputs, _ = global_inputs("info_nce", 4, seed=15)
+    loss_fn = losses.make_global_loss("info_nce", reversed_negatives=True)
+    verbs = np.int32([1, 0, 3, 2])
+    loss = lambda v, r: loss_fn(v, text, reversed_video=r, reversed_verb=verbs, **inputs)  # noqa: E731
+    g_video, g_reversed = jax.grad(loss, argnums=(0, 1))(video, video)
+    t = text / np.linalg.norm(text, axis=1, keepdims=True)
+    assert np.all(np.sum(np.asarray(g_reversed) * t, axis=1) > 0)
+
+
+def test_reversed_negatives_need_their_inputs():
+    video, text, inputs, _ = global_inputs("mi_mm", 4, seed=16)
+    loss_fn = losses.make_global_loss("mi_mm", reversed_negatives=True)
+    with pytest.raises(ValueError, match=r"missing \['reversed_video', 'reversed_verb'\]"):
+        loss_fn(video, text)
+    with pytest.raises(ValueError, match="reversed_video must have the shape of video"):
+        loss_fn(video, text, reversed_video=video[:, :4], reversed_verb=np.zeros(4, np.int32))

@@ -106,6 +106,35 @@ def test_frame_mode_without_temporal_transformer_averages_frames():
     np.testing.assert_allclose(features, per_frame.mean(axis=1), rtol=1e-5, atol=1e-6)
 
 
+def perturbed(variables, scale=0.1, seed=2):
+    """Every parameter plus noise, so that zero-initialised branches (TempRet's out_proj, the
+    temporal embedding) are live and the model depends on frame order."""
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                        for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("name", ["avion", "eva02_at", "tempret", "frame_mean"])
+def test_reversed_features_are_the_features_of_the_reversed_clip(name):
+    """encode_video(with_reversed=True) adds the features of every clip played backwards, in
+    joint mode (one tower pass on both) and in frame mode (per-frame embeddings reused)."""
+    model, variables, _ = initialised(name)
+    variables = perturbed(variables)
+    clips, _ = inputs()
+    encode = lambda m, x, r: m.encode_video(x, r)  # noqa: E731
+    both = jax.jit(functools.partial(model.apply, method=encode), static_argnums=2)(
+        variables, clips, True)
+    forward = apply(model, variables, clips, method=model.encode_video)
+    backward = apply(model, variables, clips[:, ::-1], method=model.encode_video)
+    np.testing.assert_allclose(both["features"], forward["features"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(both["tokens"], forward["tokens"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(both["reversed_features"], backward["features"], rtol=1e-4,
+                               atol=1e-5)
+    differs = not np.allclose(forward["features"], backward["features"], rtol=1e-3, atol=1e-4)
+    assert differs == (name != "frame_mean")  # only frame averaging ignores the order
+
+
 def test_bfloat16_compute_runs_with_float32_params_and_is_close_to_float32():
     _, variables, f32 = initialised("contextrefine")
     model = RetrievalModel.from_config(tiny(dtype="bfloat16", **CONFIGS["contextrefine"]))

@@ -31,6 +31,9 @@ from tempret_jax.data import ek100, pipeline, prepare, synthetic
 RUNS = {  # name -> configs/synthetic.py arg
     "mean": "mean,sms", "joint": "joint,sms", "rope": "rope,sms", "tempret": "tempret,sms",
     "tempret_mi_mm": "tempret,mi_mm", "tempret_adaptive": "tempret,adaptive_mi_mm",
+    # Time-reversed hard negatives (loss.reversed_negatives) for the mirrored verb pairs.
+    "mean_rev": "mean,sms,reversed", "joint_rev": "joint,sms,reversed",
+    "rope_rev": "rope,sms,reversed", "tempret_rev": "tempret,sms,reversed",
 }
 CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "synthetic.py"
 DATA = {  # name -> overrides of config.synthetic (tempret_jax.data.synthetic.SynthConfig)

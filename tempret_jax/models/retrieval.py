@@ -181,16 +181,29 @@ class RetrievalModel(nn.Module):
             self.cross_encoder = cross_encoder_lib.CrossEncoder(
                 width=x.width, layers=x.layers, heads=x.heads, mlp_ratio=x.mlp_ratio, **stack)
 
-    def encode_video(self, video: Array) -> Dict[str, Array]:
+    def encode_video(self, video: Array, with_reversed: bool = False) -> Dict[str, Array]:
         """video (B, T, H, W, 3) -> {'features': (B, E) unnormalised clip features,
-        'tokens': (B, M, D_v) cross-encoder tokens: (B, T*N, D_v) patch or (B, T, D_v) frame}."""
-        out = self.visual(video)
+        'tokens': (B, M, D_v) cross-encoder tokens: (B, T*N, D_v) patch or (B, T, D_v) frame}.
+
+        ``with_reversed`` adds 'reversed_features' (B, E): the features of every clip with its
+        frames in reverse order (time-reversed negatives, `losses.make_global_loss`). In frame
+        mode the per-frame embeddings are reused, reversed; in joint mode the tower runs on the
+        reversed clips too (in the same batch).
+        """
+        batch = video.shape[0]
+        joint_reversed = with_reversed and not self.config.vision.frame_mode
+        out = self.visual(jnp.concatenate([video, video[:, ::-1]]) if joint_reversed else video)
         features = out["embedding"]
+        result = {}
         if self.config.vision.frame_mode:
-            features = (self.temporal(features) if self.config.temporal.enabled
-                        else features.mean(axis=1))
-        tokens = out[f"{self.config.cross_encoder.video_tokens}_tokens"]
-        return {"features": features, "tokens": tokens}
+            pool = self.temporal if self.config.temporal.enabled else lambda f: f.mean(axis=1)
+            if with_reversed:
+                result["reversed_features"] = pool(features[:, ::-1])
+            features = pool(features)
+        elif joint_reversed:
+            features, result["reversed_features"] = features[:batch], features[batch:]
+        tokens = out[f"{self.config.cross_encoder.video_tokens}_tokens"][:batch]
+        return {"features": features, "tokens": tokens, **result}
 
     def encode_text(self, ids: Array) -> Dict[str, Array]:
         """ids (B, L) -> {'features': (B, E) unnormalised, 'tokens': (B, L, D_t),
