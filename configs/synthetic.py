@@ -10,7 +10,8 @@
   loss:   info_nce | sms (EVA02-AT) | mi_mm (AVION) | adaptive_mi_mm (EgoVLP)
   size:   demo (under 10 minutes on 2 CPU cores) | test (seconds: for the test suite)
   reversed: add time-reversed hard negatives for the mirrored verb pairs (loss.reversed_negatives:
-          a clip of "move left" played backwards is a negative for its own sentence)
+          a clip of "move left" played backwards is a negative for its own sentence), each
+          weighted like all of its anchor's other negatives together (batch - 1)
 The model is trained from scratch (no CLIP weights exist offline), small enough for a CPU.
 SynthKitchens has 9 verbs and 20 nouns, so EK-100's positive rule (any sentence with
 rel > 0.1) would pair a clip with a quarter of all sentences, far too weak a signal to learn
@@ -84,9 +85,10 @@ def get_config(arg=None):
     c.model = m
 
     c.loss.name = choice["loss"]
+    c.global_batch_size = 64 if demo else 8
     if choice["negatives"] == "reversed":
         c.loss.reversed_negatives = mirrored_verb_ids()
-    c.global_batch_size = 64 if demo else 8
+        c.loss.reversed_weight = float(c.global_batch_size - 1)
     c.total_steps = 400 if demo else 4
     c.data.update(num_frames=m.vision.num_frames, resolution=m.vision.image_size,
                   crop_scale=(0.7, 1.0), positive_threshold=0.99)

@@ -91,11 +91,13 @@ class _Rows(NamedTuple):
     own: jax.Array
     rel: jax.Array | None
     c: jax.Array | None
-    valid: jax.Array | None = None  # (m, n) bool: False for candidates that are not there
+    weight: jax.Array | None = None  # (m, n): how many candidates j counts as (None: 1 each)
 
-    def skipped(self) -> jax.Array:
-        """(m, n) bool: terms left out of the sums (the own pair and missing candidates)."""
-        return self.own if self.valid is None else self.own | ~self.valid
+    def weighted(self, terms: jax.Array) -> jax.Array:
+        """Sum of the per-candidate terms (m, n) over j != own, each times its weight."""
+        if self.weight is not None:
+            terms = terms * self.weight
+        return jnp.sum(jnp.where(self.own, 0.0, terms))
 
 
 def _normalize(x):
@@ -117,7 +119,7 @@ def _hinge_sum(rows: _Rows, margin) -> jax.Array:
     """Sum over j != i of relu(margin_i - (pos_i - sim_ij)); margin scalar or (m,)."""
     margin = jnp.broadcast_to(jnp.asarray(margin, jnp.float32), rows.pos.shape)
     terms = jax.nn.relu(margin[:, None] - (rows.pos[:, None] - rows.sim))
-    return jnp.sum(jnp.where(rows.skipped(), 0.0, terms))
+    return rows.weighted(terms)
 
 
 def _mi_mm_sum(rows: _Rows, *, margin) -> jax.Array:
@@ -135,14 +137,15 @@ def _sms_sum(rows: _Rows, *, margin, tau, eps) -> jax.Array:
     eps = jnp.float32(eps)
     terms = jnp.where(r > eps, jax.nn.relu(u),
                       jnp.where(jnp.abs(r) < eps, jax.nn.relu(jnp.abs(u) - tau), jax.nn.relu(-u)))
-    return jnp.sum(jnp.where(rows.skipped(), 0.0, terms))
+    return rows.weighted(terms)
 
 
 def _info_nce_sum(rows: _Rows, *, temperature) -> jax.Array:
     """Sum over anchors of the cross-entropy of softmax(sim_i / temperature) at the own pair."""
     logits = rows.sim / temperature
-    if rows.valid is not None:
-        logits = jnp.where(rows.valid, logits, -jnp.inf)
+    if rows.weight is not None:  # a candidate of weight w counts as w copies of itself
+        w = rows.weight
+        logits = jnp.where(w > 0, logits + jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
     return jnp.sum(jax.nn.logsumexp(logits, axis=1) - rows.pos / temperature)
 
 
@@ -313,7 +316,7 @@ def _label_directions(video, text, inputs, ops: _Collectives):
     return _rows(t, v_all, offset, rel_t, c), _rows(v, t_all, offset, rel_v, c)
 
 
-def _with_reversed_clips(rows_t: _Rows, text, inputs) -> _Rows:
+def _with_reversed_clips(rows_t: _Rows, text, inputs, weight: float) -> _Rows:
     """Text anchors with one more candidate each: their own clip played backwards.
 
     The reversed clip of a time-asymmetric verb shows the mirrored verb (a clip of "open"
@@ -322,11 +325,12 @@ def _with_reversed_clips(rows_t: _Rows, text, inputs) -> _Rows:
     CVPR 2023). ``reversed_verb`` (m,) is that mirrored verb class, -1 where the clip has none
     (the candidate is then left out). The reversed clip keeps the clip's nouns, so for SMS
     rel(reversed clip i, text i) = 0.5 * [reversed_verb_i == text_verb_i] + 0.5 * IoU(clip
-    nouns, text nouns).
+    nouns, text nouns). It counts as ``weight`` candidates: its term is multiplied by it in the
+    hinge losses, and in InfoNCE its logit is that of ``weight`` copies (+ log weight).
     """
     t = _normalize(text)
     sim = jnp.sum(t * _normalize(inputs["reversed_video"]), axis=1, keepdims=True)  # (m, 1)
-    valid = (inputs["reversed_verb"] >= 0)[:, None]
+    extra = jnp.where(inputs["reversed_verb"] >= 0, jnp.float32(weight), 0.0)[:, None]
     rel = rows_t.rel
     if rel is not None:
         rel_rev = jnp.diagonal(batch_relevance(inputs["reversed_verb"], inputs["clip_nouns"],
@@ -336,7 +340,7 @@ def _with_reversed_clips(rows_t: _Rows, text, inputs) -> _Rows:
     return _Rows(sim=jnp.concatenate([rows_t.sim, sim], axis=1), pos=rows_t.pos,
                  own=jnp.concatenate([rows_t.own, jnp.zeros((m, 1), bool)], axis=1), rel=rel,
                  c=rows_t.c,
-                 valid=jnp.concatenate([jnp.ones(rows_t.sim.shape, bool), valid], axis=1))
+                 weight=jnp.concatenate([jnp.ones(rows_t.sim.shape), extra], axis=1))
 
 
 def _axis_size(mesh: Mesh, axis_name) -> int:
@@ -371,7 +375,8 @@ def _per_device(fn, mesh: Mesh | None, axis_name, n: int, in_specs, out_specs):
 
 
 def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Sequence[str] = "data",
-                     reversed_negatives: bool = False, **hparams) -> Callable[..., jax.Array]:
+                     reversed_negatives: bool = False, reversed_weight: float = 1.0,
+                     **hparams) -> Callable[..., jax.Array]:
     """A retrieval loss over the global batch, for the train step (call it inside jit).
 
     Args:
@@ -383,6 +388,8 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
         embeddings of the reversed clips, and reversed_verb (n,) int, the verb a reversed clip
         shows or -1 for none. The extra terms are added to the text direction's sum with the
         same normalisation, so with every reversed_verb = -1 the loss is the plain one.
+      reversed_weight: how many ordinary candidates a reversed clip counts as (1: one more
+        negative; n - 1: as much as all the other negatives of its anchor together).
       **hparams: overrides of the loss's DESIGN §6 hyper-parameters (e.g. margin, tau, eps).
 
     Returns:
@@ -408,7 +415,7 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
     def body(ops, video, text, inputs):
         rows_t, rows_v = _label_directions(video, text, inputs, ops)
         if reversed_negatives:
-            rows_t = _with_reversed_clips(rows_t, text, inputs)
+            rows_t = _with_reversed_clips(rows_t, text, inputs, reversed_weight)
         kw = {**hparams, **{k: v for k, v in inputs.items() if k in _REPLICATED}}
         return ops.psum(spec.row_sum(rows_t, **kw) + spec.row_sum(rows_v, **kw))
 

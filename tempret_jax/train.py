@@ -38,6 +38,7 @@ Config (`default_config()` holds every key with its default; configs/ override t
                           reversal; each such clip played backwards becomes a hard negative for
                           its own sentence (TACT, `losses.make_global_loss`). () = off (the
                           papers' EK-100 recipes); in joint mode it doubles the video tower's work
+    loss.reversed_weight  how many ordinary negatives one reversed clip counts as
     itm.{freeze_dual_encoder, dual_loss_weight, temperature}   stage 2 (temperature of the
                           hard-negative draw)
     optim                 `optim.optim_config` (AdamW, schedule, multipliers, freeze, clip, EMA)
@@ -115,7 +116,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.microbatches = 1
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=(), fsdp_min_size=2 ** 14))
     c.model = retrieval.model_config("tiny")
-    c.loss = ml_collections.ConfigDict(dict(name="sms", hparams={}, reversed_negatives=()))
+    c.loss = ml_collections.ConfigDict(dict(name="sms", hparams={}, reversed_negatives=(),
+                                            reversed_weight=1.0))
     c.itm = ml_collections.ConfigDict(dict(freeze_dual_encoder=True, dual_loss_weight=0.0,
                                            temperature=0.07))
     c.optim = optim.optim_config()
@@ -172,6 +174,7 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int, process_coun
            and len(set(verbs)) == len(verbs), "loss.reversed_negatives",
            "pairs (verb_a, verb_b) of distinct verb class ids >= 0, each verb in one pair",
            c.loss.reversed_negatives)
+    _check(c.loss.reversed_weight > 0, "loss.reversed_weight", "> 0", c.loss.reversed_weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +232,7 @@ class Trainer:
         self.reversed = bool(self.reversed_pairs) and self.use_dual_loss
         self.loss_fn = losses.make_global_loss(config.loss.name, mesh, sharding_lib.BATCH_AXES,
                                                reversed_negatives=self.reversed,
+                                               reversed_weight=config.loss.reversed_weight,
                                                **dict(config.loss.hparams))
         self.sampler = losses.make_hard_negative_sampler(
             mesh, sharding_lib.BATCH_AXES, temperature=config.itm.temperature)

@@ -421,8 +421,9 @@ def test_hard_negatives_follow_the_softmax_of_similarity():
 # Time-reversed clips as hard negatives (TACT).
 
 
-def brute_reversed_terms(name, video, text, reversed_video, reversed_verb, inputs):
-    """Sum of the extra text-anchor terms: candidate = own clip reversed, where it exists."""
+def brute_reversed_terms(name, video, text, reversed_video, reversed_verb, inputs, weight):
+    """Sum of the extra text-anchor terms: candidate = own clip reversed, where it exists,
+    counted ``weight`` times."""
     t = cosine(text, video)
     x_rev = np.diag(cosine(text, reversed_video))
     total = 0.0
@@ -438,19 +439,21 @@ def brute_reversed_terms(name, video, text, reversed_video, reversed_verb, input
             iou = np.sum(nouns_c & nouns_t) / union if union else 0.0
             rel = 0.5 * (reversed_verb[i] == inputs["text_verb"][i]) + 0.5 * iou
             total += sms_term(np.float32(inputs["pos_relevance"][i]) - np.float32(rel), d)
-    return total
+    return weight * total
 
 
+@pytest.mark.parametrize("weight", [1.0, 5.0])
 @pytest.mark.parametrize("name", losses.LOSS_NAMES)
-def test_reversed_negatives_add_one_candidate_per_text_anchor(name):
+def test_reversed_negatives_add_one_candidate_per_text_anchor(name, weight):
     """Each text anchor ranks its own reversed clip as one more candidate (where the clip has a
-    mirrored verb, reversed_verb >= 0); with none the loss is exactly the plain loss."""
+    mirrored verb, reversed_verb >= 0) that counts as ``weight`` candidates; with none the loss
+    is exactly the plain loss."""
     n = 8
     video, text, inputs, reference = global_inputs(name, n, seed=11)
     rng = np.random.default_rng(12)
     reversed_video = rng.normal(size=video.shape).astype(np.float32)
     reversed_verb = np.int32([2, -1, 0, 3, -1, -1, 1, 2])
-    loss_fn = losses.make_global_loss(name, reversed_negatives=True)
+    loss_fn = losses.make_global_loss(name, reversed_negatives=True, reversed_weight=weight)
     plain = float(reference(video, text, inputs))
     none = loss_fn(video, text, reversed_video=reversed_video,
                    reversed_verb=np.full(n, -1, np.int32), **inputs)
@@ -462,13 +465,13 @@ def test_reversed_negatives_add_one_candidate_per_text_anchor(name):
         x_rev = np.diag(cosine(text, reversed_video)) / temperature
         total = 0.0
         for i in range(n):
-            row = np.append(x[i], x_rev[i]) if reversed_verb[i] >= 0 else x[i]
-            total += np.log(np.sum(np.exp(row))) - x[i, i]
+            extra = weight * np.exp(x_rev[i]) if reversed_verb[i] >= 0 else 0.0
+            total += np.log(np.sum(np.exp(x[i])) + extra) - x[i, i]
             total += np.log(np.sum(np.exp(x[:, i]))) - x[i, i]
         want = total / (2 * n)
     else:
         want = plain + brute_reversed_terms(name, video, text, reversed_video, reversed_verb,
-                                            inputs) / (2 * n * (n - 1))
+                                            inputs, weight) / (2 * n * (n - 1))
     assert abs(want - plain) > 1e-4  # the extra candidates do count
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
@@ -480,10 +483,11 @@ def test_reversed_negatives_on_8_devices_equal_one_device(name):
     rng = np.random.default_rng(14)
     inputs = dict(inputs, reversed_video=rng.normal(size=video.shape).astype(np.float32),
                   reversed_verb=rng.integers(-1, 4, n).astype(np.int32))
-    one = losses.make_global_loss(name, reversed_negatives=True)
+    one = losses.make_global_loss(name, reversed_negatives=True, reversed_weight=3.0)
     want = value_and_grads(lambda v, t, i: one(v, t, **i), video, text, inputs)
     mesh = jax.make_mesh((8,), ("data",))
-    eight = losses.make_global_loss(name, mesh, "data", reversed_negatives=True)
+    eight = losses.make_global_loss(name, mesh, "data", reversed_negatives=True,
+                                    reversed_weight=3.0)
     got = value_and_grads(lambda v, t, i: eight(v, t, **i), video, text, inputs)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):

@@ -159,11 +159,13 @@ def test_reversed_negatives_change_the_loss_and_shard_like_one_device(dataset):
                  ref_grads, grads)
 
 
-@pytest.mark.parametrize("pairs", [((0, 1), (1, 2)), ((0,),), ((0, -1),)])
-def test_bad_reversed_negatives_are_named(dataset, pairs):
+@pytest.mark.parametrize("pairs, weight, key", [
+    (((0, 1), (1, 2)), 1.0, "reversed_negatives"), (((0,),), 1.0, "reversed_negatives"),
+    (((0, -1),), 1.0, "reversed_negatives"), (((0, 1),), 0.0, "reversed_weight")])
+def test_bad_reversed_negatives_are_named(dataset, pairs, weight, key):
     config = tiny_config(dataset)
-    config.loss.reversed_negatives = pairs
-    with pytest.raises(ValueError, match="loss.reversed_negatives: expected pairs"):
+    config.loss.update(reversed_negatives=pairs, reversed_weight=weight)
+    with pytest.raises(ValueError, match=f"loss.{key}: expected"):
         train.Trainer(config, _one_device_mesh())
 
 
