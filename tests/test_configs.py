@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tempret_jax import train
+from tempret_jax.data import synthetic
 from tempret_jax.models import retrieval
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -70,9 +71,18 @@ def _random_batch(c, rng):
             "clip_nouns": nouns, "text_verb": verbs, "text_nouns": nouns}
 
 
-@pytest.mark.parametrize("variant", ["tempret", "mean", "joint", "rope"])
+def test_the_reversed_variant_names_synthkitchens_mirrored_verbs():
+    c = load("synthetic.py", "joint,sms,reversed")
+    keys = [synthetic.VERBS[v].key for pair in c.loss.reversed_negatives for v in pair]
+    assert keys == [k for pair in synthetic.MIRRORED_VERBS for k in pair]
+    assert c.loss.reversed_weight == c.global_batch_size - 1
+    assert load("synthetic.py", "joint,sms").loss.reversed_negatives == ()
+
+
+@pytest.mark.parametrize("variant", ["tempret,sms", "mean,sms", "joint,sms", "rope,sms",
+                                     "joint,sms,reversed", "tempret,info_nce,reversed"])
 def test_demo_variants_learn_a_fixed_batch(variant):
-    c = load("synthetic.py", f"{variant},sms,test")
+    c = load("synthetic.py", f"{variant},test")
     c.optim.update(lr=2e-3, start_lr=2e-3, warmup_steps=0)
     trainer = train.Trainer(c, train._mesh(c))
     state = trainer.init_state()
