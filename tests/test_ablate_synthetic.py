@@ -59,3 +59,14 @@ def test_frame_averaging_is_blind_to_order_in_the_probes(ablate, tmp_path):
     assert result["order_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert result["mirror_accuracy_reversed"] == result["mirror_accuracy"]
     assert {"mAP", "nDCG", "mirror_clips", "step"} <= set(result)
+
+
+def test_a_run_stopped_early_is_not_recorded(ablate, tmp_path, monkeypatch, capsys):
+    """SIGTERM makes the trainer checkpoint and return early; the tool must not file that run
+    as finished (rerunning the command resumes it)."""
+    monkeypatch.setattr(ablate.main, "synthetic_dataset", lambda config, workdir: "data")
+    monkeypatch.setattr(ablate.main, "run", lambda config, workdir, mode: 0)
+    monkeypatch.setattr(ablate, "score", lambda config, workdir: {"step": 3})
+    ablate.main_(["--workdir", str(tmp_path), "--steps", "10", "--runs", "mean,joint"])
+    assert not (tmp_path / "ablation.jsonl").exists()
+    assert "mean: stopped at step 3 of 10; not recorded" in capsys.readouterr().out

@@ -136,6 +136,10 @@ def main_(argv=None) -> None:
         main.run(config, run_dir, "train")
         record = {"run": name, "arg": RUNS[name], "data": args.data, "steps": args.steps,
                   **score(config, run_dir)}
+        if record["step"] < args.steps:  # preempted (SIGTERM): the checkpoint resumes it
+            print(f"{name}: stopped at step {record['step']} of {args.steps}; not recorded, "
+                  f"rerun the same command to resume")
+            return
         with open(log, "a") as f:
             f.write(json.dumps(record) + "\n")
         done[name] = record
