@@ -333,8 +333,10 @@ def _with_reversed_clips(rows_t: _Rows, text, inputs, weight: float) -> _Rows:
     extra = jnp.where(inputs["reversed_verb"] >= 0, jnp.float32(weight), 0.0)[:, None]
     rel = rows_t.rel
     if rel is not None:
-        rel_rev = jnp.diagonal(batch_relevance(inputs["reversed_verb"], inputs["clip_nouns"],
-                                               inputs["text_verb"], inputs["text_nouns"]))
+        # One pair per row (not the (m, m) block): batch_relevance on 1 x 1, mapped over rows.
+        pair = lambda *labels: batch_relevance(*(x[None] for x in labels))[0, 0]  # noqa: E731
+        rel_rev = jax.vmap(pair)(inputs["reversed_verb"], inputs["clip_nouns"],
+                                 inputs["text_verb"], inputs["text_nouns"])
         rel = jnp.concatenate([rel, rel_rev[:, None]], axis=1)
     m = sim.shape[0]
     return _Rows(sim=jnp.concatenate([rows_t.sim, sim], axis=1), pos=rows_t.pos,
