@@ -25,3 +25,18 @@ EK100_DIR = pathlib.Path(__file__).parent / "data" / "ek100"
 def ek100_dir() -> pathlib.Path:
     """The real EK-100 annotation files shipped with the tests (CC BY-NC 4.0)."""
     return EK100_DIR
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """load_tool('probe_motion') -> the module tools/probe_motion.py (tools are scripts, not a
+    package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = pathlib.Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -1,23 +1,15 @@
 """tools/ablate_synthetic.py: the mirror accuracy and the order probes it reports."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
 from tempret_jax import main
 from tempret_jax.data import synthetic
 
-TOOL = pathlib.Path(__file__).resolve().parents[1] / "tools" / "ablate_synthetic.py"
-
 
 @pytest.fixture(scope="module")
-def ablate():
-    spec = importlib.util.spec_from_file_location("ablate_synthetic", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ablate(load_tool):
+    return load_tool("ablate_synthetic")
 
 
 def _verb(key):

@@ -1,20 +1,12 @@
 """tools/probe_motion.py: the toy clips mean what the task says, and the probe trains."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-TOOL = pathlib.Path(__file__).resolve().parents[1] / "tools" / "probe_motion.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("probe_motion", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("probe_motion")
 
 
 def _square(clip):
