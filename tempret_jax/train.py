@@ -42,7 +42,8 @@ Config (`default_config()` holds every key with its default; configs/ override t
     itm.{freeze_dual_encoder, dual_loss_weight, temperature}   stage 2 (temperature of the
                           hard-negative draw)
     optim                 `optim.optim_config` (AdamW, schedule, multipliers, freeze, clip, EMA)
-    data.{train_split, num_frames, resolution, crop_scale, num_workers, dtype}
+    data.{train_split, num_frames, resolution, crop_scale, num_workers}
+    data.dtype            of the clips the towers get (train crops are resampled on the device)
     data.positive_threshold   sampled positives have rel > this (DESIGN §6: 0.1)
     eval.{every_steps (0: only at the end; -1: never), split, batch_size, tta, tta_views,
           tta_reduce, dual_softmax, rerank.*, submission_sls, num_workers, chunk}
@@ -87,7 +88,7 @@ from tempret_jax import losses
 from tempret_jax import metrics as metrics_lib
 from tempret_jax import optim
 from tempret_jax import sharding as sharding_lib
-from tempret_jax.data import ek100, pipeline, prepare
+from tempret_jax.data import crops, ek100, pipeline, prepare
 from tempret_jax.models import retrieval
 
 # Per-batch inputs of each retrieval loss besides the embeddings ("temperature" comes from the
@@ -99,7 +100,9 @@ LOSS_INPUTS = {
     "info_nce": ("temperature",),
 }
 assert set(LOSS_INPUTS) == set(losses.LOSS_NAMES), "LOSS_INPUTS is out of date with losses.py"
-MODEL_KEYS = ("video", "tokens", "pos_relevance") + losses.LABEL_KEYS  # sent to the devices
+# Sent to the devices, with either the pipeline's crops (`pipeline.CROP_KEYS`, resampled on the
+# device) or "video": ready (n, T, R, R, 3) clips.
+MODEL_KEYS = ("tokens", "pos_relevance") + losses.LABEL_KEYS
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
 DUAL_ENCODER_FREEZE = r"^(?!cross_encoder/)"  # stage 2 with a frozen dual encoder
 
@@ -378,14 +381,15 @@ class Trainer:
 
     def _grads(self, params, batch, rng):
         """(loss, metrics, grads) of the global batch; see the module docstring for k > 1."""
+        video = self._video(batch)
         if self.config.microbatches == 1:
             def loss(p):
-                enc, text_mask = self._encode(p, batch["video"], batch["tokens"])
+                enc, text_mask = self._encode(p, video, batch["tokens"])
                 return self._head_loss(p, enc, text_mask, batch, rng)
             (value, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
             return value, out, grads
 
-        inputs = (self._split(batch["video"]), self._split(batch["tokens"]))
+        inputs = (self._split(video), self._split(batch["tokens"]))
 
         def forward(_, xs):
             return None, self._encode(params, *xs)
@@ -403,6 +407,14 @@ class Trainer:
         zeros = jax.tree.map(jnp.zeros_like, params)
         g_towers, _ = jax.lax.scan(backward, zeros, (inputs, jax.tree.map(self._split, g_enc)))
         return value, out, _add_trees(g_head, g_towers)
+
+    def _video(self, batch):
+        """(n, T, R, R, 3) data.dtype clips: the batch's own "video", or its crops resampled."""
+        if "video" in batch:
+            return batch["video"]
+        d = self.config.data
+        return crops.resized_crops(batch["frames"], batch["crop_box"], batch["crop_window"],
+                                   d.resolution, d.dtype)
 
     @staticmethod
     def _step_rng(state: TrainState):
@@ -424,7 +436,8 @@ class Trainer:
                              ema_params=ema), out
 
     def train_step(self, state: TrainState, local_batch: dict):
-        """One step on this process's rows of the global batch (numpy, from the pipeline).
+        """One step on this process's rows of the global batch (numpy, from the pipeline:
+        `MODEL_KEYS` and either `pipeline.CROP_KEYS` or "video").
 
         Returns (new state, metrics {name: replicated scalar}); ``state`` is donated.
         """
@@ -436,7 +449,8 @@ class Trainer:
         return self._gradients(state, self._global(local_batch))
 
     def _global(self, local_batch: dict) -> dict:
-        return sharding_lib.global_batch({k: local_batch[k] for k in MODEL_KEYS}, self.mesh)
+        keys = MODEL_KEYS + (("video",) if "video" in local_batch else pipeline.CROP_KEYS)
+        return sharding_lib.global_batch({k: local_batch[k] for k in keys}, self.mesh)
 
 
 def _state_specs(abstract_opt, param_specs):
@@ -611,8 +625,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
     train_iter = iter(pipeline.train_pipeline(
         config.dataset_dir, config.global_batch_size, split=d.train_split,
         num_frames=d.num_frames, resolution=d.resolution, crop_scale=tuple(d.crop_scale),
-        seed=config.seed, num_workers=d.num_workers, dtype=np.dtype(d.dtype),
-        relevance=_train_relevance(config)))
+        seed=config.seed, num_workers=d.num_workers, relevance=_train_relevance(config)))
     c = config.checkpoint
     ckpts = checkpoint_lib.RunCheckpoints(workdir, keep=c.keep, keep_best=c.keep_best,
                                           best_metric=c.best_metric, async_save=c.async_save)

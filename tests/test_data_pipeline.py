@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tempret_jax.data import ek100, pipeline, prepare, synthetic
+from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
 
 TINY = synthetic.SynthConfig(num_train_videos=3, num_test_videos=2, num_participants=2,
                              clips_per_video=5, width=128, height=72, fps=20,
@@ -42,16 +42,31 @@ def _assert_same(a, b):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-def test_train_batch_shapes_and_normalisation(dataset):
+def test_train_batch_shapes_and_device_crops(dataset):
     batch = next(iter(_train(dataset)))
-    assert batch["video"].shape == (4, T, R, R, 3) and batch["video"].dtype == np.float32
+    c = crops.canvas_size(48, R)  # the data set's short side
+    assert batch["frames"].shape == (4, T, c, c, 3) and batch["frames"].dtype == np.uint8
+    assert batch["crop_box"].shape == (4, 4) and batch["crop_box"].dtype == np.float32
+    assert batch["crop_window"].shape == (4, 2) and batch["crop_window"].dtype == np.int32
     assert batch["tokens"].shape == (4, 77) and batch["tokens"].dtype == np.int32
     assert batch["clip_nouns"].shape == batch["text_nouns"].shape == (4, ek100.NUM_NOUN_CLASSES)
     assert batch["clip_verb"].dtype == batch["text_verb"].dtype == np.int32
+    left, top, right, bottom = batch["crop_box"].T
+    width, height = batch["crop_window"].T
+    assert np.all((0 <= left) & (left < right) & (right <= width) & (width <= c))
+    assert np.all((0 <= top) & (top < bottom) & (bottom <= height) & (height <= c))
+    # Outside its window a canvas is 0; the box covers 50-100 % of a 85 x 48 frame.
+    for frames, (w, h) in zip(batch["frames"], batch["crop_window"]):
+        assert not frames[:, h:].any() and not frames[:, :, w:].any()
+    area = (right - left) * (bottom - top) / (85 * 48)
+    assert np.all((area > 0.5 - 1e-3) & (area < 1 + 1e-3))
+    video = np.asarray(crops.resized_crops(batch["frames"], batch["crop_box"],
+                                           batch["crop_window"], R))
+    assert video.shape == (4, T, R, R, 3) and video.dtype == np.float32
     # CLIP normalisation maps [0, 255] to about [-1.8, 2.2].
     lo = (0 - np.array(pipeline.CLIP_MEAN)) / np.array(pipeline.CLIP_STD)
     hi = (1 - np.array(pipeline.CLIP_MEAN)) / np.array(pipeline.CLIP_STD)
-    assert np.all(batch["video"] >= lo - 1e-5) and np.all(batch["video"] <= hi + 1e-5)
+    assert np.all(video >= lo - 1e-5) and np.all(video <= hi + 1e-5)
 
 
 def test_train_stream_is_a_function_of_the_seed(dataset):
@@ -199,7 +214,7 @@ def test_batch_size_must_divide_between_processes(dataset):
 def test_sentences_are_tokenised_once_as_tokenize_does(dataset):
     clips, sentences = prepare.load_annotations(dataset, "train")
     transform = pipeline.TrainTransform(ek100.TrainRelevance.from_tables(clips, sentences),
-                                        sentences, T, R)
+                                        sentences, T, R, short_side=48)
     assert transform.sentence_tokens.shape == (len(sentences), pipeline.CONTEXT_LENGTH)
     for i, text in enumerate(sentences.narration):
         np.testing.assert_array_equal(transform.sentence_tokens[i], pipeline.tokenize([text])[0])
@@ -218,15 +233,18 @@ def test_normalize_into_out_equals_the_formula():
     np.testing.assert_allclose(half, expected, rtol=1e-3, atol=2e-3)
 
 
-def test_random_resized_crops_use_one_box_for_every_frame():
+def test_cut_crops_use_one_box_for_every_frame():
     rng = np.random.default_rng(1)
     frames = [Image.fromarray(a) for a in rng.integers(0, 256, (3, 40, 60, 3), dtype=np.uint8)]
-    normalize = pipeline.Normalize()
-    video = pipeline.random_resized_crops(iter(frames), 3, np.random.default_rng(7), 16,
-                                          (0.5, 1.0), normalize)
-    box = pipeline.random_resized_crop_box(60, 40, np.random.default_rng(7), (0.5, 1.0))
-    expected = [normalize(np.asarray(f.resize((16, 16), Image.BILINEAR, box=box))) for f in frames]
-    np.testing.assert_array_equal(video, np.stack(expected))
+    canvas = crops.canvas_size(40, 16)
+    clip = pipeline.cut_crops(iter(frames), 3, np.random.default_rng(7), 16, (0.5, 1.0), canvas)
+    box = crops.random_resized_crop_box(60, 40, np.random.default_rng(7), (0.5, 1.0))
+    video = crops.resized_crops(clip["frames"][None], clip["crop_box"][None],
+                                clip["crop_window"][None], 16)[0]
+    pixels = (np.asarray(video) * pipeline.CLIP_STD + pipeline.CLIP_MEAN) * 255
+    for got, frame in zip(pixels, frames):
+        expected = np.asarray(frame.resize((16, 16), Image.BILINEAR, box=box), np.float64)
+        assert np.abs(got - expected).max() <= 1 + 1e-3
     for count in (2, 4):
         with pytest.raises(ValueError, match="expected num_frames=3"):
-            pipeline.random_resized_crops((frames * 2)[:count], 3, rng, 16, (0.5, 1.0), normalize)
+            pipeline.cut_crops((frames * 2)[:count], 3, rng, 16, (0.5, 1.0), canvas)

@@ -41,13 +41,15 @@ import tracemalloc
 import numpy as np
 from PIL import Image
 
-from tempret_jax.data import ek100, pipeline, prepare, synthetic
+from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
 
 BENCH_SET = synthetic.SynthConfig(seed=1, num_train_videos=6, num_test_videos=1,
                                   num_participants=3, clips_per_video=10, width=568, height=320,
                                   fps=30, clip_seconds=(1.5, 4.5), gap_seconds=(0.5, 2.0), gop=60)
 EK100_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "ek100"
 STORED_FRAMES = 32  # prepare's default
+HOST_STAGE = "(for comparison) PIL resize + normalise on the host"
+DEVICE_STAGE = "(on the device) crops.resized_crops on this CPU"
 
 
 def ek100_durations(n: int) -> np.ndarray:
@@ -93,8 +95,9 @@ def retime_train_clips(annotation_dir: pathlib.Path, fps: int, seed: int = 0) ->
 
 
 def _mp4_transform(transform: pipeline.TrainTransform, video_root, clips: ek100.ClipTable,
-                   chunk_seconds: int, seek_gap: float):
+                   chunk_seconds: int, seek_gap: float, short_side: int):
     """The training transform with frames decoded from the MP4s instead of stored JPEGs."""
+    canvas = crops.canvas_size(short_side, transform.resolution)
 
     def run(row: int, rng: np.random.Generator):
         stored = prepare.sample_times(clips.start_timestamp[row], clips.stop_timestamp[row],
@@ -102,11 +105,10 @@ def _mp4_transform(transform: pipeline.TrainTransform, video_root, clips: ek100.
         times = stored[pipeline.segment_indices(STORED_FRAMES, transform.num_frames, rng)]
         kind, path = prepare.find_source(video_root, clips.participant_id[row], clips.video_id[row])
         images = prepare.decode_at(kind, path, times, chunk_seconds, seek_gap)
-        video = pipeline.random_resized_crops(images, transform.num_frames, rng,
-                                              transform.resolution, transform.crop_scale,
-                                              transform.normalize)
+        clip = pipeline.cut_crops(images, transform.num_frames, rng, transform.resolution,
+                                  transform.crop_scale, canvas)
         tokens, _, _ = transform.positive(row, clips.narration[row], rng)
-        return video, tokens
+        return clip, tokens
 
     return run
 
@@ -125,10 +127,14 @@ def _rate(fn, n: int, repeats: int) -> float:
 
 
 def stage_profile(transform: pipeline.TrainTransform, source, repeats: int) -> dict[str, float]:
-    """Median ms per clip of each stage of the prepared path, each stage timed on its own."""
+    """Median ms per clip of each stage of the prepared path, each stage timed on its own.
+
+    The last entry is not a stage: what resampling and normalising the crop on the host with
+    PIL and NumPy (the earlier contract, `HOST_STAGE`) costs on the same frames.
+    """
     n, size = len(source), (transform.resolution, transform.resolution)
-    stages = ("record read", "JPEG decode", "crop + resize", "normalisation",
-              "positive + tokens")
+    stages = ("record read", "JPEG decode", "crop window copy", "positive + tokens", HOST_STAGE)
+    normalize = pipeline.Normalize()
     runs = {s: [] for s in stages}
     for r in range(repeats):
         rng = np.random.default_rng(r)
@@ -143,20 +149,36 @@ def stage_profile(transform: pipeline.TrainTransform, source, repeats: int) -> d
             for img in images:
                 img.load()
             t2 = time.perf_counter()
-            box = pipeline.random_resized_crop_box(*images[0].size, rng, transform.crop_scale)
-            pixels = [np.asarray(img.resize(size, Image.BILINEAR, box=box)) for img in images]
+            pipeline.cut_crops(images, transform.num_frames, rng, transform.resolution,
+                               transform.crop_scale, transform.canvas)
             t3 = time.perf_counter()
-            video = np.empty((len(pixels), *size, 3), transform.normalize.dtype)
-            for t, p in enumerate(pixels):
-                transform.normalize(p, out=video[t])
-            t4 = time.perf_counter()
             transform.positive(int(record["clip_index"]), record["narration"], rng)
+            t4 = time.perf_counter()
+            box = crops.random_resized_crop_box(*images[0].size, rng, transform.crop_scale)
+            video = np.empty((len(images), *size, 3), np.float32)
+            for t, img in enumerate(images):
+                normalize(np.asarray(img.resize(size, Image.BILINEAR, box=box)), out=video[t])
             t5 = time.perf_counter()
             for s, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 spent[s] += dt
         for s in stages:
             runs[s].append(1e3 * spent[s] / n)
     return {s: statistics.median(v) for s, v in runs.items()}
+
+
+def device_crop_ms(transform: pipeline.TrainTransform, source, batch: int, repeats: int) -> float:
+    """Median ms per clip of `crops.resized_crops` (jitted, this CPU as the device), batch 8."""
+    import jax
+    clips = [transform.random_map((i, source[i]), np.random.default_rng(i)) for i in range(batch)]
+    args = [np.stack([c[k] for c in clips]) for k in pipeline.CROP_KEYS]
+    fn = jax.jit(lambda *a: crops.resized_crops(*a, transform.resolution))
+    fn(*args).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(*args).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times) / batch
 
 
 def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
@@ -174,14 +196,17 @@ def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
     dataset = pathlib.Path(summary["dataset_dir"])
     clips, sentences = prepare.load_annotations(dataset, "train")
     relevance = ek100.TrainRelevance.from_tables(clips, sentences)
-    transform = pipeline.TrainTransform(relevance, sentences, frames, resolution)
     source = pipeline.open_split(dataset, "train")
+    transform = pipeline.TrainTransform(relevance, sentences, frames, resolution,
+                                        short_side=min(pipeline.decode_jpeg(source[0]["frames"][0]).size))
     n = len(source)
 
     prepared_rate = _rate(lambda i, rng: transform.random_map((i, source[i]), rng), n, repeats)
     stages = stage_profile(transform, source, repeats)
+    stages[DEVICE_STAGE] = device_crop_ms(transform, source, 8, repeats)
     seek_gap = max(2.0, videos.gop / videos.fps)
-    mp4 = _mp4_transform(transform, root, clips, videos.chunk_seconds, seek_gap)
+    mp4 = _mp4_transform(transform, root, clips, videos.chunk_seconds, seek_gap,
+                         min(videos.width, videos.height))
     mp4_rate = _rate(mp4, n, repeats)
 
     # grain reads ahead with 16 threads: this row uses every core. Its first batches all finish
@@ -293,9 +318,11 @@ def main():
             size = f"{size / 1e3:.0f} kB" if size else "-"
             print(f"| {name:<38} | {rate:>11.1f}{unit or ' '} | {size:>10} |")
         print("\nPrepared path per stage, ms per clip (each stage timed on its own)")
-        for name, ms in stages.items():
-            print(f"| {name:<20} | {ms:>6.2f} |")
-        print(f"| {'sum':<20} | {sum(stages.values()):>6.2f} |", flush=True)
+        host = {k: v for k, v in stages.items() if k not in (HOST_STAGE, DEVICE_STAGE)}
+        for name, ms in [*host.items(), ("sum", sum(host.values()))]:
+            print(f"| {name:<52} | {ms:>6.2f} |")
+        for name in (HOST_STAGE, DEVICE_STAGE):
+            print(f"| {name:<52} | {stages[name]:>6.2f} |", flush=True)
         if not a.no_sampler:
             print("\nPositive sampler on a full-size train split (fresh process)", flush=True)
             subprocess.run([sys.executable, __file__, "--work", str(work), "--sampler_only"],

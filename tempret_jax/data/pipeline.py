@@ -1,8 +1,9 @@
 """Grain input pipelines on a prepared data set (`tempret_jax.data.prepare`).
 
   train:     shuffled, repeated clips with a sampled positive sentence (DESIGN.md §6), T of the
-             N stored frames (one random frame per segment), a random resized crop, CLIP
-             normalisation, batches per JAX process; the iterator state can be saved/restored.
+             N stored frames (one random frame per segment) with a random resized crop box,
+             cut out as uint8 windows (the train step resamples and normalises them on the
+             device: `crops`), batches per JAX process; the iterator state can be saved/restored.
   eval:      every clip of a split once, in record order, centre crops (optionally TTA views:
              horizontal flip, scales), the last batch padded and flagged by ``mask``.
   sentences: every sentence of a split once, tokenised, padded like eval.
@@ -28,10 +29,9 @@ import grain
 import numpy as np
 from PIL import Image
 
-from tempret_jax.data import ek100, prepare
+from tempret_jax.data import crops, ek100, prepare
+from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, RGB in [0, 1]
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONTEXT_LENGTH = 77
 
 
@@ -89,27 +89,6 @@ def decode_jpeg(data: bytes) -> Image.Image:
 def decode_jpegs(frames, indices) -> list[Image.Image]:
     """The JPEG byte strings ``frames[i]`` for i in ``indices``, decoded to RGB PIL images."""
     return [decode_jpeg(frames[i]) for i in indices]
-
-
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
-                            scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[float, ...]:
-    """A crop box (left, top, right, bottom) covering ``scale`` of the area, aspect in ``ratio``.
-
-    As torchvision's RandomResizedCrop: 10 tries, then the largest centred box within ``ratio``.
-    """
-    area = width * height
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
-        if w <= width and h <= height:
-            left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
-            return left, top, left + w, top + h
-    aspect = width / height
-    w, h = ((height * ratio[1], height) if aspect > ratio[1] else
-            (width, width / ratio[0]) if aspect < ratio[0] else (width, height))
-    left, top = (width - w) / 2, (height - h) / 2
-    return left, top, left + w, top + h
 
 
 class Normalize:
@@ -178,27 +157,32 @@ def center_view(image: Image.Image, resolution: int, view: View) -> np.ndarray:
     return out[:, ::-1] if view.flip else out
 
 
-def random_resized_crops(images, num_frames: int, rng: np.random.Generator, resolution: int,
-                         crop_scale, normalize: Normalize) -> np.ndarray:
-    """A clip's frames -> (T, R, R, 3) ``normalize.dtype``: one random crop box for all frames.
+CROP_KEYS = ("frames", "crop_box", "crop_window")  # a clip's crop, as `cut_crops` returns it
+
+
+def cut_crops(images, num_frames: int, rng: np.random.Generator, resolution: int, crop_scale,
+              canvas: int) -> dict:
+    """A clip's frames -> one random crop box for all of them, cut out onto uint8 canvases.
 
     ``images``: T RGB PIL images of one size, any iterable (a generator that decodes on demand
-    keeps one frame in flight: it is decoded, resized and normalised while in cache). The box
-    is drawn from ``rng`` when the first frame arrives (`random_resized_crop_box`), then each
-    frame is resized to R x R (PIL bilinear) and normalised.
+    keeps one frame in flight). The box is drawn from ``rng`` when the first frame arrives
+    (`crops.random_resized_crop_box`); each frame's window (`crops.cut_window`) goes to the
+    top-left of its canvas, the rest stays 0. Returns {'frames': (T, C, C, 3) uint8,
+    'crop_box': (4,) float32, 'crop_window': (2,) int32}, which `crops.resized_crops` turns into
+    (T, R, R, 3) normalised crops.
     """
-    video = np.empty((num_frames, resolution, resolution, 3), normalize.dtype)
-    size, box, count = (resolution, resolution), None, 0
+    frames = np.zeros((num_frames, canvas, canvas, 3), np.uint8)
+    box, count = None, 0
     for count, img in enumerate(images, 1):
         if count > num_frames:
             break
         if box is None:
-            box = random_resized_crop_box(*img.size, rng, crop_scale)
-        normalize(np.asarray(img.resize(size, Image.BILINEAR, box=box)), out=video[count - 1])
+            box = crops.random_resized_crop_box(*img.size, rng, crop_scale)
+        crop_box, window = crops.cut_window(np.asarray(img), box, resolution, frames[count - 1])
     if count != num_frames:
         raise ValueError(f"{'more than ' if count > num_frames else ''}{count} frames, expected "
                          f"num_frames={num_frames}")
-    return video
+    return dict(zip(CROP_KEYS, (frames, crop_box, window)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,24 +197,27 @@ class TrainTransform(grain.transforms.RandomMap):
     """
 
     def __init__(self, relevance: ek100.TrainRelevance, sentences: ek100.SentenceTable,
-                 num_frames: int, resolution: int, crop_scale=(0.5, 1.0), dtype=np.float32):
+                 num_frames: int, resolution: int, short_side: int, crop_scale=(0.5, 1.0)):
         self.relevance = relevance
         self.sentence_tokens = tokenize(sentences.narration)
         self.sentence_labels = sentences.labels()
         self.num_frames, self.resolution, self.crop_scale = num_frames, resolution, crop_scale
-        self.normalize = Normalize(dtype)
+        self.canvas = crops.canvas_size(short_side, resolution)
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         index, record = element
         clip = int(record["clip_index"])
         frames = record["frames"]
         indices = segment_indices(len(frames), self.num_frames, rng)
-        video = random_resized_crops((decode_jpeg(frames[i]) for i in indices), self.num_frames,
-                                     rng, self.resolution, self.crop_scale, self.normalize)
+        try:
+            example = cut_crops((decode_jpeg(frames[i]) for i in indices), self.num_frames, rng,
+                                self.resolution, self.crop_scale, self.canvas)
+        except ValueError as e:
+            raise ValueError(f"train record {index} ({_text(record['narration_id'])}): {e}") from e
         tokens, text_labels, c = self.positive(clip, record["narration"], rng)
         clip_labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
         return {
-            "video": video,
+            **example,
             "tokens": tokens,
             "clip_verb": np.int32(clip_labels.verb), "clip_nouns": clip_labels.nouns,
             "text_verb": np.int32(text_labels.verb), "text_nouns": text_labels.nouns,
@@ -262,16 +249,19 @@ def _with_index(num_records: int, index: int, record):
 
 def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
                    num_frames: int = 16, resolution: int = 224, crop_scale=(0.5, 1.0),
-                   seed: int = 0, num_workers: int = 0, dtype=np.float32,
-                   process_index: int | None = None, process_count: int | None = None,
+                   seed: int = 0, num_workers: int = 0, process_index: int | None = None,
+                   process_count: int | None = None,
                    relevance: ek100.TrainRelevance | None = None) -> grain.IterDataset:
     """The training stream of this process; ``iter()`` it, save/restore with get/set_state.
 
     Each batch (B = global_batch_size / process_count, drop_remainder) holds:
-      video (B, T, R, R, 3) ``dtype``, CLIP-normalised; tokens (B, 77) int32 of the sampled
-      positive sentence; clip_verb (B,) int32, clip_nouns (B, 300) bool: the clip's classes;
-      text_verb, text_nouns: the sentence's; pos_relevance (B,) float32: rel(clip, sentence);
-      index (B,) int64: the record.
+      frames (B, T, C, C, 3) uint8, crop_box (B, 4) float32, crop_window (B, 2) int32: each
+      clip's random resized crop cut out onto canvases (`cut_crops`; C = `crops.canvas_size` of
+      the stored frames' short side, read from the first record); `crops.resized_crops` makes
+      them (B, T, R, R, 3) CLIP-normalised crops on the device;
+      tokens (B, 77) int32 of the sampled positive sentence; clip_verb (B,) int32, clip_nouns
+      (B, 300) bool: the clip's classes; text_verb, text_nouns: the sentence's; pos_relevance
+      (B,) float32: rel(clip, sentence); index (B,) int64: the record.
     ``relevance`` defaults to one built from the split's annotations (built once, shared by
     the workers).
     """
@@ -281,8 +271,9 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
         raise ValueError(f"{sentences.path}: training needs a sentence file with class columns")
     if relevance is None:
         relevance = ek100.TrainRelevance.from_tables(clips, sentences)
-    transform = TrainTransform(relevance, sentences, num_frames, resolution, crop_scale, dtype)
     source = open_split(dataset_dir, split)
+    short_side = min(decode_jpeg(source[0]["frames"][0]).size)
+    transform = TrainTransform(relevance, sentences, num_frames, resolution, short_side, crop_scale)
     ds = grain.MapDataset.source(source).map_with_index(functools.partial(_with_index, len(source)))
     ds = ds[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
