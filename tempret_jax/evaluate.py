@@ -691,7 +691,7 @@ def clip_frames(dataset_dir, split: str):
 
     def frames(i: int):
         stored = source[int(i)]["frames"]
-        return [np.asarray(img) for img in pipeline.decode_jpegs(stored, range(len(stored)))]
+        return pipeline.decode_jpegs(stored, range(len(stored)))
 
     return frames
 

@@ -235,7 +235,7 @@ def test_normalize_into_out_equals_the_formula():
 
 def test_cut_crops_use_one_box_for_every_frame():
     rng = np.random.default_rng(1)
-    frames = [Image.fromarray(a) for a in rng.integers(0, 256, (3, 40, 60, 3), dtype=np.uint8)]
+    frames = list(rng.integers(0, 256, (3, 40, 60, 3), dtype=np.uint8))
     canvas = crops.canvas_size(40, 16)
     clip = pipeline.cut_crops(iter(frames), 3, np.random.default_rng(7), 16, (0.5, 1.0), canvas)
     box = crops.random_resized_crop_box(60, 40, np.random.default_rng(7), (0.5, 1.0))
@@ -243,8 +243,21 @@ def test_cut_crops_use_one_box_for_every_frame():
                                 clip["crop_window"][None], 16)[0]
     pixels = (np.asarray(video) * pipeline.CLIP_STD + pipeline.CLIP_MEAN) * 255
     for got, frame in zip(pixels, frames):
-        expected = np.asarray(frame.resize((16, 16), Image.BILINEAR, box=box), np.float64)
+        expected = np.asarray(Image.fromarray(frame).resize((16, 16), Image.BILINEAR, box=box),
+                              np.float64)
         assert np.abs(got - expected).max() <= 1 + 1e-3
     for count in (2, 4):
         with pytest.raises(ValueError, match="expected num_frames=3"):
             pipeline.cut_crops((frames * 2)[:count], 3, rng, 16, (0.5, 1.0), canvas)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_decode_jpeg_gives_pils_pixels_as_an_rgb_array(mode):
+    import io
+    rng = np.random.default_rng(2)
+    shape = (24, 40, 3) if mode == "RGB" else (24, 40)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="JPEG")
+    frame = pipeline.decode_jpeg(buf.getvalue())
+    assert frame.shape == (24, 40, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame, np.asarray(Image.open(buf).convert("RGB")))

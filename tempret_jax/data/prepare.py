@@ -292,9 +292,11 @@ def _frames_from_folder(path: pathlib.Path, task: VideoTask, config: PrepareConf
 
 
 def _folder_jpeg(path: pathlib.Path, config: PrepareConfig) -> bytes:
-    """A frame file as JPEG bytes with the configured short side (as is when it already has it)."""
+    """A frame file as JPEG bytes with the configured short side (as is when it already has it
+    and is RGB or greyscale, which `pipeline.decode_jpeg` reads)."""
     with Image.open(path) as img:
-        if min(img.size) == config.short_side and img.format == "JPEG":
+        if (min(img.size) == config.short_side and img.format == "JPEG"
+                and img.mode in ("RGB", "L")):
             return path.read_bytes()
         return _resize_jpeg(img.convert("RGB"), config.short_side, config.jpeg_quality)
 
