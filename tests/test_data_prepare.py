@@ -124,6 +124,11 @@ def test_decode_at_reads_across_chunks_whatever_the_seek_gap(tmp_path):
     for gap in (0.0, 2.0, 100.0):
         images = prepare.decode_at(kind, folder, times, chunk_seconds=2, seek_gap=gap)
         assert [synthetic.read_frame_index(np.asarray(img)) for img in images] == expected
+        arrays = prepare.decode_at(kind, folder, times, chunk_seconds=2, seek_gap=gap,
+                                   as_array=True)
+        for img, array in zip(images, arrays):
+            assert array.dtype == np.uint8
+            np.testing.assert_array_equal(array, np.asarray(img))
     (folder / "2.MP4").unlink()  # frames of a missing chunk are None
     images = prepare.decode_at(kind, folder, [1.0, 2.5, 4.5], chunk_seconds=2)
     assert images[1] is None and images[0] is not None and images[2] is not None

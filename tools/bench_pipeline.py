@@ -2,7 +2,7 @@
 
   python tools/bench_pipeline.py [--work DIR] [--repeats 5] [--frames 16] [--resolution 224]
       [--video_size 568x320] [--fps 30] [--gop FRAMES] [--layout mp4|chunked]
-      [--durations synth|ek100]
+      [--durations synth|ek100] [--tower vit_b16]
 
 1. Generates a SynthKitchens set (default 568x320 at 30 fps, like AVION's 320p re-encodes;
    --video_size / --fps for others, e.g. EK-100's 1920x1080 at 60), 10 clips of 1.5-4.5 s per
@@ -10,16 +10,19 @@
    AVION's 15-second chunks. --durations ek100 re-times the train clips to the durations of
    the EK-100 MIR test clips (see `ek100_durations`). Prepares the train split (32 frames,
    short side 256).
-2. Times, on ONE core (this process), the training transform per clip: T random-offset
-   segment frames, random resized crop to R x R, CLIP normalisation, positive sampling and
-   its tokens. "prepared" decodes T JPEGs from the ArrayRecord records
+2. Times, on ONE core (this process), the host's training transform per clip: T random-offset
+   segment frames, a random resized crop box cut out onto uint8 canvases (`crops`: the
+   resampling to R x R and the CLIP normalisation run on the device, in the train step),
+   positive sampling and its tokens. "prepared" decodes T JPEGs from the ArrayRecord records
    (`pipeline.TrainTransform`); "mp4" decodes the same clips' frames from the MP4s with PyAV
    (`prepare.decode_at`: seek to the keyframe before, decode forward; a new seek only when
    the next frame is more than max(2 s, one keyframe interval) ahead, so a seek never lands
-   behind the decoder) and runs the same crop, normalisation and sampling code. The full grain
-   pipeline (in-process, batch 8, grain's read-ahead threads on every core) is timed too.
-   Medians over --repeats passes. A per-stage profile of the prepared path follows (each stage
-   timed on its own; the transform streams one frame at a time through them).
+   behind the decoder) and runs the same crop and sampling code. The full grain pipeline
+   (in-process, batch 8, grain's read-ahead threads on every core) is timed too. Medians over
+   --repeats passes. A per-stage profile of the prepared path follows (each stage timed on its
+   own; the transform streams one frame at a time through them), with, for comparison, what
+   resampling + normalising on the host with PIL would cost, the device crop's time with this
+   CPU as the device and its FLOPs next to a --tower video tower's train step.
 3. Builds `ek100.TrainRelevance` on a full-size synthetic train CSV (67,217 clips drawn from the
    real train sentences' class statistics) and reports its peak allocation (tracemalloc), the
    size it keeps, and the sampling rate.
@@ -104,9 +107,7 @@ def _mp4_transform(transform: pipeline.TrainTransform, video_root, clips: ek100.
                                       STORED_FRAMES)
         times = stored[pipeline.segment_indices(STORED_FRAMES, transform.num_frames, rng)]
         kind, path = prepare.find_source(video_root, clips.participant_id[row], clips.video_id[row])
-        # PyAV gives PIL images; as arrays they are what decord hands the PyTorch codebases.
-        images = (np.asarray(img) for img in prepare.decode_at(kind, path, times, chunk_seconds,
-                                                                seek_gap))
+        images = prepare.decode_at(kind, path, times, chunk_seconds, seek_gap, as_array=True)
         clip = pipeline.cut_crops(images, transform.num_frames, rng, transform.resolution,
                                   transform.crop_scale, canvas)
         tokens, _, _ = transform.positive(row, clips.narration[row], rng)
@@ -168,19 +169,44 @@ def stage_profile(transform: pipeline.TrainTransform, source, repeats: int) -> d
     return {s: statistics.median(v) for s, v in runs.items()}
 
 
-def device_crop_ms(transform: pipeline.TrainTransform, source, batch: int, repeats: int) -> float:
-    """Median ms per clip of `crops.resized_crops` (jitted, this CPU as the device), batch 8."""
+def device_crop(transform: pipeline.TrainTransform, source, batch: int,
+                repeats: int) -> tuple[float, float]:
+    """`crops.resized_crops` jitted with this CPU as the device, on a batch of clips:
+    (median ms per clip, GFLOP per clip from XLA's cost analysis)."""
     import jax
     clips = [transform.random_map((i, source[i]), np.random.default_rng(i)) for i in range(batch)]
     args = [np.stack([c[k] for c in clips]) for k in pipeline.CROP_KEYS]
     fn = jax.jit(lambda *a: crops.resized_crops(*a, transform.resolution))
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     fn(*args).block_until_ready()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn(*args).block_until_ready()
         times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times) / batch
+    return 1e3 * statistics.median(times) / batch, float(cost["flops"]) / 1e9 / batch
+
+
+def tower_gflop(preset: str, frames: int, resolution: int) -> float:
+    """GFLOP per clip of a train step's video tower (forward + backward, AVION's joint
+    attention over all frames) for a CLIP preset, from XLA's cost analysis (nothing runs)."""
+    import jax
+    import jax.numpy as jnp
+    from tempret_jax.models import retrieval
+    config = retrieval.model_config(preset)
+    config.vision.update(num_frames=frames, image_size=resolution)
+    model = retrieval.RetrievalModel.from_config(config)
+    video = jax.ShapeDtypeStruct((1, frames, resolution, resolution, 3), jnp.float32)
+    params = jax.eval_shape(lambda v: model.init(jax.random.key(0), v, method=model.encode_video),
+                            video)
+
+    def loss(p, v):
+        return jnp.sum(model.apply(p, v, method=model.encode_video)["features"])
+
+    cost = jax.jit(jax.grad(loss)).lower(params, video).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) / 1e9
 
 
 def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
@@ -205,7 +231,7 @@ def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
 
     prepared_rate = _rate(lambda i, rng: transform.random_map((i, source[i]), rng), n, repeats)
     stages = stage_profile(transform, source, repeats)
-    stages[DEVICE_STAGE] = device_crop_ms(transform, source, 8, repeats)
+    stages[DEVICE_STAGE], device_gflop = device_crop(transform, source, 8, repeats)
     seek_gap = max(2.0, videos.gop / videos.fps)
     mp4 = _mp4_transform(transform, root, clips, videos.chunk_seconds, seek_gap,
                          min(videos.width, videos.height))
@@ -231,7 +257,8 @@ def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
     ]
     durations_s = np.asarray(clips.stop_timestamp) - np.asarray(clips.start_timestamp)
     facts = {"clips": n, "mean clip s": durations_s.mean(), "median clip s": np.median(durations_s),
-             "max clip s": durations_s.max(), "MP4 kB/clip": mp4_bytes / 1e3 / n}
+             "max clip s": durations_s.max(), "MP4 kB/clip": mp4_bytes / 1e3 / n,
+             "device GFLOP/clip": device_gflop}
     return rows, facts, stages
 
 
@@ -293,6 +320,9 @@ def main():
                    help="SynthKitchens' 1.5-4.5 s clips, or EK-100 MIR's clip durations")
     p.add_argument("--videos", type=int, default=6, help="train videos of 10 clips")
     p.add_argument("--no_sampler", action="store_true", help="skip the positive sampler part")
+    p.add_argument("--tower", default="vit_b16",
+                   help="CLIP preset whose video tower the device crop's FLOPs are compared with "
+                        "('' to skip)")
     p.add_argument("--sampler_only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,6 +355,12 @@ def main():
             print(f"| {name:<52} | {ms:>6.2f} |")
         for name in (HOST_STAGE, DEVICE_STAGE):
             print(f"| {name:<52} | {stages[name]:>6.2f} |", flush=True)
+        crop_gflop = facts["device GFLOP/clip"]
+        print(f"(the device crop: {crop_gflop:.2f} GFLOP per clip, XLA cost analysis)", flush=True)
+        if a.tower:
+            tower = tower_gflop(a.tower, a.frames, a.resolution)
+            print(f"({a.tower} video tower, forward + backward: {tower:.0f} GFLOP per clip; the "
+                  f"crop adds {100 * crop_gflop / tower:.2f} %)", flush=True)
         if not a.no_sampler:
             print("\nPositive sampler on a full-size train split (fresh process)", flush=True)
             subprocess.run([sys.executable, __file__, "--work", str(work), "--sampler_only"],

@@ -163,11 +163,12 @@ def _resize_jpeg(img: Image.Image, short_side: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_video_at(path, times, threads: int = 1,
-                    seek_gap: float = _SEEK_GAP) -> list[Image.Image | None]:
+def decode_video_at(path, times, threads: int = 1, seek_gap: float = _SEEK_GAP,
+                    as_array: bool = False) -> list[Image.Image | np.ndarray | None]:
     """The frames shown at ``times`` (seconds, any order) of a video file; None past its end.
 
     ``threads``: decoder threads (1: one core per worker process, as `prepare` runs them).
+    ``as_array``: (H, W, 3) uint8 arrays (as decord gives them) instead of PIL images.
 
     Seeks to the keyframe before each run of times (a new run starts when the next time is
     more than ``seek_gap`` seconds past the last decoded frame) and decodes forward. With a
@@ -175,7 +176,8 @@ def decode_video_at(path, times, threads: int = 1,
     """
     times = np.asarray(times, np.float64)
     order = np.argsort(times, kind="stable")
-    out: list[Image.Image | None] = [None] * len(times)
+    out: list[Image.Image | np.ndarray | None] = [None] * len(times)
+    convert = (lambda f: f.to_ndarray(format="rgb24")) if as_array else (lambda f: f.to_image())
     eps = 1e-4  # float slack when a time falls exactly on a frame's pts
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -192,7 +194,7 @@ def decode_video_at(path, times, threads: int = 1,
                 ft = float(frame.time)
                 # Times before this frame are shown by the previous frame.
                 while k < len(order) and prev is not None and times[order[k]] < ft - eps:
-                    prev_image = prev_image or prev.to_image()
+                    prev_image = convert(prev) if prev_image is None else prev_image
                     out[order[k]] = prev_image
                     k += 1
                 if k == len(order):
@@ -204,7 +206,7 @@ def decode_video_at(path, times, threads: int = 1,
                 # End of stream: the last frame is shown for one frame duration.
                 rate = float(stream.average_rate or stream.guessed_rate or 30)
                 while k < len(order) and prev is not None and times[order[k]] < prev_time + 1 / rate:
-                    prev_image = prev_image or prev.to_image()
+                    prev_image = convert(prev) if prev_image is None else prev_image
                     out[order[k]] = prev_image
                     k += 1
                 break
@@ -220,14 +222,14 @@ def video_duration(path) -> float:
         return float(stream.duration * stream.time_base)
 
 
-def decode_at(kind: str, path, times, chunk_seconds: int = 15,
-              seek_gap: float = _SEEK_GAP) -> list[Image.Image | None]:
+def decode_at(kind: str, path, times, chunk_seconds: int = 15, seek_gap: float = _SEEK_GAP,
+              as_array: bool = False) -> list[Image.Image | np.ndarray | None]:
     """The frames shown at ``times`` (seconds of the video, any shape, flattened) of a source.
 
     ``kind``, ``path`` as `find_source` returns them: 'mp4', a video file; 'chunked', AVION's
     folder of ``<start_sec>.MP4`` chunks of ``chunk_seconds``. None where there is no frame
     (past the end, a missing chunk). Raises SkipVideo for a chunk folder without chunks or a
-    file that cannot be decoded.
+    file that cannot be decoded. ``as_array``: see `decode_video_at`.
     """
     times = np.asarray(times, np.float64).ravel()
     if kind == "mp4":
@@ -245,10 +247,10 @@ def decode_at(kind: str, path, times, chunk_seconds: int = 15,
             chunk = chunks.get(int(s))
             if chunk is not None:  # else its frames stay None
                 sources[chunk] = (times - s, starts == s)
-    out: list[Image.Image | None] = [None] * len(times)
+    out: list[Image.Image | np.ndarray | None] = [None] * len(times)
     for source, (local, mask) in sources.items():
         try:
-            decoded = decode_video_at(source, local[mask], seek_gap=seek_gap)
+            decoded = decode_video_at(source, local[mask], seek_gap=seek_gap, as_array=as_array)
         except (av.FFmpegError, OSError, ValueError, IndexError) as e:
             raise SkipVideo(f"cannot decode {source}: {type(e).__name__}: {e}") from None
         for i, img in zip(np.flatnonzero(mask), decoded):
