@@ -83,8 +83,8 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     """One JPEG byte string (RGB or greyscale, as `prepare` stores them) -> (H, W, 3) uint8.
 
     libjpeg-turbo through simplejpeg, straight into an array: the same pixels as PIL's decoder,
-    without PIL's Python header parsing and image-to-array copy (together ~40 % of a train clip's
-    host time at short side 256).
+    without PIL's Python header parsing and image-to-array copy (together ~3.5 ms per 16-frame
+    train clip at short side 256 in a profile; the whole train transform now takes ~8 ms).
     """
     return simplejpeg.decode_jpeg(data, colorspace="RGB")
 
