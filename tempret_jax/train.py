@@ -450,6 +450,10 @@ class Trainer:
 
     def _global(self, local_batch: dict) -> dict:
         keys = MODEL_KEYS + (("video",) if "video" in local_batch else pipeline.CROP_KEYS)
+        missing = [k for k in keys if k not in local_batch]
+        if missing:
+            raise ValueError(f"train batch: missing keys {missing}; a batch holds {MODEL_KEYS} "
+                             f"and either 'video' or {pipeline.CROP_KEYS}")
         return sharding_lib.global_batch({k: local_batch[k] for k in keys}, self.mesh)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tempret_jax import checkpoint, sharding, train
-from tempret_jax.data import ek100, pipeline, prepare, synthetic
+from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
 
 TINY = synthetic.SynthConfig(num_train_videos=2, num_test_videos=1, num_participants=2,
                              clips_per_video=4, width=96, height=64, fps=10,
@@ -167,6 +167,19 @@ def test_bad_reversed_negatives_are_named(dataset, pairs, weight, key):
     config.loss.update(reversed_negatives=pairs, reversed_weight=weight)
     with pytest.raises(ValueError, match=f"loss.{key}: expected"):
         train.Trainer(config, _one_device_mesh())
+
+
+def test_pipeline_crops_and_ready_clips_give_the_same_step(dataset, fixed_batch):
+    """A batch carries the pipeline's crops (resampled in the step) or ready clips ("video")."""
+    trainer = train.Trainer(tiny_config(dataset), _one_device_mesh())
+    state = trainer.init_state()
+    video = crops.resized_crops(*(fixed_batch[k] for k in pipeline.CROP_KEYS), 32)
+    ready = {**{k: v for k, v in fixed_batch.items() if k not in pipeline.CROP_KEYS},
+             "video": np.asarray(video)}
+    np.testing.assert_allclose(trainer.gradients(state, ready)[0],
+                               trainer.gradients(state, fixed_batch)[0], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"missing keys \['crop_box'\]"):
+        trainer.train_step(state, {k: v for k, v in fixed_batch.items() if k != "crop_box"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -275,6 +275,8 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
     if relevance is None:
         relevance = ek100.TrainRelevance.from_tables(clips, sentences)
     source = open_split(dataset_dir, split)
+    if len(source) == 0:
+        raise ValueError(f"{dataset_dir}: the {split!r} split holds no clips")
     short_side = min(decode_jpeg(source[0]["frames"][0]).shape[:2])
     transform = TrainTransform(relevance, sentences, num_frames, resolution, short_side, crop_scale)
     ds = grain.MapDataset.source(source).map_with_index(functools.partial(_with_index, len(source)))
