@@ -1,18 +1,19 @@
 """tools/bench_pipeline.py: the EK-100 clip durations given to the benchmark's MP4 clips."""
 
 import csv
-import pathlib
-import sys
 
 import numpy as np
+import pytest
 
 from tempret_jax.data import ek100, synthetic
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import bench_pipeline  # noqa: E402
+
+@pytest.fixture(scope="module")
+def bench_pipeline(load_tool):
+    return load_tool("bench_pipeline")
 
 
-def test_ek100_durations_follow_the_test_split(ek100_dir):
+def test_ek100_durations_follow_the_test_split(ek100_dir, bench_pipeline):
     clips = ek100.read_clips(ek100_dir / ek100.TEST_CLIPS_FILE)
     real = np.asarray(clips.stop_timestamp) - np.asarray(clips.start_timestamp)
     durations = bench_pipeline.ek100_durations(200)
@@ -21,7 +22,7 @@ def test_ek100_durations_follow_the_test_split(ek100_dir):
     assert abs(durations.mean() - real.mean()) / real.mean() < 0.15  # the tail is thinned
 
 
-def test_retimed_clips_have_those_durations_inside_their_videos(tmp_path):
+def test_retimed_clips_have_those_durations_inside_their_videos(tmp_path, bench_pipeline):
     config = synthetic.SynthConfig(num_train_videos=3, num_test_videos=1, clips_per_video=8,
                                    clip_seconds=(8.0, 12.0))  # videos of ~80 s: nothing capped
     videos = synthetic.plan(config)

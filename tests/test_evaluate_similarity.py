@@ -1,15 +1,14 @@
 """tools/evaluate_similarity.py: the standard table from a saved matrix or a submission."""
 
-import sys
-
 import numpy as np
 import pytest
 
 from tempret_jax import metrics
 from tempret_jax.data import ek100
 
-sys.path.insert(0, "tools")
-import evaluate_similarity  # noqa: E402
+@pytest.fixture(scope="module")
+def evaluate_similarity(load_tool):
+    return load_tool("evaluate_similarity")
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +16,8 @@ def split(ek100_dir):
     return ek100.load_test_relevance(ek100_dir)
 
 
-def test_npy_and_submission_give_the_same_table(tmp_path, ek100_dir, split, capsys):
+def test_npy_and_submission_give_the_same_table(tmp_path, ek100_dir, split, capsys,
+                                                evaluate_similarity):
     rel, clip_ids, sentence_ids = split
     sim = rel + np.random.default_rng(0).random(rel.shape, dtype=np.float32)
     np.save(tmp_path / "sim.npy", sim)
@@ -34,7 +34,7 @@ def test_npy_and_submission_give_the_same_table(tmp_path, ek100_dir, split, caps
     assert "mAP" in tables[0] and "nDCG" in tables[0]
 
 
-def test_wrong_shape_is_a_clear_error(tmp_path, ek100_dir, capsys):
+def test_wrong_shape_is_a_clear_error(tmp_path, ek100_dir, capsys, evaluate_similarity):
     np.save(tmp_path / "sim.npy", np.zeros((3, 4), np.float32))
     assert evaluate_similarity.main([str(tmp_path / "sim.npy"), "--annotation_dir", str(ek100_dir)]) == 2
     assert "shape (3, 4), expected (9668, 3842)" in capsys.readouterr().err
