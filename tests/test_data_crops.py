@@ -20,9 +20,17 @@ def _pixels(video) -> np.ndarray:
     return (np.asarray(video, np.float64) * crops.CLIP_STD + crops.CLIP_MEAN) * 255
 
 
+def _cut(image, box, resolution, canvas):
+    """One frame's window copied onto ``canvas``: (box on the canvas, window size)."""
+    (y0, y1, x0, x1), crop_box, size = crops.crop_window(image.shape[1], image.shape[0], box,
+                                                         resolution, canvas.shape[0])
+    canvas[:y1 - y0, :x1 - x0] = image[y0:y1, x0:x1]
+    return crop_box, size
+
+
 def _device_crop(image, box, resolution):
     canvas = np.zeros((crops.canvas_size(min(image.shape[:2]), resolution),) * 2 + (3,), np.uint8)
-    crop_box, window = crops.cut_window(image, box, resolution, canvas)
+    crop_box, window = _cut(image, box, resolution, canvas)
     return _pixels(crops.resized_crops(canvas[None, None], crop_box[None], window[None],
                                        resolution)[0, 0])
 
@@ -69,7 +77,7 @@ def test_the_largest_boxes_fit_the_canvas(short_side):
     side = crops.MAX_ASPECT * short_side
     for image, box in ((np.zeros((short_side, long, 3), np.uint8), (10.5, 0, 10.5 + side, short_side)),
                        (np.zeros((long, short_side, 3), np.uint8), (0, 3.3, short_side, 3.3 + side))):
-        crop_box, window = crops.cut_window(image, box, 32, canvas)
+        crop_box, window = _cut(image, box, 32, canvas)
         assert np.all(window <= canvas.shape[0])
         np.testing.assert_allclose(crop_box[2:] - crop_box[:2], np.subtract(box[2:], box[:2]),
                                    rtol=1e-6)
@@ -88,7 +96,7 @@ def test_random_boxes_follow_scale_and_ratio():
 def test_a_frame_of_another_short_side_is_refused():
     canvas = np.zeros((crops.canvas_size(48, 32),) * 2 + (3,), np.uint8)
     with pytest.raises(ValueError, match="does not fit the .* canvas"):
-        crops.cut_window(np.zeros((96, 170, 3), np.uint8), (0, 0, 128, 96), 32, canvas)
+        _cut(np.zeros((96, 170, 3), np.uint8), (0, 0, 128, 96), 32, canvas)
 
 
 def test_bad_shapes_are_refused():

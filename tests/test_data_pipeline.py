@@ -261,3 +261,16 @@ def test_decode_jpeg_gives_pils_pixels_as_an_rgb_array(mode):
     frame = pipeline.decode_jpeg(buf.getvalue())
     assert frame.shape == (24, 40, 3) and frame.dtype == np.uint8
     np.testing.assert_array_equal(frame, np.asarray(Image.open(buf).convert("RGB")))
+
+
+def test_a_corrupt_stored_frame_names_its_record(dataset):
+    clips, sentences = prepare.load_annotations(dataset, "train")
+    train = pipeline.TrainTransform(ek100.TrainRelevance.from_tables(clips, sentences),
+                                    sentences, T, R, short_side=48)
+    record = {"clip_index": 0, "frames": [b"not a jpeg"] * 8, "narration_id": b"P01_01_3",
+              "narration": b"open the drawer"}
+    with pytest.raises(ValueError, match=r"train record 5 \(P01_01_3\)"):
+        train.random_map((5, record), np.random.default_rng(0))
+    evaluate = pipeline.EvalTransform([record], T, R, (pipeline.View(),), np.float32)
+    with pytest.raises(ValueError, match=r"eval record 0 \(P01_01_3\)"):
+        evaluate.map(0)

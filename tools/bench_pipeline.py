@@ -235,7 +235,7 @@ def throughput(work: pathlib.Path, repeats: int, frames: int, resolution: int,
     relevance = ek100.TrainRelevance.from_tables(clips, sentences)
     source = pipeline.open_split(dataset, "train")
     transform = pipeline.TrainTransform(relevance, sentences, frames, resolution,
-                                        short_side=min(pipeline.decode_jpeg(source[0]["frames"][0]).shape[:2]))
+                                        pipeline.stored_short_side(source))
     n = len(source)
 
     seek_gap = max(2.0, videos.gop / videos.fps)

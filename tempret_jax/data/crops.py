@@ -3,7 +3,7 @@
 A training clip leaves the input pipeline as uint8 frames on a fixed square canvas plus its crop
 box, not as R x R float crops. The host decodes the JPEGs, draws one box per clip
 (`random_resized_crop_box`) and copies the box's window into the canvas, with the margin of
-pixels the resampling filter reads around the box (`cut_window`); the train step resamples the
+pixels the resampling filter reads around the box (`crop_window`); the train step resamples the
 box to R x R and normalises it on the accelerator (`resized_crops`). This moves PIL's resize and
 the float normalisation, about 60 % of the host's work per clip, off the input workers, and the
 batch that crosses to the device is uint8 (5.8 MB per 16-frame clip at short side 256, against
@@ -63,30 +63,23 @@ def canvas_size(short_side: int, resolution: int) -> int:
     return math.ceil(MAX_ASPECT * short_side) + 2 * _margin(short_side, resolution) + 2
 
 
-def cut_window(image: np.ndarray, box, resolution: int, out: np.ndarray):
-    """Copies the pixels that resampling ``box`` to R x R reads into ``out``'s top-left corner.
+def crop_window(width: int, height: int, box, resolution: int, canvas: int):
+    """The part of a width x height frame that resampling ``box`` to R x R reads.
 
-    Args:
-      image: (H, W, 3) uint8 frame.
-      box: (left, top, right, bottom) in the frame's pixels.
-      resolution: R, the crop's output side (sets the filter's reach).
-      out: (C, C, 3) uint8 canvas; pixels outside the window are left as they are.
-    Returns:
-      (box in canvas pixels: (4,) float32, the window's (width, height): (2,) int32).
-    Raises:
-      ValueError if the window does not fit on the canvas.
+    Returns ((y0, y1, x0, x1) of the window in the frame, the box in window pixels (4,) float32,
+    the window's (width, height) (2,) int32). Raises ValueError if it does not fit a canvas of
+    side ``canvas``.
     """
-    height, width = image.shape[:2]
     margin = _margin(min(width, height), resolution)
     left, top, right, bottom = box
     x0, y0 = max(0, math.floor(left) - margin), max(0, math.floor(top) - margin)
     x1, y1 = min(width, math.ceil(right) + margin), min(height, math.ceil(bottom) + margin)
-    if y1 - y0 > out.shape[0] or x1 - x0 > out.shape[1]:
+    if y1 - y0 > canvas or x1 - x0 > canvas:
         raise ValueError(f"the crop window {x1 - x0}x{y1 - y0} of a {width}x{height} frame does "
-                         f"not fit the {out.shape[1]}x{out.shape[0]} canvas (made for frames of "
-                         f"one short side; is this frame's short side different?)")
-    out[:y1 - y0, :x1 - x0] = image[y0:y1, x0:x1]
-    return (np.array([left - x0, top - y0, right - x0, bottom - y0], np.float32),
+                         f"not fit the {canvas}x{canvas} canvas (made for frames of one short "
+                         f"side; is this frame's short side different?)")
+    return ((y0, y1, x0, x1),
+            np.array([left - x0, top - y0, right - x0, bottom - y0], np.float32),
             np.array([x1 - x0, y1 - y0], np.int32))
 
 
@@ -115,7 +108,7 @@ def resized_crops(frames, box, window, resolution: int, dtype="float32"):
     """Each clip's box resampled to R x R and CLIP-normalised, on the device (jit-able).
 
     Args:
-      frames: (B, T, C, C, 3) uint8 canvases (`cut_window`).
+      frames: (B, T, C, C, 3) uint8 canvases (`pipeline.cut_crops`).
       box: (B, 4) float32 (left, top, right, bottom) in canvas pixels.
       window: (B, 2) int32 (width, height) of the valid top-left part of each canvas.
       resolution: R.

@@ -169,23 +169,26 @@ def cut_crops(images, num_frames: int, rng: np.random.Generator, resolution: int
 
     ``images``: T (H, W, 3) uint8 frames of one size, any iterable (a generator that decodes on
     demand keeps one frame in flight). The box is drawn from ``rng`` when the first frame arrives
-    (`crops.random_resized_crop_box`); each frame's window (`crops.cut_window`) goes to the
-    top-left of its canvas, the rest stays 0. Returns {'frames': (T, C, C, 3) uint8,
+    (`crops.random_resized_crop_box`) with its window (`crops.crop_window`); each frame's window
+    goes to the top-left of its canvas, the rest stays 0. Returns {'frames': (T, C, C, 3) uint8,
     'crop_box': (4,) float32, 'crop_window': (2,) int32}, which `crops.resized_crops` turns into
     (T, R, R, 3) normalised crops.
     """
     frames = np.zeros((num_frames, canvas, canvas, 3), np.uint8)
-    box, count = None, 0
+    size, count = None, 0
     for count, img in enumerate(images, 1):
         if count > num_frames:
             break
-        if box is None:
-            box = crops.random_resized_crop_box(img.shape[1], img.shape[0], rng, crop_scale)
-        crop_box, window = crops.cut_window(img, box, resolution, frames[count - 1])
+        if size is None:
+            height, width = img.shape[:2]
+            box = crops.random_resized_crop_box(width, height, rng, crop_scale)
+            (y0, y1, x0, x1), crop_box, size = crops.crop_window(width, height, box,
+                                                                 resolution, canvas)
+        frames[count - 1, :y1 - y0, :x1 - x0] = img[y0:y1, x0:x1]
     if count != num_frames:
         raise ValueError(f"{'more than ' if count > num_frames else ''}{count} frames, expected "
                          f"num_frames={num_frames}")
-    return dict(zip(CROP_KEYS, (frames, crop_box, window)))
+    return dict(zip(CROP_KEYS, (frames, crop_box, size)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +219,7 @@ class TrainTransform(grain.transforms.RandomMap):
             example = cut_crops((decode_jpeg(frames[i]) for i in indices), self.num_frames, rng,
                                 self.resolution, self.crop_scale, self.canvas)
         except ValueError as e:
-            raise ValueError(f"train record {index} ({_text(record['narration_id'])}): {e}") from e
+            raise _record_error("train", index, record, e) from e
         tokens, text_labels, c = self.positive(clip, record["narration"], rng)
         clip_labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
         return {
@@ -239,6 +242,10 @@ class TrainTransform(grain.transforms.RandomMap):
             labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
             return tokenize([_text(narration)])[0], labels, c
         return self.sentence_tokens[sentence], self.sentence_labels.take(sentence), c
+
+
+def _record_error(kind: str, index, record, error: Exception) -> ValueError:
+    return ValueError(f"{kind} record {index} ({_text(record['narration_id'])}): {error}")
 
 
 def _text(value) -> str:
@@ -277,13 +284,19 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
     source = open_split(dataset_dir, split)
     if len(source) == 0:
         raise ValueError(f"{dataset_dir}: the {split!r} split holds no clips")
-    short_side = min(decode_jpeg(source[0]["frames"][0]).shape[:2])
-    transform = TrainTransform(relevance, sentences, num_frames, resolution, short_side, crop_scale)
+    transform = TrainTransform(relevance, sentences, num_frames, resolution,
+                               stored_short_side(source), crop_scale)
     ds = grain.MapDataset.source(source).map_with_index(functools.partial(_with_index, len(source)))
     ds = ds[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
     ds = ds.batch(_local_batch(global_batch_size, process_count), drop_remainder=True)
     return _iterable(ds, num_workers)
+
+
+def stored_short_side(source) -> int:
+    """The short side of a prepared split's frames (`prepare` stores them all at one), from its
+    first record."""
+    return min(decode_jpeg(source[0]["frames"][0]).shape[:2])
 
 
 def _iterable(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
@@ -329,7 +342,10 @@ class EvalTransform(grain.transforms.Map):
         frames = record["frames"]
         video = np.empty(shape, self.normalize.dtype)
         for t, i in enumerate(segment_indices(len(frames), self.num_frames)):
-            frame = decode_jpeg(frames[i])
+            try:
+                frame = decode_jpeg(frames[i])
+            except ValueError as e:
+                raise _record_error("eval", index, record, e) from e
             for v, view in enumerate(self.views):
                 self.normalize(center_view(frame, self.resolution, view), out=video[v, t])
         return {"video": video, "mask": np.True_, "index": np.int64(index),
