@@ -2,6 +2,7 @@
 
     python tools/bench_model.py [--threads 2] [--sizes 32 64] [--repeats 7] [--steps 3]
         [--jax default tuned dp2] [--torch eager compile] [--attention_impl auto]
+        [--dtype float32]
 
 One step = forward + backward (gradients of every parameter) of the symmetric InfoNCE loss over
 the batch (`losses.make_global_loss('info_nce')`, the trainer's loss code; the cost class of the
@@ -32,7 +33,12 @@ JAX variants:
            trainer's mesh: parameters replicated, the batch sharded over `data`, the loss over
            the global batch; the worker checks that its loss and gradients equal the 1-device
            step's. (XLA:CPU devices share one thread pool; a device cannot be made 1-threaded.)
+  ynn_eltwise  `tuned` plus `YNN_ELTWISE_XLA_FLAGS`: elementwise and reduce fusions also go to
+           YNNPACK (its `exp` is ~3x XLA's: tools/probe_xla_cpu.py), not only the dots.
 Torch variants: eager, compile (`torch.compile`, inductor on CPU).
+
+`--dtype bfloat16`: the JAX model's compute dtype (`model_config().dtype`; parameters stay
+float32) and torch's `torch.autocast('cpu', torch.bfloat16)` around the forward.
 
 GFLOP/s: XLA's cost analysis of each JAX worker's compiled 1-device step (torch rows use the
 first JAX worker's count) over time, against the fp32 matmul peak measured by the workers (torch and JAX, 2048^3 and 4096^3, best of
@@ -57,10 +63,12 @@ TEXT = dict(width=128, layers=2, heads=2)
 CACHED_MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                  "glibc.malloc.trim_threshold=17179869184")
 TUNED_XLA_FLAGS = "--xla_cpu_use_xnnpack=true --xla_cpu_prefer_vector_width=512"
+YNN_ELTWISE_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
 JAX_VARIANTS = {  # name: (host devices, GLIBC_TUNABLES, XLA_FLAGS)
     "default": (1, "", ""),
     "tuned": (1, CACHED_MALLOC, TUNED_XLA_FLAGS),
     "dp2": (2, CACHED_MALLOC, TUNED_XLA_FLAGS),
+    "ynn_eltwise": (1, CACHED_MALLOC, f"{TUNED_XLA_FLAGS} {YNN_ELTWISE_XLA_FLAGS}"),
 }
 TORCH_VARIANTS = ("eager", "compile")
 
@@ -91,7 +99,7 @@ def timed(fn, steps: int) -> list:
 class JaxWorker:
     """The compiled train step of one JAX variant at one frame size."""
 
-    def __init__(self, image_size: int, variant: str, attention_impl: str):
+    def __init__(self, image_size: int, variant: str, attention_impl: str, dtype: str):
         import jax
         import jax.numpy as jnp
         from tempret_jax import losses, sharding
@@ -101,6 +109,7 @@ class JaxWorker:
         c = model_config("tiny")
         c.embed_dim = EMBED
         c.attention_impl = attention_impl
+        c.dtype = dtype
         c.vision.update(image_size=image_size, num_frames=FRAMES, **VISION)
         c.text.update(context_length=CONTEXT, **TEXT)
         model = RetrievalModel.from_config(c)
@@ -244,9 +253,11 @@ def torch_model(image_size: int):
 class TorchWorker:
     """The train step of one torch variant at one frame size."""
 
-    def __init__(self, image_size: int, variant: str):
+    def __init__(self, image_size: int, variant: str, dtype: str):
         import torch
         self.torch = torch
+        self.autocast = dict(device_type="cpu", dtype=torch.bfloat16,
+                             enabled=dtype == "bfloat16")
         self.model = torch_model(image_size)
         self.params_count = sum(p.numel() for p in self.model.parameters())
         self.forward = torch.compile(self.model) if variant == "compile" else self.model
@@ -258,7 +269,9 @@ class TorchWorker:
 
     def _step(self):
         self.model.zero_grad(set_to_none=True)
-        self.forward(self.video, self.ids).backward()
+        with self.torch.autocast(**self.autocast):
+            loss = self.forward(self.video, self.ids)
+        loss.backward()
 
     def run(self, steps: int) -> list:
         return timed(self._step, steps)
@@ -277,11 +290,11 @@ def serve(args):
     """Worker process: build the variant, report it, then answer 'run N' / 'peak' / 'exit'."""
     framework, variant = args.worker.split(":")
     if framework == "jax":
-        worker = JaxWorker(args.size, variant, args.attention_impl[0])
+        worker = JaxWorker(args.size, variant, args.attention_impl[0], args.dtype)
     else:
         import torch
         torch.set_num_threads(args.threads)
-        worker = TorchWorker(args.size, variant)
+        worker = TorchWorker(args.size, variant, args.dtype)
     print(json.dumps(dict(params=worker.params_count, flops=worker.flops, check=worker.check)),
           flush=True)
     for line in sys.stdin:
@@ -316,7 +329,7 @@ class Worker:
             self.label = variant
         self.framework = framework
         command = [sys.executable, __file__, "--worker", self.name, "--size", str(size),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--dtype", args.dtype]
         if attention_impl:
             command += ["--attention_impl", attention_impl]
         self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE,
@@ -378,6 +391,8 @@ def main():
     parser.add_argument("--attention_impl", nargs="+", default=["auto"],
                         choices=("auto", "xla", "einsum"),
                         help="JAX attention implementations (each JAX variant with each)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="compute dtype of both models (parameters stay float32)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -389,7 +404,8 @@ def main():
         parser.error("need at least one JAX and one torch variant")
 
     print(f"jax {version('jax')}, torch {version('torch')}, threads per worker "
-          f"{args.threads} (cpus {sorted(os.sched_getaffinity(0))}), XLA_FLAGS of the tuned "
+          f"{args.threads} (cpus {sorted(os.sched_getaffinity(0))}), compute dtype "
+          f"{args.dtype}, XLA_FLAGS of the tuned "
           f"variants {TUNED_XLA_FLAGS!r}, GLIBC_TUNABLES {CACHED_MALLOC!r}", flush=True)
     peaks = {}
     rows = []
