@@ -30,11 +30,10 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from bench_model import CACHED_MALLOC, TUNED_XLA_FLAGS, YNN_ELTWISE_XLA_FLAGS
+from bench_model import CACHED_MALLOC, TUNED_XLA_FLAGS, YNN_ELTWISE_XLA_FLAGS, timed
 
 JAX_FLAG_SETS = {"tuned": TUNED_XLA_FLAGS,
                  "tuned+ynn_eltwise": f"{TUNED_XLA_FLAGS} {YNN_ELTWISE_XLA_FLAGS}"}
@@ -78,12 +77,7 @@ def dot_operand_dtypes(hlo: str) -> list:
 def median_ms(fn, repeats: int) -> float:
     """Median milliseconds of `repeats` calls of fn (which blocks until done), after one warm-up."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return statistics.median(timed(fn, repeats))
 
 
 def jax_probes(s: dict, repeats: int) -> list:
