@@ -38,18 +38,13 @@ from bench_model import CACHED_MALLOC, TUNED_XLA_FLAGS, YNN_ELTWISE_XLA_FLAGS, t
 JAX_FLAG_SETS = {"tuned": TUNED_XLA_FLAGS,
                  "tuned+ynn_eltwise": f"{TUNED_XLA_FLAGS} {YNN_ELTWISE_XLA_FLAGS}"}
 BATCH, HEADS, HEAD_DIM, MLP = 8, 3, 64, 768
-DOT_FORMS = {  # name: (lhs, rhs, contracting dims) over x (M, K), w (K, N), dy (M, N)
-    "x @ w (forward)": ("x", "w", ((1,), (0,))),
-    "dy @ w^T (input grad)": ("dy", "w", ((1,), (1,))),
-    "x^T @ dy (weight grad)": ("x", "dy", ((0,), (0,))),
+DOT_FORMS = {  # name: (lhs, rhs, XLA contracting dims, the torch product) over x, w, dy
+    "x @ w (forward)": ("x", "w", ((1,), (0,)), lambda t: t["x"] @ t["w"]),
+    "dy @ w^T (input grad)": ("dy", "w", ((1,), (1,)), lambda t: t["dy"] @ t["w"].t()),
+    "x^T @ dy (weight grad)": ("x", "dy", ((0,), (0,)), lambda t: t["x"].t() @ t["dy"]),
 }
 ELTWISE = ("exp", "softmax", "quick_gelu")
 ATTENTION = ("einsum", "xla")  # JAX implementations, each against torch's SDPA
-
-
-def attention_case(impl: str) -> str:
-    """The table's name of the attention row for JAX implementation `impl`."""
-    return f"forward+backward, JAX {impl} vs torch SDPA"
 
 
 def shapes(scale: float) -> dict:
@@ -93,7 +88,7 @@ def jax_probes(s: dict, repeats: int) -> list:
     for dtype in ("float32", "bfloat16"):
         values = {k: jnp.asarray(rng.standard_normal(v, np.float32), dtype)
                   for k, v in arrays.items()}
-        for form, (lhs, rhs, contracting) in DOT_FORMS.items():
+        for form, (lhs, rhs, contracting, _) in DOT_FORMS.items():
             fn = jax.jit(lambda a, b, c=contracting: lax.dot_general(
                 a, b, (c, ((), ())), preferred_element_type=jnp.float32))
             a, b = values[lhs], values[rhs]
@@ -114,7 +109,7 @@ def jax_probes(s: dict, repeats: int) -> list:
     for impl in ATTENTION:
         grad = jax.jit(jax.grad(lambda q, k, v, i=impl: jnp.sum(
             layers.dot_product_attention(q, k, v, implementation=i) * g), argnums=(0, 1, 2)))
-        rows.append(dict(probe="attention", case=attention_case(impl),
+        rows.append(dict(probe="attention", case=f"forward+backward ({impl})", torch="SDPA",
                          ms=median_ms(lambda: jax.block_until_ready(grad(q, k, v)), repeats)))
     return rows
 
@@ -128,15 +123,12 @@ def torch_probes(s: dict, repeats: int, threads: int) -> list:
     rng = np.random.default_rng(0)
     rows = []
     arrays = dict(x=(s["m"], s["k"]), w=(s["k"], s["n"]), dy=(s["m"], s["n"]))
-    products = {"x @ w (forward)": lambda t: t["x"] @ t["w"],
-                "dy @ w^T (input grad)": lambda t: t["dy"] @ t["w"].t(),
-                "x^T @ dy (weight grad)": lambda t: t["x"].t() @ t["dy"]}
     for dtype in ("float32", "bfloat16"):
         t = {k: torch.from_numpy(rng.standard_normal(v, np.float32)).to(getattr(torch, dtype))
              for k, v in arrays.items()}
-        for form in DOT_FORMS:
+        for form, (*_, product) in DOT_FORMS.items():
             rows.append(dict(probe="dot", case=f"{form} {dtype}",
-                             ms=median_ms(lambda f=products[form]: f(t), repeats)))
+                             ms=median_ms(lambda f=product: f(t), repeats)))
     scores = torch.from_numpy(rng.standard_normal(s["scores"], np.float32))
     ops = dict(exp=torch.exp, softmax=lambda x: torch.softmax(x, -1),
                quick_gelu=lambda x: x * torch.sigmoid(1.702 * x))
@@ -150,8 +142,7 @@ def torch_probes(s: dict, repeats: int, threads: int) -> list:
     def step():
         q.grad = k.grad = v.grad = None
         (F.scaled_dot_product_attention(q, k, v) * g).sum().backward()
-    for impl in ATTENTION:  # one timing per row of the table
-        rows.append(dict(probe="attention", case=attention_case(impl), ms=median_ms(step, repeats)))
+    rows.append(dict(probe="attention", case="SDPA", ms=median_ms(step, repeats)))
     return rows
 
 
@@ -167,22 +158,25 @@ def run_worker(name: str, args) -> list:
 
 
 def table(results: dict) -> str:
-    """Markdown table: one row per probe case, ms per JAX flag set and torch, and the ratios."""
+    """Markdown table: one row per JAX case, ms per JAX flag set and of the torch case it is
+    compared with (the same case, or the one its row names under 'torch'), and the ratios."""
     jax_sets = [n for n in results if n != "torch"]
+    torch_ms = {(r["probe"], r["case"]): r["ms"] for r in results["torch"]}
     head = ("| probe | case | " + " | ".join(f"JAX {n} ms" for n in jax_sets) + " | torch ms | "
             + " | ".join(f"torch / JAX {n}" for n in jax_sets)
             + " | JAX: YNNPACK?, kept bf16? (per flag set) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for i, ref in enumerate(results["torch"]):
+    for i, first in enumerate(results[jax_sets[0]]):
         mine = [results[n][i] for n in jax_sets]
-        assert all(r["case"] == ref["case"] for r in mine), "workers disagree on the cases"
+        ref = torch_ms[first["probe"], first.get("torch", first["case"])]
         where = " / ".join(
             f"{'yes' if r['ynnpack'] else 'no'}, "
             + ("-" if r["kept_bf16"] is None else "yes" if r["kept_bf16"] else "no")
             for r in mine if "ynnpack" in r)
-        lines.append(f"| {ref['probe']} | {ref['case']} | "
-                     + " | ".join(f"{r['ms']:.2f}" for r in mine) + f" | {ref['ms']:.2f} | "
-                     + " | ".join(f"{ref['ms'] / r['ms']:.2f}" for r in mine) + f" | {where} |")
+        case = first["case"] + (f" vs torch {first['torch']}" if "torch" in first else "")
+        lines.append(f"| {first['probe']} | {case} | "
+                     + " | ".join(f"{r['ms']:.2f}" for r in mine) + f" | {ref:.2f} | "
+                     + " | ".join(f"{ref / r['ms']:.2f}" for r in mine) + f" | {where} |")
     return "\n".join(lines)
 
 
