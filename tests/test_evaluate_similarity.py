@@ -6,6 +6,7 @@ import pytest
 from tempret_jax import metrics
 from tempret_jax.data import ek100
 
+
 @pytest.fixture(scope="module")
 def evaluate_similarity(load_tool):
     return load_tool("evaluate_similarity")
