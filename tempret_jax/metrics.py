@@ -24,12 +24,12 @@ form of the official definition; the tests hold the two equal.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import pickle
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from tempret_jax import atomic
 
 SUBMISSION_VERSION = "0.1"
 SUBMISSION_CHALLENGE = "multi_instance_retrieval"
@@ -261,16 +261,8 @@ def write_submission(path, sim: np.ndarray, clip_ids: Sequence[str], sentence_id
         "vis_ids": [str(v) for v in clip_ids],
     }
     _validate_submission(submission, str(path))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".submission-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(submission, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic.writer(path, "wb") as f:
+        pickle.dump(submission, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _SubmissionUnpickler(pickle.Unpickler):

@@ -6,7 +6,7 @@
 - `write_gallery`: for random test sentences their top-5 clips (a strip of middle frames) and
   for random clips their top-5 sentences, each result coloured by its relevance.
 
-Everything is written atomically (temporary file, then rename).
+Everything is written atomically (`tempret_jax.atomic`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import base64
 import html
 import io
 import json
-import os
-import pathlib
-import tempfile
 from collections.abc import Callable, Sequence
 
 import matplotlib
@@ -27,25 +24,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-
-def _atomic_bytes(path, data: bytes) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+from tempret_jax import atomic  # noqa: E402
 
 
 def _save_figure(fig, path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    _atomic_bytes(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def verb_ap(ap_per_clip: np.ndarray, verb_class: np.ndarray) -> dict[int, float]:
@@ -222,5 +208,5 @@ def write_gallery(path, sim: np.ndarray, rel: np.ndarray, clip_ids: Sequence[str
             f"</title><style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:2px}}"
             f"</style></head><body><h1>{html.escape(title or 'Retrieval gallery')}</h1>{legend}"
             f"{''.join(parts)}</body></html>\n")
-    _atomic_bytes(path, page.encode())
+    atomic.write_bytes(path, page.encode())
     return len(text_queries) * min(top, sim.shape[0]) + len(clip_queries)

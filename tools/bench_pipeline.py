@@ -32,7 +32,6 @@
 import argparse
 import csv
 import dataclasses
-import os
 import pathlib
 import resource
 import statistics
@@ -45,6 +44,7 @@ import tracemalloc
 import numpy as np
 from PIL import Image
 
+from tempret_jax import atomic
 from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
 
 BENCH_SET = synthetic.SynthConfig(seed=1, num_train_videos=6, num_test_videos=1,
@@ -92,10 +92,8 @@ def retime_train_clips(annotation_dir: pathlib.Path, fps: int, seed: int = 0) ->
                             ("start_frame", int(start * fps) + 1),
                             ("stop_frame", int((start + d) * fps) + 1)):
             row[col[name]] = value
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.writer(path, "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    os.replace(tmp, path)
 
 
 def _mp4_transform(transform: pipeline.TrainTransform, video_root, clips: ek100.ClipTable,

@@ -43,6 +43,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from tempret_jax import atomic
 from tempret_jax.data import ek100
 
 SPLIT_FILES = {"train": (ek100.TRAIN_CLIPS_FILE, ek100.TRAIN_SENTENCES_FILE),
@@ -335,13 +336,11 @@ def process_video(task: VideoTask, config: PrepareConfig) -> dict:
         return result  # no shard: a later run tries this video again
     sizes = np.array([len(b) for b in blobs], np.int64)
     meta = {"key": task.key(config), "narration_ids": kept, "skipped": result["skipped"]}
-    out = shard_path(config, task)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, jpeg=np.frombuffer(b"".join(blobs), np.uint8),
-             offsets=np.concatenate([[0], np.cumsum(sizes)]),
-             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-    os.replace(tmp, out)
+    # A file object, not a name: np.savez would append ".npz" to the temporary's name.
+    with atomic.writer(shard_path(config, task), "wb") as f:
+        np.savez(f, jpeg=np.frombuffer(b"".join(blobs), np.uint8),
+                 offsets=np.concatenate([[0], np.cumsum(sizes)]),
+                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     result["written"], result["bytes"] = kept, int(sizes.sum())
     return result
 
@@ -468,21 +467,13 @@ def _tasks(split: str, table: ek100.ClipTable) -> list[VideoTask]:
             for video_id, rows in by_video.items()]
 
 
-def _copy_atomic(src: pathlib.Path, dst: pathlib.Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def _write_report(path: pathlib.Path, results: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.writer(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "video_id", "narration_id", "reason"])
         for r in results:
             for nid, reason in r["skipped"]:
                 writer.writerow([r["split"], r["video_id"], nid, reason])
-    os.replace(tmp, path)
 
 
 def _run_tasks(tasks: list[VideoTask], config: PrepareConfig) -> list[dict]:
@@ -534,9 +525,7 @@ def _assemble(builder, results: list[dict]) -> None:
             else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     if not current:
-        tmp = stamp.with_name(f".{stamp.name}.tmp")
-        tmp.write_text(made_from)
-        os.replace(tmp, stamp)
+        atomic.write_text(stamp, made_from)
 
 
 def prepare(config: PrepareConfig) -> dict:
@@ -568,13 +557,11 @@ def prepare(config: PrepareConfig) -> dict:
     builder = _builder(config, tables)
     _assemble(builder, results)
     target = pathlib.Path(builder.data_dir) / ANNOTATIONS
-    target.mkdir(exist_ok=True)
-    for s in config.splits:
-        for name in SPLIT_FILES[s]:
-            _copy_atomic(annotation_dir / name, target / name)
-    for name in EXTRA_ANNOTATION_FILES:
-        if (annotation_dir / name).is_file():
-            _copy_atomic(annotation_dir / name, target / name)
+    names = [name for s in config.splits for name in SPLIT_FILES[s]]
+    names += [name for name in EXTRA_ANNOTATION_FILES if (annotation_dir / name).is_file()]
+    for name in names:
+        with atomic.path(target / name) as tmp:
+            shutil.copyfile(annotation_dir / name, tmp)
 
     summary = {
         "dataset_dir": str(builder.data_dir),
@@ -585,9 +572,7 @@ def prepare(config: PrepareConfig) -> dict:
         "seconds": round(time.time() - t0, 2),
         "report": str(output / REPORT_FILE),
     }
-    tmp = output / f".{SUMMARY_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, output / SUMMARY_FILE)
+    atomic.write_json(output / SUMMARY_FILE, summary)
     return summary
 
 

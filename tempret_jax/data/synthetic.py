@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import pathlib
 
 import av
 import numpy as np
 from PIL import Image
 
+from tempret_jax import atomic
 from tempret_jax.data import ek100
 
 STAMP_BITS = 12  # frame indices up to 4095 (136 s at 30 fps)
@@ -308,9 +308,9 @@ def write_video(root, video: Video, config: SynthConfig) -> None:
     frames = (painter.frame(i) for i in range(video.num_frames))
     if config.layout == "frames":
         folder = root / video.participant_id / "rgb_frames" / video.video_id
-        folder.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(frames):
-            Image.fromarray(img).save(folder / f"frame_{i + 1:010d}.jpg", quality=90)
+            with atomic.writer(folder / f"frame_{i + 1:010d}.jpg", "wb") as f:
+                Image.fromarray(img).save(f, format="JPEG", quality=90)
         return
     path = root / video.participant_id / "videos" / f"{video.video_id}.MP4"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,15 +325,14 @@ def write_video(root, video: Video, config: SynthConfig) -> None:
 
 
 def _write_mp4(path: pathlib.Path, frames, config: SynthConfig) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), "w", format="mp4") as container:
+    # format="mp4": the temporary's name does not end in .MP4 for FFmpeg to guess it from.
+    with atomic.path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=config.fps)
         stream.width, stream.height, stream.pix_fmt = config.width, config.height, "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast", "g": str(config.gop)}
         for img in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         container.mux(stream.encode())
-    os.replace(tmp, path)
 
 
 def _timestamp(seconds: float) -> str:
@@ -342,12 +341,10 @@ def _timestamp(seconds: float) -> str:
 
 
 def _write_csv(path: pathlib.Path, header, rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.writer(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def clip_rows(videos, split: str, fps: int) -> list[list]:
