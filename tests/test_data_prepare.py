@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tempret_jax.data import ek100, prepare, synthetic
+from tempret_jax.data import decode, ek100, prepare, synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = synthetic.SynthConfig(num_train_videos=3, num_test_videos=2, num_participants=2,
@@ -71,7 +71,7 @@ def test_records_match_csvs_and_come_from_the_clip_span(synth, prepared):
             assert len(r["frames"]) == FRAMES
             assert min(Image.open(io.BytesIO(r["frames"][0])).size) == SHORT
             # The stamped frame index is the frame shown at each sample time, inside the clip.
-            times = prepare.sample_times(table.start_timestamp[row], table.stop_timestamp[row], FRAMES)
+            times = decode.sample_times(table.start_timestamp[row], table.stop_timestamp[row], FRAMES)
             np.testing.assert_allclose(r["frame_times"], times, rtol=1e-6)
             stamps = _stamps(r)
             assert stamps == list(np.floor(times * TINY.fps + 1e-6).astype(int))
@@ -104,10 +104,10 @@ def test_other_layouts_give_the_same_frames(tmp_path, layout):
     assert len(records) == len(table) == TINY.clips_per_video
     for row, r in enumerate(records):
         if layout == "frames":  # 1-based file numbers; the stamp is the 0-based index
-            expected = prepare.sample_frame_numbers(table.start_frame[row], table.stop_frame[row],
+            expected = decode.sample_frame_numbers(table.start_frame[row], table.stop_frame[row],
                                                     FRAMES) - 1
         else:
-            times = prepare.sample_times(table.start_timestamp[row], table.stop_timestamp[row], FRAMES)
+            times = decode.sample_times(table.start_timestamp[row], table.stop_timestamp[row], FRAMES)
             expected = np.floor(times * TINY.fps + 1e-6).astype(int)
         assert _stamps(r) == list(expected)
 
@@ -116,21 +116,21 @@ def test_decode_at_reads_across_chunks_whatever_the_seek_gap(tmp_path):
     config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 1, "num_test_videos": 0,
                                       "layout": "chunked", "chunk_seconds": 2})
     synthetic.generate(tmp_path, config)
-    kind, folder = prepare.find_source(tmp_path, "P01", "P01_01")
+    kind, folder = decode.find_source(tmp_path, "P01", "P01_01")
     assert kind == "chunked"
     # Times in several chunks, out of order, with gaps longer and shorter than a seek.
     times = np.array([[5.07, 0.0, 1.98], [2.02, 3.5, 0.52]])
     expected = list(np.floor(times.ravel() * TINY.fps + 1e-6).astype(int))
     for gap in (0.0, 2.0, 100.0):
-        images = prepare.decode_at(kind, folder, times, chunk_seconds=2, seek_gap=gap)
+        images = decode.decode_at(kind, folder, times, chunk_seconds=2, seek_gap=gap)
         assert [synthetic.read_frame_index(np.asarray(img)) for img in images] == expected
-        arrays = prepare.decode_at(kind, folder, times, chunk_seconds=2, seek_gap=gap,
+        arrays = decode.decode_at(kind, folder, times, chunk_seconds=2, seek_gap=gap,
                                    as_array=True)
         for img, array in zip(images, arrays):
             assert array.dtype == np.uint8
             np.testing.assert_array_equal(array, np.asarray(img))
     (folder / "2.MP4").unlink()  # frames of a missing chunk are None
-    images = prepare.decode_at(kind, folder, [1.0, 2.5, 4.5], chunk_seconds=2)
+    images = decode.decode_at(kind, folder, [1.0, 2.5, 4.5], chunk_seconds=2)
     assert images[1] is None and images[0] is not None and images[2] is not None
 
 

@@ -15,7 +15,7 @@
    resampling to R x R and the CLIP normalisation run on the device, in the train step),
    positive sampling and its tokens. "prepared" decodes T JPEGs from the ArrayRecord records
    (`pipeline.TrainTransform`); "mp4" decodes the same clips' frames from the MP4s with PyAV
-   (`prepare.decode_at`: seek to the keyframe before, decode forward; a new seek only when
+   (`decode.decode_at`: seek to the keyframe before, decode forward; a new seek only when
    the next frame is more than max(2 s, one keyframe interval) ahead, so a seek never lands
    behind the decoder) and runs the same crop and sampling code; the two alternate, one pass
    each per round, and the speed-up is the median of the rounds' ratios. The full grain pipeline
@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from tempret_jax import atomic
-from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
+from tempret_jax.data import crops, decode, ek100, pipeline, prepare, synthetic
 
 BENCH_SET = synthetic.SynthConfig(seed=1, num_train_videos=6, num_test_videos=1,
                                   num_participants=3, clips_per_video=10, width=568, height=320,
@@ -102,11 +102,11 @@ def _mp4_transform(transform: pipeline.TrainTransform, video_root, clips: ek100.
     canvas = crops.canvas_size(short_side, transform.resolution)
 
     def run(row: int, rng: np.random.Generator):
-        stored = prepare.sample_times(clips.start_timestamp[row], clips.stop_timestamp[row],
+        stored = decode.sample_times(clips.start_timestamp[row], clips.stop_timestamp[row],
                                       STORED_FRAMES)
         times = stored[pipeline.segment_indices(STORED_FRAMES, transform.num_frames, rng)]
-        kind, path = prepare.find_source(video_root, clips.participant_id[row], clips.video_id[row])
-        images = prepare.decode_at(kind, path, times, chunk_seconds, seek_gap, as_array=True)
+        kind, path = decode.find_source(video_root, clips.participant_id[row], clips.video_id[row])
+        images = decode.decode_at(kind, path, times, chunk_seconds, seek_gap, as_array=True)
         clip = pipeline.cut_crops(images, transform.num_frames, rng, transform.resolution,
                                   transform.crop_scale, canvas)
         tokens, _, _ = transform.positive(row, clips.narration[row], rng)

@@ -2,16 +2,11 @@
 
 Per clip we store N frames (default 32) at the centres of N equal segments of
 [start_timestamp, stop_timestamp], resized to a short side S (default 256) and JPEG-encoded,
-with the clip's ids, narration, classes and timestamps (`FEATURES`). No TensorFlow: frames are
+with the clip's ids, narration, classes and timestamps (`_features`). No TensorFlow: frames are
 a sequence of JPEG byte strings, which `builder.as_data_source()` returns as ``bytes``.
 
-Sources, looked up per video in this order under ``video_root``:
-  <participant>/videos/<video_id>.MP4            the published videos
-  <participant>/videos/<video_id>.MP4/<s>.MP4     AVION's chunks of ``chunk_seconds`` starting at s
-  <participant>/rgb_frames/<video_id>/frame_%010d.jpg   the published frames (1-based numbers)
-From a video, the frame shown at time t is taken (the last frame with pts <= t; seeking to the
-keyframe before the first time and decoding forward, so it is frame-accurate); from a frames
-folder, frame ``start_frame + floor((i + 0.5) * F / N)`` with F = stop_frame - start_frame + 1.
+The sources of a video (MP4 file, AVION's chunk folder or JPEG frames folder) and which of their
+frames a clip takes: `tempret_jax.data.decode`.
 
 Work happens in two stages so that a killed run resumes where it stopped:
   1. decode: one shard file per video in ``<work_dir>/shards/`` (written to a temporary name,
@@ -30,21 +25,17 @@ import concurrent.futures
 import csv
 import dataclasses
 import hashlib
-import io
 import json
-import math
 import multiprocessing
 import os
 import pathlib
 import shutil
 import time
 
-import av
 import numpy as np
-from PIL import Image
 
 from tempret_jax import atomic
-from tempret_jax.data import ek100
+from tempret_jax.data import decode, ek100
 
 SPLIT_FILES = {"train": (ek100.TRAIN_CLIPS_FILE, ek100.TRAIN_SENTENCES_FILE),
                "test": (ek100.TEST_CLIPS_FILE, ek100.TEST_SENTENCES_FILE)}
@@ -119,191 +110,6 @@ class VideoTask:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def sample_times(start: float, stop: float, n: int) -> np.ndarray:
-    """The n frame times of a clip: centres of n equal segments of [start, stop], (n,) float64."""
-    return start + (np.arange(n) + 0.5) * (stop - start) / n
-
-
-def sample_frame_numbers(start_frame: int, stop_frame: int, n: int) -> np.ndarray:
-    """The n frame numbers of a clip in a 1-based frames folder: (n,) int64."""
-    count = stop_frame - start_frame + 1
-    return start_frame + np.floor((np.arange(n) + 0.5) * count / n).astype(np.int64)
-
-
-_SEEK_GAP = 2.0  # seconds
-
-
-class SkipVideo(Exception):
-    """Every clip of this video is skipped, for the reason in the message."""
-
-
-def find_source(video_root, participant_id: str, video_id: str) -> tuple[str, pathlib.Path]:
-    """(kind, path) of a video: kind is 'mp4', 'chunked' or 'frames'; raises SkipVideo if none."""
-    videos = pathlib.Path(video_root) / participant_id / "videos"
-    for ext in (".MP4", ".mp4"):
-        path = videos / f"{video_id}{ext}"
-        if path.is_file():
-            return "mp4", path
-        if path.is_dir():
-            return "chunked", path
-    frames = pathlib.Path(video_root) / participant_id / "rgb_frames" / video_id
-    if frames.is_dir():
-        return "frames", frames
-    raise SkipVideo(f"missing video: neither {videos / video_id}.MP4 (file or chunk folder) "
-                    f"nor the frames folder {frames}")
-
-
-def _resize_jpeg(img: Image.Image, short_side: int, quality: int) -> bytes:
-    w, h = img.size
-    k = short_side / min(w, h)
-    if k != 1:
-        img = img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.BILINEAR,
-                         reducing_gap=2.0)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def decode_video_at(path, times, threads: int = 1, seek_gap: float = _SEEK_GAP,
-                    as_array: bool = False) -> list[Image.Image | np.ndarray | None]:
-    """The frames shown at ``times`` (seconds, any order) of a video file; None past its end.
-
-    ``threads``: decoder threads (1: one core per worker process, as `prepare` runs them).
-    ``as_array``: (H, W, 3) uint8 arrays (as decord gives them) instead of PIL images.
-
-    Seeks to the keyframe before each run of times (a new run starts when the next time is
-    more than ``seek_gap`` seconds past the last decoded frame) and decodes forward. With a
-    gap of at least the keyframe interval a seek never lands before the current position.
-    """
-    times = np.asarray(times, np.float64)
-    order = np.argsort(times, kind="stable")
-    out: list[Image.Image | np.ndarray | None] = [None] * len(times)
-    convert = (lambda f: f.to_ndarray(format="rgb24")) if as_array else (lambda f: f.to_image())
-    eps = 1e-4  # float slack when a time falls exactly on a frame's pts
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = threads
-        if threads != 1:
-            stream.thread_type = "AUTO"
-        k = 0
-        while k < len(order):
-            sought = times[order[k]]
-            container.seek(max(0, int(sought / stream.time_base)), stream=stream, backward=True,
-                           any_frame=False)
-            prev, prev_image, prev_time = None, None, -math.inf
-            for frame in container.decode(stream):
-                ft = float(frame.time)
-                # Times before this frame are shown by the previous frame.
-                while k < len(order) and prev is not None and times[order[k]] < ft - eps:
-                    prev_image = convert(prev) if prev_image is None else prev_image
-                    out[order[k]] = prev_image
-                    k += 1
-                if k == len(order):
-                    break
-                if times[order[k]] > max(ft, sought) + seek_gap:
-                    break  # seeking there is cheaper than decoding the gap
-                prev, prev_image, prev_time = frame, None, ft
-            else:
-                # End of stream: the last frame is shown for one frame duration.
-                rate = float(stream.average_rate or stream.guessed_rate or 30)
-                while k < len(order) and prev is not None and times[order[k]] < prev_time + 1 / rate:
-                    prev_image = convert(prev) if prev_image is None else prev_image
-                    out[order[k]] = prev_image
-                    k += 1
-                break
-    return out
-
-
-def video_duration(path) -> float:
-    """Duration of a video file in seconds (from the container, else the stream)."""
-    with av.open(str(path)) as container:
-        if container.duration:
-            return container.duration / av.time_base
-        stream = container.streams.video[0]
-        return float(stream.duration * stream.time_base)
-
-
-def decode_at(kind: str, path, times, chunk_seconds: int = 15, seek_gap: float = _SEEK_GAP,
-              as_array: bool = False) -> list[Image.Image | np.ndarray | None]:
-    """The frames shown at ``times`` (seconds of the video, any shape, flattened) of a source.
-
-    ``kind``, ``path`` as `find_source` returns them: 'mp4', a video file; 'chunked', AVION's
-    folder of ``<start_sec>.MP4`` chunks of ``chunk_seconds``. None where there is no frame
-    (past the end, a missing chunk). Raises SkipVideo for a chunk folder without chunks or a
-    file that cannot be decoded. ``as_array``: see `decode_video_at`.
-    """
-    times = np.asarray(times, np.float64).ravel()
-    if kind == "mp4":
-        sources = {path: (times, np.ones(times.shape, bool))}
-    else:
-        chunks = {}
-        for f in pathlib.Path(path).iterdir():
-            if f.is_file() and f.stem.isdigit():
-                chunks[int(f.stem)] = f
-        if not chunks:
-            raise SkipVideo(f"chunk folder {path} holds no <start_sec>.MP4 files")
-        starts = times // chunk_seconds * chunk_seconds
-        sources = {}
-        for s in np.unique(starts):
-            chunk = chunks.get(int(s))
-            if chunk is not None:  # else its frames stay None
-                sources[chunk] = (times - s, starts == s)
-    out: list[Image.Image | np.ndarray | None] = [None] * len(times)
-    for source, (local, mask) in sources.items():
-        try:
-            decoded = decode_video_at(source, local[mask], seek_gap=seek_gap, as_array=as_array)
-        except (av.FFmpegError, OSError, ValueError, IndexError) as e:
-            raise SkipVideo(f"cannot decode {source}: {type(e).__name__}: {e}") from None
-        for i, img in zip(np.flatnonzero(mask), decoded):
-            out[i] = img
-    return out
-
-
-def _frames_from_video(kind, path, task: VideoTask, config: PrepareConfig):
-    """Yields (clip, frames or reason) for every clip of a video file or chunk folder."""
-    n = config.num_frames
-    times = np.stack([sample_times(c.start, c.stop, n) for c in task.clips])
-    images = decode_at(kind, path, times, config.chunk_seconds)
-    for k, clip in enumerate(task.clips):
-        row = images[k * n:(k + 1) * n]
-        missing = [t for t, img in zip(times[k], row) if img is None]
-        if missing:
-            yield clip, (f"clip [{clip.start:.2f}, {clip.stop:.2f}] s is outside the video "
-                         f"{path}: no frame at {missing[0]:.3f} s")
-        else:
-            yield clip, row
-
-
-def _frames_from_folder(path: pathlib.Path, task: VideoTask, config: PrepareConfig):
-    """Yields (clip, JPEG bytes or reason) for every clip of a frames folder."""
-    for clip in task.clips:
-        numbers = sample_frame_numbers(clip.start_frame, clip.stop_frame, config.num_frames)
-        files = [path / f"frame_{n:010d}.jpg" for n in numbers]
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            yield clip, (f"frames {clip.start_frame}-{clip.stop_frame} are outside the frames "
-                         f"folder: missing {missing[0]}")
-            continue
-        frames = []
-        for f in files:
-            try:
-                frames.append(_folder_jpeg(f, config))
-            except OSError as e:
-                frames = f"cannot read {f}: {e}"
-                break
-        yield clip, frames
-
-
-def _folder_jpeg(path: pathlib.Path, config: PrepareConfig) -> bytes:
-    """A frame file as JPEG bytes with the configured short side (as is when it already has it
-    and is RGB or greyscale, which `pipeline.decode_jpeg` reads)."""
-    with Image.open(path) as img:
-        if (min(img.size) == config.short_side and img.format == "JPEG"
-                and img.mode in ("RGB", "L")):
-            return path.read_bytes()
-        return _resize_jpeg(img.convert("RGB"), config.short_side, config.jpeg_quality)
-
-
 def shard_path(config: PrepareConfig, task: VideoTask) -> pathlib.Path:
     return config.work / "shards" / task.split / f"{task.video_id}.npz"
 
@@ -317,21 +123,18 @@ def process_video(task: VideoTask, config: PrepareConfig) -> dict:
     result = {"split": task.split, "video_id": task.video_id, "written": [], "skipped": [],
               "bytes": 0}
     try:
-        kind, path = find_source(config.video_root, task.participant_id, task.video_id)
-        if kind == "frames":
-            produced = _frames_from_folder(path, task, config)
-        else:
-            produced = _frames_from_video(kind, path, task, config)
+        kind, path = decode.find_source(config.video_root, task.participant_id, task.video_id)
+        produced = decode.clip_jpegs(kind, path, task.clips, num_frames=config.num_frames,
+                                     short_side=config.short_side, quality=config.jpeg_quality,
+                                     chunk_seconds=config.chunk_seconds)
         blobs, kept = [], []
         for clip, frames in produced:
             if isinstance(frames, str):
                 result["skipped"].append([clip.narration_id, frames])
                 continue
-            if not isinstance(frames[0], bytes):
-                frames = [_resize_jpeg(f, config.short_side, config.jpeg_quality) for f in frames]
             blobs.extend(frames)
             kept.append(clip.narration_id)
-    except SkipVideo as e:
+    except decode.SkipVideo as e:
         result["skipped"] = [[c.narration_id, str(e)] for c in task.clips]
         return result  # no shard: a later run tries this video again
     sizes = np.array([len(b) for b in blobs], np.int64)
@@ -439,7 +242,7 @@ def _examples(config: PrepareConfig, split: str, table: ek100.ClipTable):
             continue
         yield nid, {
             "frames": frames[nid],
-            "frame_times": sample_times(table.start_timestamp[row], table.stop_timestamp[row],
+            "frame_times": decode.sample_times(table.start_timestamp[row], table.stop_timestamp[row],
                                         config.num_frames).astype(np.float32),
             "narration_id": nid, "participant_id": table.participant_id[row],
             "video_id": video_id, "narration": table.narration[row],
