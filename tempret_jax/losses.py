@@ -9,10 +9,11 @@ O(n_local x n_global) per device, never n^2 or n^3; see `make_global_loss`).
 
 SMS boundary convention: with R = c_i - rel, the term is relu(u) if R > eps, relu(|u| - tau) if
 |R| < eps, and relu(-u) otherwise, so R == +eps or R == -eps exactly falls in "otherwise". R and
-eps are compared in float32. Relevance values are float32 computed exactly as
-`tempret_jax.data.ek100.relevance` (one correctly rounded division), so a sampled positive with
-the same relevance as a candidate gives R == 0 exactly on CPU and GPU; on hardware whose float32
-division is not correctly rounded the difference is an ulp, far inside eps.
+eps are compared in float32. Relevance values are float32 computed by
+`tempret_jax.relevance.from_counts` on host and device alike (one correctly rounded division),
+so a sampled positive with the same relevance as a candidate gives R == 0 exactly on CPU and
+GPU; on hardware whose float32 division is not correctly rounded the difference is an ulp, far
+inside eps.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from tempret_jax.data.ek100 import POSITIVE_THRESHOLD
+from tempret_jax import relevance as formula  # `relevance` is an argument of sms_loss
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # the loss matmuls are tiny next to the towers
 
@@ -41,15 +42,15 @@ REVERSED_KEYS = ("reversed_video", "reversed_verb")
 
 
 def batch_relevance(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
-    """rel = 0.5 * [verb_a == verb_b] + 0.5 * IoU(nouns_a, nouns_b) for every pair (DESIGN §4).
+    """`tempret_jax.relevance`'s rel of every pair, on the device (docs/design.md, Relevance).
 
     Args:
       verb_a: (n_a,) int verb class ids; nouns_a: (n_a, K) bool multi-hot noun sets.
       verb_b: (n_b,) int; nouns_b: (n_b, K) bool.
 
     Returns:
-      (n_a, n_b) float32, bit-identical to `ek100.relevance` (noun sets as sets, IoU(empty,
-      empty) = 0). The formula is symmetric, so rel(clip a, sentence b) and rel(sentence b,
+      (n_a, n_b) float32, bit-identical to `relevance.matrix` on the host (noun sets as sets,
+      IoU(empty, empty) = 0). The formula is symmetric, so rel(clip a, sentence b) and rel(sentence b,
       clip a) are the same call with the arguments swapped.
     """
     verb_a, verb_b = jnp.asarray(verb_a), jnp.asarray(verb_b)
@@ -66,11 +67,7 @@ def batch_relevance(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
     inter = jnp.matmul(a, b.T, precision=_HIGHEST)  # small integers: exact
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     same_verb = (verb_a[:, None] == verb_b[None, :]).astype(jnp.float32)
-    # (verb * union + inter) / (2 * union) is 0.5 * verb + 0.5 * IoU as ONE division of exact
-    # integers, hence the correctly rounded float32 of the true value, like ek100.relevance.
-    nonempty = union > 0
-    return jnp.where(nonempty, (same_verb * union + inter) / jnp.where(nonempty, 2 * union, 1),
-                     0.5 * same_verb)
+    return formula.from_counts(same_verb, inter, union)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,7 +471,7 @@ def _draw(key, rows: _Rows, offset, temperature, threshold):
 
 def make_hard_negative_sampler(mesh: Mesh | None = None, axis_name: str | Sequence[str] = "data",
                                *, temperature: float = 0.07,
-                               threshold: float = POSITIVE_THRESHOLD
+                               threshold: float = formula.POSITIVE_THRESHOLD
                                ) -> Callable[..., HardNegatives]:
     """In-batch hard negatives for the ITM loss, over the global batch (call inside jit).
 

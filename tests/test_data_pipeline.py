@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tempret_jax import relevance
 from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
 
 TINY = synthetic.SynthConfig(num_train_videos=3, num_test_videos=2, num_participants=2,
@@ -127,7 +128,7 @@ def test_positive_sampling_returns_relevant_sentences_with_their_relevance(datas
             assert batch["text_verb"][i] == labels.verb[j]
             np.testing.assert_array_equal(batch["text_nouns"][i], labels.nouns[j])
             rel = ek100.pair_relevance(clips.labels().take([row]), labels.take([j]))[0]
-            assert rel > ek100.POSITIVE_THRESHOLD
+            assert rel > relevance.POSITIVE_THRESHOLD
             assert batch["pos_relevance"][i] == pytest.approx(rel)
 
 

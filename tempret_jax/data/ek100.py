@@ -1,13 +1,10 @@
-"""EPIC-KITCHENS-100 Multi-Instance Retrieval annotations and relevance (DESIGN.md §4).
+"""EPIC-KITCHENS-100 Multi-Instance Retrieval annotations and relevance (docs/design.md, Relevance).
 
 Tables are read with validation: every problem is reported as ``file:line: problem``.
 
-Relevance between clip a and sentence b is
-
-    rel = 0.5 * [verb_class_a == verb_class_b] + 0.5 * IoU(noun_classes_a, noun_classes_b)
-
-with the noun classes taken as sets (a few EK-100 rows repeat a class, e.g. ``[10, 10]``) and
-IoU(empty, empty) = 0. A test sentence has the classes of its representative clip; a train
+Relevance between clip a and sentence b is `tempret_jax.relevance`'s formula on their
+(verb_class, noun_classes) labels, the noun classes taken as sets (a few EK-100 rows repeat a
+class, e.g. ``[10, 10]``). A test sentence has the classes of its representative clip; a train
 sentence has its own ``verb_class`` / ``noun_classes`` columns.
 
 Relevance depends only on the (verb, noun set) *key* of each side, so everything here works on
@@ -27,9 +24,11 @@ import re
 
 import numpy as np
 
+# As `formula`: `relevance` here names this module's ClassLabels form of it.
+from tempret_jax import relevance as formula
+
 NUM_VERB_CLASSES = 97
 NUM_NOUN_CLASSES = 300
-POSITIVE_THRESHOLD = 0.1  # a sentence is a training positive of a clip when rel > 0.1 (§6)
 
 CLIP_COLUMNS = (
     "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
@@ -169,23 +168,14 @@ def relevance(a: ClassLabels, b: ClassLabels) -> np.ndarray:
     """Dense relevance between every item of ``a`` and every item of ``b``.
 
     Returns (len(a), len(b)) float32, values in {0} U [0.5 * IoU] U {0.5 + 0.5 * IoU}; exactly
-    1.0 when verb and noun set are equal. Computed in float64 and rounded once.
+    1.0 when verb and noun set are equal (`tempret_jax.relevance.matrix`).
     """
-    na = a.nouns.sum(1, dtype=np.float64)
-    nb = b.nouns.sum(1, dtype=np.float64)
-    inter = a.nouns.astype(np.float32) @ b.nouns.T.astype(np.float32)  # exact small integers
-    union = na[:, None] + nb[None, :] - inter
-    iou = np.divide(inter, union, out=np.zeros(union.shape), where=union > 0)
-    verb = a.verb[:, None] == b.verb[None, :]
-    return (0.5 * verb + 0.5 * iou).astype(np.float32)
+    return formula.matrix(a.verb, a.nouns, b.verb, b.nouns)
 
 
 def pair_relevance(a: ClassLabels, b: ClassLabels) -> np.ndarray:
     """Relevance of aligned pairs (a[i], b[i]): (n,) float32, same values as `relevance`."""
-    inter = np.sum(a.nouns & b.nouns, axis=1, dtype=np.float64)
-    union = np.sum(a.nouns | b.nouns, axis=1, dtype=np.float64)
-    iou = np.divide(inter, union, out=np.zeros(union.shape), where=union > 0)
-    return (0.5 * (a.verb == b.verb) + 0.5 * iou).astype(np.float32)
+    return formula.aligned(a.verb, a.nouns, b.verb, b.nouns)
 
 
 def relevance_by_keys(a: ClassLabels, b: ClassLabels) -> np.ndarray:
@@ -213,13 +203,14 @@ class TrainRelevance:
     """Relevance and positive candidates for a train split, without the dense matrix.
 
     Clips and sentences are grouped by (verb, noun set) key. For each unique clip key we keep the
-    sentence keys with rel > `POSITIVE_THRESHOLD` (CSR layout) and the running count of their
-    sentences, so that a positive can be drawn uniformly among sentences (DESIGN.md §6) in
-    O(log k). Memory is O(#clip keys x #positive sentence keys), tens of MB on EK-100.
+    sentence keys with rel > `tempret_jax.relevance.POSITIVE_THRESHOLD` (CSR layout) and the
+    running count of their sentences, so that a positive can be drawn uniformly among sentences
+    (docs/design.md, Losses) in O(log k). Memory is O(#clip keys x #positive sentence keys), tens
+    of MB on EK-100.
     """
 
     def __init__(self, clip_labels: ClassLabels, sentence_labels: ClassLabels,
-                 threshold: float = POSITIVE_THRESHOLD, chunk: int = 256):
+                 threshold: float = formula.POSITIVE_THRESHOLD, chunk: int = 256):
         self.clip_keys, self.clip_key_of = clip_labels.unique()
         self.sentence_keys, self.sentence_key_of = sentence_labels.unique()
         # Sentences sorted by key: the sentences of key k are order[start[k]:start[k + 1]].
