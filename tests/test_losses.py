@@ -1,4 +1,4 @@
-"""Retrieval losses (DESIGN.md §6) against plain loops, their gradients, properties, and the
+"""Retrieval losses (docs/design.md, Losses) against plain loops, their gradients, properties, and the
 global-batch versions on 1, 2, 4 and 8 simulated devices."""
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from tempret_jax import losses
+from tempret_jax import global_loss, losses
 from tempret_jax.data import ek100
 
 GAMMA, TAU, EPS = 0.6, 0.1, 1.1 / 240
@@ -17,7 +17,7 @@ EK100_VALUES = np.float32([0, 1 / 12, 1 / 8, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Brute force, written from DESIGN.md §6 with x[i, j] = cos(text_i, video_j).
+# Brute force, written from docs/design.md (Losses) with x[i, j] = cos(text_i, video_j).
 
 
 def cosine(text, video):
@@ -186,11 +186,21 @@ def test_bad_shapes_are_clear_errors():
     with pytest.raises(ValueError, match="at least 2"):
         losses.mi_mm_loss(video[:1], text[:1])
     with pytest.raises(ValueError, match="unknown loss"):
-        losses.make_global_loss("triplet")
+        global_loss.make_global_loss("triplet")
     with pytest.raises(ValueError, match="no hyper-parameter"):
-        losses.make_global_loss("mi_mm", tau=0.1)
+        global_loss.make_global_loss("mi_mm", tau=0.1)
     with pytest.raises(ValueError, match="missing \\['pos_relevance'\\]"):
-        losses.make_global_loss("adaptive_mi_mm")(video, text)
+        global_loss.make_global_loss("adaptive_mi_mm")(video, text)
+
+
+def test_inputs_are_what_each_loss_takes_besides_the_embeddings():
+    assert losses.inputs("sms") == ("pos_relevance", "clip_verb", "clip_nouns", "text_verb",
+                                    "text_nouns")
+    assert losses.inputs("mi_mm") == ()
+    assert losses.inputs("adaptive_mi_mm") == ("pos_relevance",)
+    assert losses.inputs("info_nce") == ("temperature",)
+    with pytest.raises(ValueError, match="unknown loss 'triplet'; expected one of .*'sms'"):
+        losses.inputs("triplet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +355,7 @@ def test_global_loss_equals_single_device_loss(name):
     want = value_and_grads(reference, video, text, inputs)
     for devices in (1, 2, 4, 8):
         mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
-        loss_fn = losses.make_global_loss(name, mesh, "data")
+        loss_fn = global_loss.make_global_loss(name, mesh, "data")
         got = value_and_grads(lambda v, t, i: loss_fn(v, t, **i), video, text, inputs)
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5, err_msg=f"{devices} devices")
         for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
@@ -357,8 +367,8 @@ def test_global_loss_on_a_two_axis_mesh_and_without_mesh():
     video, text, inputs, reference = global_inputs("sms", 16, seed=8)
     want = value_and_grads(reference, video, text, inputs)
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    for loss_fn in (losses.make_global_loss("sms", mesh, ("data", "fsdp")),
-                    losses.make_global_loss("sms")):
+    for loss_fn in (global_loss.make_global_loss("sms", mesh, ("data", "fsdp")),
+                    global_loss.make_global_loss("sms")):
         got = value_and_grads(lambda v, t, i: loss_fn(v, t, **i), video, text, inputs)
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
         np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-6)
@@ -366,7 +376,7 @@ def test_global_loss_on_a_two_axis_mesh_and_without_mesh():
 
 def test_global_loss_rejects_a_batch_that_does_not_divide():
     video, text, inputs, _ = global_inputs("sms", 12, seed=9)
-    loss_fn = losses.make_global_loss("sms", jax.make_mesh((8,), ("data",)), "data")
+    loss_fn = global_loss.make_global_loss("sms", jax.make_mesh((8,), ("data",)), "data")
     with pytest.raises(ValueError, match="12 pairs does not divide over the 8 devices"):
         loss_fn(video, text, **inputs)
 
@@ -381,7 +391,7 @@ def test_hard_negatives_are_never_relevant_and_same_on_any_mesh():
     labels = {k: inputs[k] for k in losses.LABEL_KEYS}
     rel = np.asarray(losses.batch_relevance(*labels.values()))
     key = jax.random.key(0)
-    want = losses.make_hard_negative_sampler(threshold=0.3)(key, video, text, **labels)
+    want = global_loss.make_hard_negative_sampler(threshold=0.3)(key, video, text, **labels)
     for j, i in enumerate(np.asarray(want.video_for_text)):  # video i for text j
         if want.video_valid[j]:
             assert i != j and rel[i, j] <= 0.3
@@ -392,7 +402,7 @@ def test_hard_negatives_are_never_relevant_and_same_on_any_mesh():
     np.testing.assert_array_equal(want.video_valid, allowed_t.any(1))
     np.testing.assert_array_equal(want.text_valid, ((rel <= 0.3) & ~np.eye(n, dtype=bool)).any(1))
     mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
-    sample = jax.jit(losses.make_hard_negative_sampler(mesh, threshold=0.3))
+    sample = jax.jit(global_loss.make_hard_negative_sampler(mesh, threshold=0.3))
     got = sample(key, video, text, **labels)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
@@ -405,7 +415,7 @@ def test_hard_negatives_follow_the_softmax_of_similarity():
     text = rng.normal(size=(4, 3)).astype(np.float32)
     verb = np.int32([0, 1, 1, 2])  # pairs 1 and 2 share a verb: rel 0.5 > 0.1, never drawn
     nouns = np.eye(4, dtype=bool)
-    sample = losses.make_hard_negative_sampler(temperature=0.5)
+    sample = global_loss.make_hard_negative_sampler(temperature=0.5)
     keys = jax.random.split(jax.random.key(1), 4000)
     draw = lambda k: sample(k, video, text, verb, nouns, verb, nouns).video_for_text  # noqa: E731
     draws = jax.jit(jax.vmap(draw))(keys)
@@ -453,7 +463,7 @@ def test_reversed_negatives_add_one_candidate_per_text_anchor(name, weight):
     rng = np.random.default_rng(12)
     reversed_video = rng.normal(size=video.shape).astype(np.float32)
     reversed_verb = np.int32([2, -1, 0, 3, -1, -1, 1, 2])
-    loss_fn = losses.make_global_loss(name, reversed_negatives=True, reversed_weight=weight)
+    loss_fn = global_loss.make_global_loss(name, reversed_negatives=True, reversed_weight=weight)
     plain = float(reference(video, text, inputs))
     none = loss_fn(video, text, reversed_video=reversed_video,
                    reversed_verb=np.full(n, -1, np.int32), **inputs)
@@ -483,10 +493,10 @@ def test_reversed_negatives_on_8_devices_equal_one_device(name):
     rng = np.random.default_rng(14)
     inputs = dict(inputs, reversed_video=rng.normal(size=video.shape).astype(np.float32),
                   reversed_verb=rng.integers(-1, 4, n).astype(np.int32))
-    one = losses.make_global_loss(name, reversed_negatives=True, reversed_weight=3.0)
+    one = global_loss.make_global_loss(name, reversed_negatives=True, reversed_weight=3.0)
     want = value_and_grads(lambda v, t, i: one(v, t, **i), video, text, inputs)
     mesh = jax.make_mesh((8,), ("data",))
-    eight = losses.make_global_loss(name, mesh, "data", reversed_negatives=True,
+    eight = global_loss.make_global_loss(name, mesh, "data", reversed_negatives=True,
                                     reversed_weight=3.0)
     got = value_and_grads(lambda v, t, i: eight(v, t, **i), video, text, inputs)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
@@ -498,7 +508,7 @@ def test_reversed_negative_pushes_the_clip_away_from_its_reversal():
     """The loss grows with the cosine between a sentence and its own clip reversed: the
     gradient pushes the reversed clip away from the sentence."""
     video, text, inputs, _ = global_inputs("info_nce", 4, seed=15)
-    loss_fn = losses.make_global_loss("info_nce", reversed_negatives=True)
+    loss_fn = global_loss.make_global_loss("info_nce", reversed_negatives=True)
     verbs = np.int32([1, 0, 3, 2])
     loss = lambda v, r: loss_fn(v, text, reversed_video=r, reversed_verb=verbs, **inputs)  # noqa: E731
     g_video, g_reversed = jax.grad(loss, argnums=(0, 1))(video, video)
@@ -508,7 +518,7 @@ def test_reversed_negative_pushes_the_clip_away_from_its_reversal():
 
 def test_reversed_negatives_need_their_inputs():
     video, text, inputs, _ = global_inputs("mi_mm", 4, seed=16)
-    loss_fn = losses.make_global_loss("mi_mm", reversed_negatives=True)
+    loss_fn = global_loss.make_global_loss("mi_mm", reversed_negatives=True)
     with pytest.raises(ValueError, match=r"missing \['reversed_video', 'reversed_verb'\]"):
         loss_fn(video, text)
     with pytest.raises(ValueError, match="reversed_video must have the shape of video"):

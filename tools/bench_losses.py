@@ -41,7 +41,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from tempret_jax import losses  # noqa: E402
+from tempret_jax import global_loss  # noqa: E402
 
 
 def _batch(n, d, seed=0):
@@ -96,11 +96,11 @@ def main():
     print("-" * len(header))
     for n in ARGS.sizes:
         video, text, inputs = _batch(n, ARGS.dim)
-        single = _measure(_step(losses.make_global_loss("sms")), (video, text, inputs),
+        single = _measure(_step(global_loss.make_global_loss("sms")), (video, text, inputs),
                           ARGS.repeats)
         sharded_args = jax.device_put((video, text, inputs), shard)
-        gspmd = _measure(_step(losses.make_global_loss("sms")), sharded_args, ARGS.repeats)
-        shmap = _measure(_step(losses.make_global_loss("sms", mesh, "data")), sharded_args,
+        gspmd = _measure(_step(global_loss.make_global_loss("sms")), sharded_args, ARGS.repeats)
+        shmap = _measure(_step(global_loss.make_global_loss("sms", mesh, "data")), sharded_args,
                          ARGS.repeats)
         np.testing.assert_allclose([gspmd[2], shmap[2]], single[2], rtol=1e-4)
         n_loc = n // ARGS.devices
@@ -118,7 +118,7 @@ def main():
         sub = jax.make_mesh((d,), ("data",), devices=devices[:d],
                             axis_types=(jax.sharding.AxisType.Auto,))
         args = jax.device_put((video, text, inputs), NamedSharding(sub, P("data")))
-        step = _step(losses.make_global_loss("sms", sub, "data"))
+        step = _step(global_loss.make_global_loss("sms", sub, "data"))
         temp = _temp_bytes(step.lower(*args).compile())
         print(f"{d:>3} {n // d:>6} | {_mib(temp):>10.1f} | {temp / (n // d * n * 4):>20.1f}")
         d *= 2
