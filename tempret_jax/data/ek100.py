@@ -338,6 +338,21 @@ def _check_class(path, line, column, value, n) -> None:
         raise AnnotationError(f"{path}:{line}: {column} {value} is outside [0, {n})")
 
 
+def _classes(path, line, row: dict[str, str], nouns_column: str,
+             classes_column: str) -> tuple[int, tuple[str, ...], tuple[int, ...]]:
+    """(verb_class, nouns, noun classes) of a row, checked: classes in range, one noun per class."""
+    verb_class = _int(path, line, "verb_class", row["verb_class"])
+    _check_class(path, line, "verb_class", verb_class, NUM_VERB_CLASSES)
+    nouns = _list(path, line, nouns_column, row[nouns_column], str)
+    classes = _list(path, line, classes_column, row[classes_column], int)
+    if len(nouns) != len(classes):
+        raise AnnotationError(f"{path}:{line}: {nouns_column} has {len(nouns)} entries but "
+                              f"{classes_column} has {len(classes)}")
+    for c in classes:
+        _check_class(path, line, "noun class", c, NUM_NOUN_CLASSES)
+    return verb_class, nouns, classes
+
+
 def _check_unique(path, ids: list[str], lines: list[int]) -> None:
     first: dict[str, int] = {}
     for nid, line in zip(ids, lines):
@@ -363,16 +378,9 @@ def read_clips(path) -> ClipTable:
         if frames["start_frame"] >= frames["stop_frame"]:
             raise AnnotationError(f"{path}:{line}: start_frame {frames['start_frame']} is not "
                                   f"before stop_frame {frames['stop_frame']}")
-        verb_class = _int(path, line, "verb_class", r["verb_class"])
+        verb_class, nouns, classes = _classes(path, line, r, "all_nouns", "all_noun_classes")
         noun_class = _int(path, line, "noun_class", r["noun_class"])
-        _check_class(path, line, "verb_class", verb_class, NUM_VERB_CLASSES)
-        nouns = _list(path, line, "all_nouns", r["all_nouns"], str)
-        classes = _list(path, line, "all_noun_classes", r["all_noun_classes"], int)
-        if len(nouns) != len(classes):
-            raise AnnotationError(f"{path}:{line}: all_nouns has {len(nouns)} entries but "
-                                  f"all_noun_classes has {len(classes)}")
-        for c in classes + (noun_class,):
-            _check_class(path, line, "noun class", c, NUM_NOUN_CLASSES)
+        _check_class(path, line, "noun class", noun_class, NUM_NOUN_CLASSES)
         if noun_class not in classes:
             raise AnnotationError(
                 f"{path}:{line}: noun_class {noun_class} is not in all_noun_classes {list(classes)}")
@@ -414,15 +422,7 @@ def read_sentences(path) -> SentenceTable:
         narrations.append(r["narration"])
         lines.append(line)
         if is_train:
-            v = _int(path, line, "verb_class", r["verb_class"])
-            _check_class(path, line, "verb_class", v, NUM_VERB_CLASSES)
-            cs = _list(path, line, "noun_classes", r["noun_classes"], int)
-            ns = _list(path, line, "nouns", r["nouns"], str)
-            if len(cs) != len(ns):
-                raise AnnotationError(f"{path}:{line}: nouns has {len(ns)} entries but "
-                                      f"noun_classes has {len(cs)}")
-            for c in cs:
-                _check_class(path, line, "noun class", c, NUM_NOUN_CLASSES)
+            v, ns, cs = _classes(path, line, r, "nouns", "noun_classes")
             verb_class.append(v)
             noun_classes.append(cs)
             verbs.append(r["verb"])
