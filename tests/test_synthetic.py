@@ -36,12 +36,12 @@ def test_object_size_sets_the_range_of_sizes():
 def test_travel_is_the_distance_moved_and_mirrored_motions_reverse_time(travel):
     for a, b in synthetic.MIRRORED_VERBS[:2]:
         motion = {v.key: v.motion for v in synthetic.VERBS}
-        start = synthetic._object_state(motion[a], 0.0, 0.5, 0.5, 0.5, 0.2, travel)
-        end = synthetic._object_state(motion[a], 1.0, 0.5, 0.5, 0.5, 0.2, travel)
+        start = synthetic.object_state(motion[a], 0.0, 0.5, 0.5, 0.5, 0.2, travel)
+        end = synthetic.object_state(motion[a], 1.0, 0.5, 0.5, 0.5, 0.2, travel)
         assert np.hypot(end[0] - start[0], end[1] - start[1]) == pytest.approx(travel)
         for u in (0.0, 0.3, 1.0):
-            assert synthetic._object_state(motion[b], u, 0.5, 0.5, 0.5, 0.2, travel) == \
-                pytest.approx(synthetic._object_state(motion[a], 1 - u, 0.5, 0.5, 0.5, 0.2, travel))
+            assert synthetic.object_state(motion[b], u, 0.5, 0.5, 0.5, 0.2, travel) == \
+                pytest.approx(synthetic.object_state(motion[a], 1 - u, 0.5, 0.5, 0.5, 0.2, travel))
 
 
 @pytest.mark.parametrize("change, message", [

@@ -41,10 +41,10 @@ SPLIT_FILES = {"train": (ek100.TRAIN_CLIPS_FILE, ek100.TRAIN_SENTENCES_FILE),
                "test": (ek100.TEST_CLIPS_FILE, ek100.TEST_SENTENCES_FILE)}
 EXTRA_ANNOTATION_FILES = ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv",
                           "EPIC_100_video_info.csv")
-ANNOTATIONS = "annotations"
-REPORT_FILE = "prepare_report.csv"
-SUMMARY_FILE = "prepare_summary.json"
-DATASET_NAME = "ek100_mir"
+ANNOTATIONS = "annotations"  # folder of the data set that gets the annotation CSVs
+REPORT_FILE = "prepare_report.csv"  # in output_dir: split, video_id, narration_id, reason
+SUMMARY_FILE = "prepare_summary.json"  # in output_dir: what `prepare` returns
+DATASET_NAME = "ek100_mir"  # the data set is <output_dir>/<DATASET_NAME>/<config_name>/<VERSION>
 VERSION = "1.0.0"
 
 
@@ -54,18 +54,20 @@ class PrepareError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
-    annotation_dir: str
-    video_root: str
-    output_dir: str
-    work_dir: str | None = None  # default <output_dir>/work
+    """What `prepare` reads, writes and stores per clip (see the module docstring)."""
+
+    annotation_dir: str  # the EK-100 annotation CSVs (`SPLIT_FILES`, `EXTRA_ANNOTATION_FILES`)
+    video_root: str  # the sources, `decode.find_source`'s layouts
+    output_dir: str  # the TFDS data set, the report and the summary
+    work_dir: str | None = None  # the shards; default <output_dir>/work
     splits: tuple[str, ...] = ("train", "test")
-    num_frames: int = 32
-    short_side: int = 256
-    jpeg_quality: int = 90
-    chunk_seconds: int = 15
-    num_workers: int = 0  # 0: all CPU cores
-    strict: bool = False
-    progress: bool = True
+    num_frames: int = 32  # N, frames stored per clip
+    short_side: int = 256  # S, pixels of a stored frame's shorter side
+    jpeg_quality: int = 90  # of the frames that are re-encoded
+    chunk_seconds: int = 15  # length of AVION's chunks, for chunk folders
+    num_workers: int = 0  # decoding processes; 0: all CPU cores
+    strict: bool = False  # raise PrepareError at the first skipped clip
+    progress: bool = True  # a tqdm bar
 
     @property
     def work(self) -> pathlib.Path:

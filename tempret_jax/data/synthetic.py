@@ -41,16 +41,17 @@ from tempret_jax import atomic
 from tempret_jax.data import ek100
 
 STAMP_BITS = 12  # frame indices up to 4095 (136 s at 30 fps)
-ANNOTATION_DIR = "annotations"
-VERB_CLASSES_FILE = "EPIC_100_verb_classes.csv"
-NOUN_CLASSES_FILE = "EPIC_100_noun_classes.csv"
-VIDEO_INFO_FILE = "EPIC_100_video_info.csv"
+ANNOTATION_DIR = "annotations"  # under the data set root, as the EK-100 annotations repository
+# EK-100's names of the class tables and video list that `write_annotations` adds to the CSVs.
+VERB_CLASSES_FILE = "EPIC_100_verb_classes.csv"  # id, key, instances (words), category (motion)
+NOUN_CLASSES_FILE = "EPIC_100_noun_classes.csv"  # id, key, instances, category (the shape)
+VIDEO_INFO_FILE = "EPIC_100_video_info.csv"  # video_id, duration (s), fps, resolution
 
 
 @dataclasses.dataclass(frozen=True)
 class Verb:
     key: str
-    motion: str  # how the acted-on objects change over the clip, see `_object_state`
+    motion: str  # how the acted-on objects change over the clip, see `object_state`
     words: tuple[str, ...]  # synonyms used in narrations
     particle: str = ""  # written after the nouns ("left", "in", ...)
 
@@ -78,25 +79,25 @@ NOUNS = tuple(f"{shape}:{colour}" for shape in SHAPES for colour in COLOURS)  # 
 class SynthConfig:
     """Sizes of a SynthKitchens data set. The defaults generate and prepare in well under a minute."""
 
-    seed: int = 0
+    seed: int = 0  # with each video's index or id, seeds all that is drawn for that video
     num_train_videos: int = 6
     num_test_videos: int = 3
-    num_participants: int = 3
+    num_participants: int = 3  # videos are dealt out to P01, P02, ... in turn
     clips_per_video: int = 8
-    width: int = 192
+    width: int = 192  # pixels of the generated frames (even: yuv420p)
     height: int = 112
-    fps: int = 30
-    clip_seconds: tuple[float, float] = (1.0, 2.5)
-    gap_seconds: tuple[float, float] = (0.2, 0.8)
+    fps: int = 30  # frames per second of the generated videos
+    clip_seconds: tuple[float, float] = (1.0, 2.5)  # range of a clip's duration
+    gap_seconds: tuple[float, float] = (0.2, 0.8)  # range of the idle time between clips
     max_nouns: int = 2  # acted-on objects per clip
     num_nouns: int = len(NOUNS)  # objects are drawn from the first num_nouns of NOUNS
     num_verbs: int = len(VERBS)  # verbs are drawn from the first num_verbs of VERBS
     object_size: tuple[float, float] = (0.12, 0.2)  # object size range, fraction of the height
     travel: float = 0.25  # distance moved by move / lift / lower, fraction of the frame
-    num_distractors: int = 2
-    num_clutter: int = 8
-    jitter_pixels: float = 2.0
-    stamp_frame_index: bool = True
+    num_distractors: int = 2  # static objects per clip whose nouns the narration leaves out
+    num_clutter: int = 8  # muted rectangles of the table, the same in every frame of a video
+    jitter_pixels: float = 2.0  # largest camera shake, pixels
+    stamp_frame_index: bool = True  # see `stamp_frame_index`
     layout: str = "mp4"  # mp4 | chunked | frames
     chunk_seconds: int = 15  # chunked layout only
     gop: int = 30  # keyframe interval of the MP4s, so that seeking matters
@@ -190,10 +191,12 @@ def _narration(rng, verb: Verb, nouns) -> str:
 # Pixels.
 
 
-def _object_state(motion: str, u: float, reveal: float, x: float, y: float, size: float,
+def object_state(motion: str, u: float, reveal: float, x: float, y: float, size: float,
                   travel: float = 0.25):
     """(x, y, size, visible) of an acted-on object at clip progress u in [0, 1].
 
+    ``motion`` is a `Verb`'s; x, y (fractions of the frame), size (of the height) are the
+    object's at the start; ``reveal``, the progress at which put-in / take-out switch it.
     Mirrored motions are exact time reversals of each other: state(partner, u) = state(m, 1 - u)
     up to where the motion starts, which is what makes frame order necessary.
     """
@@ -266,7 +269,7 @@ class _Painter:
                     self._draw(img, noun, x, y, size)
                 motion = VERBS[clip.verb].motion
                 for noun, x, y, size in clip.objects:
-                    x, y, size, visible = _object_state(motion, u, clip.reveal, x, y, size, c.travel)
+                    x, y, size, visible = object_state(motion, u, clip.reveal, x, y, size, c.travel)
                     if visible:
                         self._draw(img, noun, x, y, size)
         if c.stamp_frame_index:
