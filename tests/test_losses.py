@@ -37,28 +37,28 @@ def sms_term(r, d, gamma=GAMMA, tau=TAU):
     return max(-u, 0.0)
 
 
-def brute_sms(video, text, c, rel):
+def brute_pair_mean(video, text, term):
+    """Mean of term(i, (a, b), d) over the 2n(n-1) (anchor i, candidate j != i) of both
+    directions: d = x[i, i] - (anchor's cosine with j), (a, b) the (clip, sentence) of the
+    candidate's relevance to the anchor's pair."""
     x = cosine(text, video)
     n = len(x)
     total = 0.0
     for i in range(n):
         for j in range(n):
             if i != j:
-                total += sms_term(np.float32(c[i]) - np.float32(rel[j, i]), x[i, i] - x[i, j])
-                total += sms_term(np.float32(c[i]) - np.float32(rel[i, j]), x[i, i] - x[j, i])
+                total += term(i, (j, i), x[i, i] - x[i, j])  # text i ranks clip j
+                total += term(i, (i, j), x[i, i] - x[j, i])  # clip i ranks text j
     return total / (2 * n * (n - 1))
+
+
+def brute_sms(video, text, c, rel):
+    return brute_pair_mean(
+        video, text, lambda i, ab, d: sms_term(np.float32(c[i]) - np.float32(rel[ab]), d))
 
 
 def brute_mi_mm(video, text, margins):
-    x = cosine(text, video)
-    n = len(x)
-    total = 0.0
-    for i in range(n):
-        for j in range(n):
-            if i != j:
-                total += max(margins[i] - (x[i, i] - x[i, j]), 0.0)
-                total += max(margins[i] - (x[i, i] - x[j, i]), 0.0)
-    return total / (2 * n * (n - 1))
+    return brute_pair_mean(video, text, lambda i, ab, d: max(margins[i] - d, 0.0))
 
 
 def brute_info_nce(video, text, temperature):
