@@ -184,13 +184,14 @@ def stack_layers(params, num_layers):
 
 
 def test_scanned_and_rematerialised_stack_equals_unrolled():
-    kw = dict(num_layers=3, num_heads=2, mlp_dim=32, cross_attention=True)
+    kw = dict(num_layers=3, num_heads=2, cross_attention=True)
     x = jax.random.normal(jax.random.key(0), (2, 5, 16))
     context = jax.random.normal(jax.random.key(1), (2, 4, 8))
     mask = jnp.arange(5)[None, None, None] < 4
-    unrolled = layers.Transformer(**kw)
+    unrolled = layers.Transformer(settings=layers.StackSettings(mlp_ratio=2.0), **kw)
     params = unrolled.init(jax.random.key(2), x, mask=mask, context=context)["params"]
-    scanned = layers.Transformer(scan=True, remat=True, remat_policy="dots_saveable", **kw)
+    scanned = layers.Transformer(settings=layers.StackSettings(
+        mlp_ratio=2.0, scan=True, remat=True, remat_policy="dots_saveable"), **kw)
     stacked = stack_layers(dict(params), 3)
     assert jax.tree.map(np.shape, stacked) == jax.tree.map(
         np.shape, scanned.init(jax.random.key(2), x, mask=mask, context=context)["params"])

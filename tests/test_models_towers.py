@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from transformers import CLIPConfig, CLIPModel
 
-from tempret_jax.models import hf_import, text, video
+from tempret_jax.models import hf_import, layers, text, video
 
 EOT, SOT = 49407, 49406
 
@@ -75,7 +75,7 @@ def test_image_tower_equals_hf_clip(tiny_clip, scan_layers):
     with torch.no_grad():
         ref = hf_features(model.get_image_features(pixel_values=torch.from_numpy(pixels)))
     # The video tower on clips of T = 1 frame is the image tower.
-    out = vision_tower(scan=scan_layers).apply(
+    out = vision_tower(stack=layers.StackSettings(scan=scan_layers)).apply(
         {"params": params["visual"]}, jnp.asarray(pixels.transpose(0, 2, 3, 1))[:, None])
     assert out["embedding"].shape == (3, 16)
     assert rel_error(out["embedding"], ref) <= 1e-5
@@ -89,7 +89,8 @@ def test_text_tower_equals_hf_clip(tiny_clip, scan_layers):
     ids = token_ids([2, 9, 40, 77])
     with torch.no_grad():
         ref = hf_features(model.get_text_features(input_ids=torch.from_numpy(ids).long()))
-    tower = text.TextTransformer(width=32, layers=2, heads=4, output_dim=16, scan=scan_layers)
+    tower = text.TextTransformer(width=32, layers=2, heads=4, output_dim=16,
+                                 stack=layers.StackSettings(scan=scan_layers))
     pooled, tokens = tower.apply({"params": params["text"]}, jnp.asarray(ids))
     assert pooled.shape == (4, 16) and tokens.shape == (4, 77, 32)
     assert rel_error(pooled, ref) <= 1e-5

@@ -11,13 +11,12 @@ dimensions, so (Q, 1, ...) texts against (Q, K, ...) videos (text->video rerank)
 texts against (V, 1, ...) videos (video->text rerank) are one call.
 """
 
-from typing import Any, Optional
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tempret_jax.models import layers
+from tempret_jax.models.layers import StackSettings
 
 Array = jax.Array
 
@@ -30,33 +29,26 @@ def itm_probability(logits: Array) -> Array:
 class CrossEncoder(nn.Module):
     """Parameters (W width): text_in (D_t, W); video_in (D_v, W); ln_video;
     transformer/resblocks_i/{ln_1, attn, ln_cross, cross_attn, ln_2, mlp}; ln_post;
-    itm_head (W, 1)."""
+    itm_head (W, 1). `stack` configures the transformer; its dtype is every layer's."""
 
     width: int = 512
     layers: int = 4
     heads: int = 8
-    mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32
-    attention_impl: Optional[str] = None
-    scan: bool = False
-    remat: bool = False
-    remat_policy: str = "nothing_saveable"
+    stack: StackSettings = StackSettings()
 
     @nn.compact
     def __call__(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
         """text_tokens (B, L, D_t), text_mask (B, L) bool, video_tokens (B, M, D_v)
         -> (B,) float32 logits."""
-        dense = lambda name, features: nn.Dense(features, dtype=self.dtype,
-                                                param_dtype=jnp.float32, name=name)
+        dtype = self.stack.dtype
+        dense = lambda name, features: nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                                                name=name)
         x = dense("text_in", self.width)(text_tokens)
-        video = layers.layer_norm("ln_video", self.dtype)(
-            dense("video_in", self.width)(video_tokens))
-        x = layers.Transformer(
-            num_layers=self.layers, num_heads=self.heads, mlp_dim=int(self.width * self.mlp_ratio),
-            cross_attention=True, dtype=self.dtype, attention_impl=self.attention_impl,
-            scan=self.scan, remat=self.remat, remat_policy=self.remat_policy,
-            name="transformer")(x, mask=text_mask[:, None, None, :], context=video)
-        x = layers.layer_norm("ln_post", self.dtype)(x[:, 0])
+        video = layers.layer_norm("ln_video", dtype)(dense("video_in", self.width)(video_tokens))
+        x = layers.Transformer(self.layers, self.heads, self.stack, cross_attention=True,
+                               name="transformer")(
+            x, mask=text_mask[:, None, None, :], context=video)
+        x = layers.layer_norm("ln_post", dtype)(x[:, 0])
         return dense("itm_head", 1)(x)[:, 0].astype(jnp.float32)
 
     def score(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:

@@ -1,9 +1,10 @@
 """Transformer building blocks shared by every tower (video, text, temporal, refine, cross-encoder).
 
-One attention module, one MLP, one pre-LN residual block and one layer stack; the towers differ
-only in how they configure them. Parameter names follow OpenAI CLIP (`ln_1`, `attn`, `ln_2`,
-`mlp/c_fc`, `mlp/c_proj`) and EVA02 (`mlp/w1..w3`, `mlp/ffn_ln`, `attn/inner_attn_ln`) so that
-checkpoint conversion is a renaming plus reshapes (see `hf_import.py` for the table).
+One attention module, one MLP, one pre-LN residual block and one layer stack (its sizes plus one
+`StackSettings`); the towers differ only in how they configure them. Parameter names follow
+OpenAI CLIP (`ln_1`, `attn`, `ln_2`, `mlp/c_fc`, `mlp/c_proj`) and EVA02 (`mlp/w1..w3`,
+`mlp/ffn_ln`, `attn/inner_attn_ln`) so that checkpoint conversion is a renaming plus reshapes
+(see `hf_import.py` for the table).
 
 Shapes: B batch, L query length, S key/value length, D model width, H heads, K head dim (D = H*K).
 Parameters are always float32 (`param_dtype`); `dtype` is the compute dtype (bfloat16 on
@@ -11,6 +12,7 @@ accelerators). A mask is boolean, True where attention is allowed, broadcastable
 A RoPE table is a pair (cos, sin), each (L, K // 2) float32, one angle per rotary pair.
 """
 
+import dataclasses
 import functools
 from typing import Any, Optional, Tuple
 
@@ -193,20 +195,34 @@ class Mlp(nn.Module):
         return dense(x.shape[-1], name=out_name)(h)
 
 
+@dataclasses.dataclass(frozen=True)
+class StackSettings:
+    """What every block of a layer stack shares: the block's design and how the stack computes.
+
+    Towers take one as their `stack` attribute and add only their own sizes (layers, heads).
+    """
+
+    mlp_ratio: float = 4.0  # MLP hidden width = int(D * mlp_ratio)
+    mlp_kind: str = "quick_gelu"  # one of MLP_KINDS
+    sub_ln: bool = False  # EVA02's sub-LayerNorms in attention and MLP
+    dtype: Dtype = jnp.float32  # compute dtype; parameters stay float32
+    attention_impl: Optional[str] = None  # one of ATTENTION_IMPLEMENTATIONS
+    scan: bool = False  # nn.scan over the layers (one stacked parameter tree)
+    remat: bool = False  # recompute each block's activations in the backward pass
+    remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, see remat_policy
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN block: x + attn(ln_1 x) [+ cross_attn(ln_cross x, context)] + mlp(ln_2 x).
 
-    With `scanned` the block returns (x, None), the carry/output pair `nn.scan` expects.
+    Uses the block fields of `settings` (all but scan / remat, which are the stack's). With
+    `scanned` the block returns (x, None), the carry/output pair `nn.scan` expects.
     """
 
     num_heads: int
-    mlp_dim: int
-    mlp_kind: str = "quick_gelu"
-    sub_ln: bool = False
+    settings: StackSettings = StackSettings()
     causal: bool = False
     cross_attention: bool = False
-    dtype: Dtype = jnp.float32
-    attention_impl: Optional[str] = None
     scanned: bool = False
 
     @nn.compact
@@ -216,60 +232,54 @@ class ResidualAttentionBlock(nn.Module):
 
         Returns (B, L, D) (or ((B, L, D), None) when `scanned`).
         """
-        attn = functools.partial(Attention, num_heads=self.num_heads, dtype=self.dtype,
-                                 implementation=self.attention_impl, sub_ln=self.sub_ln)
+        s = self.settings
+        attn = functools.partial(Attention, num_heads=self.num_heads, dtype=s.dtype,
+                                 implementation=s.attention_impl, sub_ln=s.sub_ln)
         x = x + attn(causal=self.causal, name="attn")(
-            layer_norm("ln_1", self.dtype)(x), mask=mask, rope=rope)
+            layer_norm("ln_1", s.dtype)(x), mask=mask, rope=rope)
         if self.cross_attention:
             if context is None:
                 raise ValueError("a cross-attention block needs `context`")
             x = x + attn(name="cross_attn")(
-                layer_norm("ln_cross", self.dtype)(x), context, mask=context_mask)
-        x = x + Mlp(self.mlp_dim, self.mlp_kind, self.sub_ln, self.dtype, name="mlp")(
-            layer_norm("ln_2", self.dtype)(x))
+                layer_norm("ln_cross", s.dtype)(x), context, mask=context_mask)
+        mlp = Mlp(int(x.shape[-1] * s.mlp_ratio), s.mlp_kind, s.sub_ln, s.dtype, name="mlp")
+        x = x + mlp(layer_norm("ln_2", s.dtype)(x))
         return (x, None) if self.scanned else x
 
 
 class Transformer(nn.Module):
     """A stack of `num_layers` ResidualAttentionBlocks (no final LayerNorm: towers add their own).
 
-    Unrolled, layer i lives at `resblocks_{i}`; with `scan` all layers live at `resblocks` with a
-    leading layer axis on every parameter (compiles once per stack instead of once per layer).
-    `remat` recomputes each block's activations in the backward pass under `remat_policy`.
+    Unrolled, layer i lives at `resblocks_{i}`; with `settings.scan` all layers live at
+    `resblocks` with a leading layer axis on every parameter (compiles once per stack instead of
+    once per layer). `settings.remat` recomputes each block's activations in the backward pass
+    under `settings.remat_policy`.
     """
 
     num_layers: int
     num_heads: int
-    mlp_dim: int
-    mlp_kind: str = "quick_gelu"
-    sub_ln: bool = False
+    settings: StackSettings = StackSettings()
     causal: bool = False
     cross_attention: bool = False
-    dtype: Dtype = jnp.float32
-    attention_impl: Optional[str] = None
-    scan: bool = False
-    remat: bool = False
-    remat_policy: str = "nothing_saveable"
 
     @nn.compact
     def __call__(self, x: Array, *, mask: Optional[Array] = None,
                  rope: Optional[RopeTable] = None, context: Optional[Array] = None,
                  context_mask: Optional[Array] = None) -> Array:
         """x (B, L, D) -> (B, L, D); arguments as in ResidualAttentionBlock."""
-        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+        s = self.settings
+        if s.attention_impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention_impl: expected one of {ATTENTION_IMPLEMENTATIONS}, "
-                             f"got {self.attention_impl!r}")
+                             f"got {s.attention_impl!r}")
         block_cls = ResidualAttentionBlock
-        if self.remat:
+        if s.remat:
             # Under scan, CSE across iterations is impossible anyway; prevent_cse only costs.
-            block_cls = nn.remat(block_cls, policy=remat_policy(self.remat_policy),
-                                 prevent_cse=not self.scan)
-        block_kwargs = dict(
-            num_heads=self.num_heads, mlp_dim=self.mlp_dim, mlp_kind=self.mlp_kind,
-            sub_ln=self.sub_ln, causal=self.causal, cross_attention=self.cross_attention,
-            dtype=self.dtype, attention_impl=self.attention_impl)
+            block_cls = nn.remat(block_cls, policy=remat_policy(s.remat_policy),
+                                 prevent_cse=not s.scan)
+        block_kwargs = dict(num_heads=self.num_heads, settings=s, causal=self.causal,
+                            cross_attention=self.cross_attention)
         args = (mask, rope, context, context_mask)
-        if self.scan:
+        if s.scan:
             stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast,) * len(args), length=self.num_layers)
             x, _ = stack(**block_kwargs, scanned=True, name="resblocks")(x, *args)

@@ -22,6 +22,7 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
 `mlp` is 'quick_gelu' (CLIP) | 'gelu' | 'swiglu' (EVA02); `sub_ln` adds EVA02's sub-LayerNorms.
 """
 
+import dataclasses
 import math
 from typing import Any, Dict, Optional
 
@@ -127,6 +128,13 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def _tower_stack(stack: layers.StackSettings,
+                 tower: ml_collections.ConfigDict) -> layers.StackSettings:
+    """`stack` with a tower config's block design (its `mlp_ratio`, `mlp`, `sub_ln` keys)."""
+    return dataclasses.replace(stack, mlp_ratio=tower.mlp_ratio, mlp_kind=tower.mlp,
+                               sub_ln=tower.sub_ln)
+
+
 def _identity_init(key, shape, dtype=jnp.float32):
     del key
     return jnp.eye(*shape, dtype=dtype)
@@ -151,23 +159,25 @@ class RetrievalModel(nn.Module):
     def setup(self):
         c = self.config
         shared = dict(dtype=jnp.dtype(c.dtype), attention_impl=ATTENTION_IMPLS[c.attention_impl])
-        stack = dict(scan=c.scan_layers, remat=c.remat, remat_policy=c.remat_policy, **shared)
+        stack = layers.StackSettings(scan=c.scan_layers, remat=c.remat,
+                                     remat_policy=c.remat_policy, **shared)
         v, t = c.vision, c.text
         self.visual = video_lib.VisionTransformer(
             image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
             heads=v.heads, output_dim=c.embed_dim, num_frames=v.num_frames,
-            mlp_ratio=v.mlp_ratio, mlp_kind=v.mlp, sub_ln=v.sub_ln, pos_embed=v.pos_embed,
-            rope_theta=v.rope_theta, frame_mode=v.frame_mode, **stack)
+            pos_embed=v.pos_embed, rope_theta=v.rope_theta, frame_mode=v.frame_mode,
+            stack=_tower_stack(stack, v))
         self.text = text_lib.TextTransformer(
             vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
-            layers=t.layers, heads=t.heads, output_dim=c.embed_dim, mlp_ratio=t.mlp_ratio,
-            mlp_kind=t.mlp, sub_ln=t.sub_ln, **stack)
+            layers=t.layers, heads=t.heads, output_dim=c.embed_dim, stack=_tower_stack(stack, t))
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
                                       ())
         if c.temporal.enabled:
+            # Never scanned nor rematerialised: its layers stay `resblocks_{i}` in every config.
             self.temporal = temporal_lib.TemporalTransformer(
                 num_frames=v.num_frames, layers=c.temporal.layers, heads=c.temporal.heads,
-                mlp_ratio=c.temporal.mlp_ratio, pool=c.temporal.pool, **shared)
+                pool=c.temporal.pool,
+                stack=layers.StackSettings(mlp_ratio=c.temporal.mlp_ratio, **shared))
         if c.refine.enabled:
             self.refine = refine_lib.ContextRefinement(
                 heads=c.refine.heads, mlp_ratio=c.refine.mlp_ratio, **shared)
@@ -179,7 +189,8 @@ class RetrievalModel(nn.Module):
         if c.cross_encoder.enabled:
             x = c.cross_encoder
             self.cross_encoder = cross_encoder_lib.CrossEncoder(
-                width=x.width, layers=x.layers, heads=x.heads, mlp_ratio=x.mlp_ratio, **stack)
+                width=x.width, layers=x.layers, heads=x.heads,
+                stack=dataclasses.replace(stack, mlp_ratio=x.mlp_ratio))
 
     def encode_video(self, video: Array, with_reversed: bool = False) -> Dict[str, Array]:
         """video (B, T, H, W, 3) -> {'features': (B, E) unnormalised clip features,

@@ -7,13 +7,12 @@ module is exactly frame averaging (CLIP4Clip's mean-pooling baseline) and traini
 it; the learned temporal embedding makes the residual branch order-aware.
 """
 
-from typing import Any, Optional
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tempret_jax.models import layers
+from tempret_jax.models.layers import StackSettings
 
 Array = jax.Array
 POOLS = ("cls", "mean")
@@ -21,15 +20,14 @@ POOLS = ("cls", "mean")
 
 class TemporalTransformer(nn.Module):
     """Parameters (D = feature dim): temporal_embedding (num_frames, D); class_embedding (D,)
-    ['cls' pool]; transformer/...; ln_post; out_proj (D, D) + (D,) zero-initialised."""
+    ['cls' pool]; transformer/...; ln_post; out_proj (D, D) + (D,) zero-initialised. `stack`
+    configures the transformer; its dtype is every layer's."""
 
     num_frames: int
     layers: int = 2
     heads: int = 8
-    mlp_ratio: float = 4.0
     pool: str = "mean"
-    dtype: Any = jnp.float32
-    attention_impl: Optional[str] = None
+    stack: StackSettings = StackSettings()
 
     @nn.compact
     def __call__(self, frames: Array) -> Array:
@@ -42,15 +40,14 @@ class TemporalTransformer(nn.Module):
                              f"{num_frames}; resample temporal_embedding with "
                              f"video.resample_temporal_embedding")
         pos = self.param("temporal_embedding", nn.initializers.normal(0.02), (num_frames, dim))
-        x = (frames + pos).astype(self.dtype)
+        dtype = self.stack.dtype
+        x = (frames + pos).astype(dtype)
         if self.pool == "cls":
             cls = self.param("class_embedding", nn.initializers.normal(0.02), (dim,))
             x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, dim)).astype(x.dtype), x], 1)
-        x = layers.Transformer(num_layers=self.layers, num_heads=self.heads,
-                               mlp_dim=int(dim * self.mlp_ratio), dtype=self.dtype,
-                               attention_impl=self.attention_impl, name="transformer")(x)
-        x = layers.layer_norm("ln_post", self.dtype)(x)
+        x = layers.Transformer(self.layers, self.heads, self.stack, name="transformer")(x)
+        x = layers.layer_norm("ln_post", dtype)(x)
         pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-        residual = nn.Dense(dim, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+        residual = nn.Dense(dim, kernel_init=nn.initializers.zeros, dtype=dtype,
                             param_dtype=jnp.float32, name="out_proj")(pooled)
         return frames.mean(axis=1) + residual.astype(frames.dtype)

@@ -6,13 +6,14 @@ largest id in the vocabulary, so its position is `argmax(ids)`, as CLIP pools. T
 means no token attends to padding that follows it, so no padding mask is needed here.
 """
 
-from typing import Any, Optional, Tuple
+from typing import Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tempret_jax.models import layers
+from tempret_jax.models.layers import StackSettings
 
 Array = jax.Array
 
@@ -33,22 +34,16 @@ class TextTransformer(nn.Module):
 
     Parameters (D width, E output_dim): token_embedding/embedding (vocab_size, D);
     positional_embedding (context_length, D); transformer/...; ln_final; text_projection (D, E).
+    `stack` configures the (causal) transformer; its dtype is every layer's.
     """
 
-    vocab_size: int = 49408
-    context_length: int = 77
-    width: int = 512
+    vocab_size: int = 49408  # CLIP's BPE vocabulary, end-of-text (49407) last
+    context_length: int = 77  # the longest L
+    width: int = 512  # D
     layers: int = 12
     heads: int = 8
     output_dim: int = 512
-    mlp_ratio: float = 4.0
-    mlp_kind: str = "quick_gelu"
-    sub_ln: bool = False
-    dtype: Any = jnp.float32
-    attention_impl: Optional[str] = None
-    scan: bool = False
-    remat: bool = False
-    remat_policy: str = "nothing_saveable"
+    stack: StackSettings = StackSettings()
 
     @nn.compact
     def __call__(self, ids: Array) -> Tuple[Array, Array]:
@@ -61,17 +56,15 @@ class TextTransformer(nn.Module):
         if ids.ndim != 2 or ids.shape[1] > self.context_length:
             raise ValueError(f"text ids: expected (B, L) with L <= {self.context_length}, "
                              f"got shape {ids.shape}")
+        dtype = self.stack.dtype
         x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
-                     dtype=self.dtype, param_dtype=jnp.float32, name="token_embedding")(ids)
+                     dtype=dtype, param_dtype=jnp.float32, name="token_embedding")(ids)
         pos = self.param("positional_embedding", nn.initializers.normal(0.01),
                          (self.context_length, self.width))
         x = x + pos[: ids.shape[1]].astype(x.dtype)
-        x = layers.Transformer(
-            num_layers=self.layers, num_heads=self.heads,
-            mlp_dim=int(self.width * self.mlp_ratio), mlp_kind=self.mlp_kind, sub_ln=self.sub_ln,
-            causal=True, dtype=self.dtype, attention_impl=self.attention_impl, scan=self.scan,
-            remat=self.remat, remat_policy=self.remat_policy, name="transformer")(x)
-        x = layers.layer_norm("ln_final", self.dtype)(x)
+        x = layers.Transformer(self.layers, self.heads, self.stack, causal=True,
+                               name="transformer")(x)
+        x = layers.layer_norm("ln_final", dtype)(x)
         proj = self.param("text_projection", nn.initializers.normal(self.width ** -0.5),
                           (self.width, self.output_dim))
         eot = jnp.take_along_axis(x, end_of_text_index(ids)[:, None, None], axis=1)[:, 0]

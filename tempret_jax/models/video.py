@@ -20,7 +20,7 @@ Modes:
 The video tower with T = 1 in joint mode is exactly the CLIP image tower.
 """
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,7 @@ import numpy as np
 
 from tempret_jax.models import layers
 from tempret_jax.models import rope as rope_lib
+from tempret_jax.models.layers import StackSettings
 
 Array = jax.Array
 POS_EMBED_KINDS = ("learned", "rope", "learned+rope")
@@ -40,27 +41,20 @@ class VisionTransformer(nn.Module):
     Parameters (D width, E output_dim, p patch_size, N = (image_size / p)^2):
       conv1/kernel (p, p, 3, D); class_embedding (D,); positional_embedding (N + 1, D);
       temporal_embedding (num_frames, D) [joint mode, learned]; ln_pre; transformer/...;
-      ln_post; proj (D, E).
+      ln_post; proj (D, E). `stack` configures the transformer; its dtype is every layer's.
     """
 
-    image_size: int = 224
-    patch_size: int = 16
-    width: int = 768
+    image_size: int = 224  # frame side in pixels that the learned position embedding fits
+    patch_size: int = 16  # p, pixels
+    width: int = 768  # D
     layers: int = 12
     heads: int = 12
-    output_dim: int = 512
-    num_frames: int = 16
-    mlp_ratio: float = 4.0
-    mlp_kind: str = "quick_gelu"
-    sub_ln: bool = False
-    pos_embed: str = "learned"
-    rope_theta: float = 10000.0
-    frame_mode: bool = False
-    dtype: Any = jnp.float32
-    attention_impl: Optional[str] = None
-    scan: bool = False
-    remat: bool = False
-    remat_policy: str = "nothing_saveable"
+    output_dim: int = 512  # E
+    num_frames: int = 16  # T of the learned temporal embedding (joint mode)
+    pos_embed: str = "learned"  # one of POS_EMBED_KINDS
+    rope_theta: float = 10000.0  # RoPE base of the angle frequencies
+    frame_mode: bool = False  # TempRet: every frame encoded on its own
+    stack: StackSettings = StackSettings()
 
     @nn.compact
     def __call__(self, video: Array) -> Dict[str, Array]:
@@ -78,6 +72,7 @@ class VisionTransformer(nn.Module):
         if video.ndim != 5 or video.shape[-1] != 3:
             raise ValueError(f"video: expected (B, T, H, W, 3), got shape {video.shape}")
         batch, num_frames, height, width = video.shape[:4]
+        dtype = self.stack.dtype
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(f"video frames {height}x{width} are not divisible by patch size {p}")
@@ -88,7 +83,7 @@ class VisionTransformer(nn.Module):
         clips, clip_len = video.shape[:2]
 
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-                    dtype=self.dtype, param_dtype=jnp.float32, name="conv1")(
+                    dtype=dtype, param_dtype=jnp.float32, name="conv1")(
                         video.reshape((clips * clip_len, height, width, 3)))
         x = x.reshape(clips, clip_len * num_patches, self.width)
 
@@ -116,18 +111,15 @@ class VisionTransformer(nn.Module):
                 patch_pos = patch_pos + jnp.repeat(temporal, num_patches, axis=0)
             x = x + patch_pos.astype(x.dtype)
         x = jnp.concatenate([cls, x], axis=1)                                  # (B', 1+T'N, D)
-        x = layers.layer_norm("ln_pre", self.dtype)(x)
+        x = layers.layer_norm("ln_pre", dtype)(x)
 
         rope = None
         if "rope" in self.pos_embed:
             rope = rope_lib.rope_table(rope_lib.spatial_temporal_angles(
                 clip_len, grid_h, grid_w, self.width // self.heads, self.rope_theta))
-        x = layers.Transformer(
-            num_layers=self.layers, num_heads=self.heads,
-            mlp_dim=int(self.width * self.mlp_ratio), mlp_kind=self.mlp_kind, sub_ln=self.sub_ln,
-            dtype=self.dtype, attention_impl=self.attention_impl, scan=self.scan,
-            remat=self.remat, remat_policy=self.remat_policy, name="transformer")(x, rope=rope)
-        x = layers.layer_norm("ln_post", self.dtype)(x)
+        x = layers.Transformer(self.layers, self.heads, self.stack, name="transformer")(
+            x, rope=rope)
+        x = layers.layer_norm("ln_post", dtype)(x)
 
         proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.output_dim))
         embedding = x[:, 0] @ proj.astype(x.dtype)
