@@ -1,4 +1,6 @@
-"""EK-100 Multi-Instance Retrieval metrics, dual-softmax and the challenge submission (DESIGN.md §5).
+"""EK-100 Multi-Instance Retrieval metrics, dual-softmax and the challenge submission.
+
+Definitions: docs/design.md, Metrics.
 
 `sim` and `rel` are (n_videos, n_texts). V2T ranks the texts of each video row, T2V the videos of
 each text column. Numbers are percentages.
@@ -213,7 +215,7 @@ def reference_mir_metrics(sim: np.ndarray, rel: np.ndarray) -> dict[str, dict[st
 
 
 def dual_softmax(sim: np.ndarray, temperature: float = 500.0) -> np.ndarray:
-    """Dual-softmax re-scoring used at inference (DESIGN.md §5).
+    """Dual-softmax re-scoring used at inference (docs/design.md, Metrics).
 
     With S = sim.T (texts x videos): S <- softmax(S / temperature over videos) * S, then
     S <- softmax(S over texts). Returns the result transposed back: (n_videos, n_texts) float64.

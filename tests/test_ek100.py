@@ -1,4 +1,5 @@
-"""EK-100 annotation reading, validation and relevance (DESIGN.md §4), on the real files."""
+"""EK-100 annotation reading, validation and relevance (docs/design.md, Relevance), on the real
+files."""
 
 import csv
 

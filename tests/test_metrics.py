@@ -1,4 +1,4 @@
-"""EK-100 MIR metrics: exact semantics (DESIGN.md §5), fast path == official definition."""
+"""EK-100 MIR metrics: exact semantics (docs/design.md, Metrics), fast path == official definition."""
 
 import pickle
 
@@ -23,7 +23,7 @@ def _row(sim_row, rel_row):
 
 
 def test_map_uses_raw_relevance_above_each_hit():
-    # Ranked rel [0.5, 1, 0, 1]: AP = (1.5/2 + 2.5/4) / 2 = 0.6875 (DESIGN.md §5).
+    # Ranked rel [0.5, 1, 0, 1]: AP = (1.5/2 + 2.5/4) / 2 = 0.6875 (docs/design.md, Metrics).
     m = _row([0.9, 0.8, 0.7, 0.6], [0.5, 1, 0, 1])
     assert m["mAP"]["v2t"] == pytest.approx(68.75)
 

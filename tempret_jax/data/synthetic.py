@@ -12,8 +12,9 @@ take-out (disappear): each clip of one verb, played backwards, is a clip of its 
 model that ignores frame order cannot tell them apart. ``shake`` is symmetric in time.
 
 Narrations come from templates with synonyms ("slide red square left", "push blue bar and
-green circle left"), so several sentences share a (verb, noun set) and relevance (DESIGN.md §4)
-is graded exactly as in EK-100: the CSVs carry verb_class / noun_class / all_noun_classes.
+green circle left"), so several sentences share a (verb, noun set) and relevance
+(docs/design.md, Relevance) is graded exactly as in EK-100: the CSVs carry verb_class /
+noun_class / all_noun_classes.
 
 Frame stamp. With ``stamp_frame_index`` the top strip of every frame holds the frame's index in
 the video as 12 black / white blocks (`read_frame_index` decodes it after resizing and JPEG),
