@@ -5,7 +5,7 @@
         [--dtype float32]
 
 One step = forward + backward (gradients of every parameter) of the symmetric InfoNCE loss over
-the batch (`losses.make_global_loss('info_nce')`, the trainer's loss code; the cost class of the
+the batch (`global_loss.make_global_loss('info_nce')`, the trainer's loss code; the cost class of the
 SMS loss: one B x B similarity, negligible next to the towers). The model: video ViT (patch 8,
 width 192, 4 layers, 3 heads of 64, joint attention over T*N + 1 tokens, learned spatial +
 temporal embeddings) and CLIP text tower (width 128, 2 layers, 2 heads, 77 tokens, causal),
@@ -102,7 +102,7 @@ class JaxWorker:
     def __init__(self, image_size: int, variant: str, attention_impl: str, dtype: str):
         import jax
         import jax.numpy as jnp
-        from tempret_jax import losses, sharding
+        from tempret_jax import global_loss, sharding
         from tempret_jax.models.retrieval import RetrievalModel, model_config
 
         self.jax, self.jnp = jax, jnp
@@ -118,7 +118,7 @@ class JaxWorker:
         self.params_count = sum(x.size for x in jax.tree.leaves(params))
 
         def make_step(mesh):
-            loss = losses.make_global_loss("info_nce", mesh, sharding.BATCH_AXES)
+            loss = global_loss.make_global_loss("info_nce", mesh, sharding.BATCH_AXES)
 
             def loss_fn(p, video, ids):
                 out = model.apply({"params": p}, video, ids)
