@@ -21,7 +21,7 @@ from scratch in minutes: the demo samples positives with the clip's own (verb, n
 
 import ml_collections
 
-from tempret_jax import train
+from tempret_jax import config as config_lib
 from tempret_jax.data import synthetic
 from tempret_jax.models import retrieval
 
@@ -55,7 +55,7 @@ def mirrored_verb_ids():
 def get_config(arg=None):
     choice = parse_arg(arg)
     demo = choice["size"] == "demo"
-    c = train.default_config()
+    c = config_lib.default_config()
     c.name = "synthetic_" + "_".join(choice[k] for k in ("model", "loss", "size"))
     if choice["negatives"] == "reversed":
         c.name += "_reversed"

@@ -10,16 +10,17 @@ may donate the state's buffers); a step directory appears only when complete, so
 resumes from the last complete one. Kept: the last ``keep`` steps plus the ``keep_best`` best
 by the eval metric.
 
-Parameter files for ``init_from`` (`load_flat_params`): a run's workdir or its checkpoints
-folder (latest step, or ``step``), one step folder, or a params-only checkpoint written by
-`save_params` (what converters write). They are read as host numpy arrays, independent of the
-mesh they were written on.
+Parameters on their own (`read_params`; `state.load_params` puts them into a model's
+shardings): a run's workdir or its checkpoints folder (latest step, or ``step``), one step
+folder, or a params-only checkpoint written by `save_params` (what converters write). They are
+read as host numpy arrays, independent of the mesh they were written on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pathlib
-import re
 from collections.abc import Mapping
 
 import grain
@@ -101,10 +102,22 @@ def flatten(params) -> dict[str, np.ndarray]:
 
 
 def save_params(path, params) -> None:
-    """Writes a params-only checkpoint (a nested dict of arrays) readable by `load_flat_params`."""
+    """Writes a params-only checkpoint (a nested dict of arrays) readable by `read_params`."""
     path = pathlib.Path(path).absolute()
     checkpointer = ocp.PyTreeCheckpointer()
     checkpointer.save(path, args=ocp.args.PyTreeSave(jax.tree.map(np.asarray, params)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedParams:
+    """Parameters as saved: params (a nested dict of numpy arrays), path (the step folder or
+    the params-only checkpoint read), step (-1 for a params-only checkpoint), config (the
+    config name a run's checkpoint was written under, None if it names none)."""
+
+    params: dict
+    path: pathlib.Path
+    step: int
+    config: str | None
 
 
 def _read_numpy(path: pathlib.Path):
@@ -114,81 +127,40 @@ def _read_numpy(path: pathlib.Path):
     return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
-def checkpoint_step_dir(path, step: int | None = None) -> pathlib.Path:
+def step_dir(path, step: int | None = None) -> pathlib.Path:
     """A run workdir / checkpoints folder -> the step folder (latest complete one by default)."""
     path = pathlib.Path(path).absolute()
-    folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+    folder = path if _steps(path) and not (path / CHECKPOINTS).is_dir() else path / CHECKPOINTS
+    steps = _steps(folder)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {folder}: train the run first")
     if step is not None and step >= 0:
         if step not in steps:
             raise CheckpointError(f"{folder} has no checkpoint step {step}; it has {steps}")
         return folder / str(step)
-    if not steps:
-        raise CheckpointError(f"{folder} holds no checkpoint steps")
     return folder / str(steps[-1])
 
 
-def load_flat_params(path, step: int | None = None, key: str = "params"
-                     ) -> dict[str, np.ndarray]:
-    """The parameters stored at ``path`` as {'a/b/c': numpy array} (see the module docstring).
+def _steps(folder: pathlib.Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def read_params(path, step: int | None = None, key: str = "params") -> SavedParams:
+    """The parameters stored at ``path`` (see the module docstring), as host numpy arrays.
 
     key: which entry of a run's state to read ('params' or 'ema_params').
     """
     path = pathlib.Path(path).absolute()
     if not path.exists():
-        raise CheckpointError(f"init_from: {path} does not exist")
+        raise CheckpointError(f"{path} does not exist")
     if (path / "_METADATA").exists() and not (path / "state").is_dir():
-        return flatten(_read_numpy(path))  # a params-only checkpoint
-    step_dir = path if (path / "state").is_dir() else checkpoint_step_dir(path, step)
-    state = _read_numpy(step_dir / "state")
+        return SavedParams(_read_numpy(path), path, -1, None)  # a params-only checkpoint
+    folder = path if (path / "state").is_dir() else step_dir(path, step)
+    state = _read_numpy(folder / "state")
     if state.get(key) is None:
-        raise CheckpointError(f"init_from: {step_dir / 'state'} has no {key!r} entry")
-    return flatten(state[key])
-
-
-def merge_params(params, source: Mapping[str, np.ndarray], include: str = ".*",
-                 exclude: str = "", source_name: str = "the checkpoint"):
-    """Replaces the parameters selected by regex with those of ``source``.
-
-    Args:
-      params: the model's parameter tree (arrays; their shardings are kept).
-      source: {'a/b/c': array} from `load_flat_params`.
-      include, exclude: a target path is loaded if ``include`` matches it (re.search) and
-        ``exclude`` (when non-empty) does not; every other parameter keeps its value.
-
-    Returns:
-      The merged tree. Raises CheckpointError naming every selected key missing from the source
-      and every shape or dtype-kind mismatch, before anything is loaded.
-    """
-    inc = re.compile(include)
-    exc = re.compile(exclude) if exclude else None
-    target = flatten(params)
-    selected = [k for k in target if inc.search(k) and not (exc and exc.search(k))]
-    if not selected:
-        raise CheckpointError(f"init_from: include={include!r} exclude={exclude!r} selects no "
-                              f"parameter of the model")
-    missing = [k for k in selected if k not in source]
-    mismatched = [f"{k}: model {tuple(target[k].shape)}, checkpoint {tuple(source[k].shape)}"
-                  for k in selected if k in source and tuple(source[k].shape) != tuple(target[k].shape)]
-    if missing or mismatched:
-        lines = [f"init_from: {source_name} does not fit the model "
-                 f"(include={include!r}, exclude={exclude!r})"]
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
-        if mismatched:
-            lines.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
-        raise CheckpointError("\n".join(lines))
-    chosen = set(selected)
-
-    def pick(path, leaf):
-        key = path_str(path)
-        if key not in chosen:
-            return leaf
-        value = np.asarray(source[key], dtype=leaf.dtype)
-        sharding = getattr(leaf, "sharding", None)
-        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx]) \
-            if sharding is not None else value
-
-    return jax.tree_util.tree_map_with_path(pick, params)
+        raise CheckpointError(f"{folder / 'state'} has no {key!r} entry")
+    meta = folder / "meta" / "metadata"
+    name = json.loads(meta.read_text()).get("config") if meta.is_file() else None
+    return SavedParams(state[key], folder, int(folder.name), name)

@@ -17,7 +17,7 @@ counterpart in the joint-attention ViT and is refused.
 Output (`save_converted`): a params-only checkpoint as `checkpoint.save_params` writes it (so
 `config.init_from.path` can point at it directly) holding {'visual', 'text', 'logit_scale'},
 plus `model_config.json` inside it: the `models.retrieval.model_config` whose tower sizes the
-parameters have. `load_converted(path)` returns both.
+parameters have (`read_model_config`). `state.load_params` reads the parameters.
 
 Checks: unknown source keys, missing keys, layers whose shapes disagree with layer 0, and any
 parameter whose shape differs from what the model config initialises, each named with shapes.
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tempret_jax import atomic
 from tempret_jax import checkpoint as checkpoint_lib
 from tempret_jax.models import hf_import
 from tempret_jax.models import retrieval
@@ -353,26 +354,16 @@ def save_converted(path, params: Mapping[str, Any], config: ml_collections.Confi
     if path.exists():
         raise ConversionError(f"{path} exists; choose a new output folder")
     checkpoint_lib.save_params(path, params)
-    (path / CONFIG_FILE).write_text(config.to_json(indent=2) + "\n")
+    atomic.write_text(path / CONFIG_FILE, config.to_json(indent=2) + "\n")
 
 
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
-
-
-def load_converted(path) -> tuple[dict, ml_collections.ConfigDict]:
-    """(params as a nested dict of numpy arrays, model config) from `save_converted`'s folder."""
+def read_model_config(path) -> ml_collections.ConfigDict:
+    """The model config `save_converted` wrote beside the parameters (validated); the
+    parameters themselves load with `state.load_params` like any other checkpoint."""
     path = pathlib.Path(path).absolute()
     config_file = path / CONFIG_FILE
     if not config_file.exists():
         raise ConversionError(f"{path}: no {CONFIG_FILE}; not a converted checkpoint")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     retrieval.validate_config(config)
-    return _unflatten(checkpoint_lib.load_flat_params(path)), config
+    return config

@@ -1,45 +1,50 @@
-"""Entry point: python -m tempret_jax.main --config configs/X.py[:arg] --workdir DIR [--mode M].
+"""The command line: python -m tempret_jax.main --config configs/X.py[:arg] --workdir DIR [--mode M].
 
-Modes: train | eval | train_and_eval (default). Any config key can be overridden on the
-command line (``--config.optim.lr=1e-4``); a misspelt key is an error naming the nearest one.
+Modes:
+  train_and_eval (default)  train (resuming from DIR), evaluating every eval.every_steps
+  train                     the same without evaluation
+  eval                      score the run's checkpoint (``--step``, default the latest) or a
+                            converted one (``--checkpoint``) with every evaluator of
+                            ``config.evals``; writes DIR/eval/ (`tempret_jax.evaluate`)
+  search                    the run's test clips best matching ``--query`` (`tempret_jax.search`;
+                            ``--config`` may be left out once the run has saved its config)
+
+Any config key can be overridden on the command line (``--config.optim.lr=1e-4``); a misspelt
+key is an error naming the nearest one. The config is validated before any work starts.
 
 A config with a ``synthetic`` block (configs/synthetic.py) first generates SynthKitchens under
 <workdir>/synthkitchens and prepares it through the real preparation path into <workdir>/data
-(both skipped or resumed when already there), then trains on it. EK-100 configs take the
-prepared data set from ``--config.dataset_dir``. A config whose ``job`` is 'random_baseline'
-scores random similarities on the EK-100 test split instead (the floor of every table).
+(both skipped or resumed when already there). EK-100 configs take the prepared data set from
+``--config.dataset_dir``. A config whose ``job`` is 'random_baseline' scores random
+similarities on the EK-100 test split instead (the floor of every table).
 """
 
 import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import checkpoint, metrics, train
+from tempret_jax import atomic, checkpoint, evaluate, metrics, search, train
+from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic
 
+MODES = ("train_and_eval", "train", "eval", "search")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a Python file).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
-_MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
-                          "train: no evaluation; eval: score the latest checkpoint.")
-flags.mark_flags_as_required(["config", "workdir"])
+_MODE = flags.DEFINE_enum("mode", "train_and_eval", MODES, "What to run (see the module doc).")
+_STEP = flags.DEFINE_integer("step", -1, "eval / search: the checkpoint step (-1: the latest).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval: a converted / params-only checkpoint "
+                                  "to score instead of the run's own.")
+_QUERY = flags.DEFINE_string("query", "", "search: the text to search for.")
+_TOP = flags.DEFINE_integer("top", 10, "search: how many clips to print.")
+flags.mark_flags_as_required(["workdir"])
 
 SYNTHETIC_DONE = ".generated"  # written once generation has finished
-
-
-def write_json(path: pathlib.Path, value) -> None:
-    """Writes JSON atomically (temporary file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
 
 
 def random_baseline(config, workdir: pathlib.Path) -> dict:
@@ -51,7 +56,7 @@ def random_baseline(config, workdir: pathlib.Path) -> dict:
     print(f"EK-100 MIR test split ({rel.shape[0]} clips x {rel.shape[1]} sentences), "
           f"random similarities (seed {config.seed}); metrics in {time.perf_counter() - start:.1f} s")
     print(metrics.format_table(result))
-    write_json(workdir / "metrics.json", {"config": config.name, "job": config.job, **result})
+    atomic.write_json(workdir / "metrics.json", {"config": config.name, "job": config.job, **result})
     return result
 
 
@@ -72,26 +77,26 @@ def synthetic_dataset(config, workdir: pathlib.Path) -> str:
     return summary["dataset_dir"]
 
 
-def run(config, workdir: pathlib.Path, mode: str) -> int:
-    """Runs the configured job; returns the process exit code."""
+def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
+        checkpoint_path: str = "") -> int:
+    """Runs the configured job in ``mode`` (train_and_eval | train | eval); returns the exit
+    code. Raises config.ConfigError / checkpoint.CheckpointError on bad input."""
+    workdir = pathlib.Path(workdir)
     if config.get("job") == "random_baseline":
         random_baseline(config, workdir)
         return 0
+    config_lib.validate(config, jax.device_count(), jax.process_count())
     if config.get("synthetic") is not None and not config.dataset_dir:
         with config.unlocked():
             config.dataset_dir = synthetic_dataset(config, workdir)
     if not config.dataset_dir:
-        raise app.UsageError("config.dataset_dir is empty: pass --config.dataset_dir=<prepared "
-                             "data set> (tools/prepare_ek100.py makes one)")
+        raise config_lib.ConfigError("config: dataset_dir: expected a prepared data set "
+                                     "(tools/prepare_ek100.py makes one), got ''")
     if mode == "eval":
-        try:
-            train.evaluate(config, workdir)
-        except checkpoint.CheckpointError as e:
-            print(f"error: --mode eval needs a trained run in --workdir: {e}", file=sys.stderr)
-            return 2
+        evaluate.run(config, workdir, step=step, checkpoint=checkpoint_path)
         return 0
-    # The resolved config beside the run: search and evaluation reopen the run from it.
-    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    # The resolved config beside the run: eval and search reopen the run from it.
+    atomic.write_json(workdir / config_lib.CONFIG_FILE, json.loads(config.to_json_best_effort()))
     if mode == "train":
         config.eval.every_steps = -1
     try:
@@ -104,12 +109,37 @@ def run(config, workdir: pathlib.Path, mode: str) -> int:
     return 0
 
 
+def print_search(workdir: pathlib.Path, query: str, top: int, config=None,
+                 step: int | None = None) -> None:
+    """Prints the ``top`` clips of the run in ``workdir`` for ``query``."""
+    searcher = search.Searcher.open(workdir, config, step=step)
+    hits = searcher.search(query, top)
+    meta = searcher.index.meta
+    print(f"{meta['config']} step {meta['step']}, {meta['split']} split "
+          f"({len(searcher.index.clip_rows)} clips, index {'built' if searcher.rebuilt else 'cached'})")
+    print(f"{'rank':>4}  {'score':>7}  {'narration_id':<16} narration")
+    for h in hits:
+        print(f"{h.rank:>4}  {h.score:7.4f}  {h.narration_id:<16} {h.narration}")
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every file it writes at INFO
         logging.set_verbosity(logging.WARNING)
-    sys.exit(run(_CONFIG.value, pathlib.Path(_WORKDIR.value), _MODE.value))
+    workdir, step = pathlib.Path(_WORKDIR.value), _STEP.value if _STEP.value >= 0 else None
+    try:
+        if _MODE.value == "search":
+            print_search(workdir, _QUERY.value, _TOP.value, _CONFIG.value, step)
+            return
+        if _CONFIG.value is None:
+            raise app.UsageError(f"--config is required for --mode {_MODE.value}")
+        code = run(_CONFIG.value, workdir, _MODE.value, step=step,
+                   checkpoint_path=_CHECKPOINT.value)
+    except (config_lib.ConfigError, checkpoint.CheckpointError, search.SearchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ GPU on 8 GPUs (global batch 128).
 
 import ml_collections
 
-from tempret_jax import train
+from tempret_jax import config as config_lib
+from tempret_jax import state
 from tempret_jax.models import retrieval
 
 TRAIN_CLIPS = 67_217  # EPIC_100_retrieval_train.csv
@@ -36,7 +37,7 @@ def ek100_finetune(preset: str, name: str) -> ml_collections.ConfigDict:
     The prepared data set and the converted CLIP / AVION checkpoint come from the command line:
     --config.dataset_dir=<tools/prepare_ek100.py output> --config.init_from.path=<tools/convert_checkpoint.py output>.
     """
-    c = train.default_config()
+    c = config_lib.default_config()
     c.name = name
     c.dataset_dir = ""
     c.model = retrieval.model_config(preset)
@@ -56,6 +57,11 @@ def ek100_finetune(preset: str, name: str) -> ml_collections.ConfigDict:
     c.init_from.path = ""  # a converted CLIP (OpenAI / HF) or AVION / LaViLa checkpoint
     c.log_every = 50
     return c
+
+
+def ek100_sms(preset: str, name: str) -> ml_collections.ConfigDict:
+    """The SMS-loss ablation: AVION's model and recipe (`ek100_finetune`) with `use_sms`."""
+    return use_sms(ek100_finetune(preset, name))
 
 
 def tempret(preset: str, name: str, arg) -> ml_collections.ConfigDict:
@@ -79,5 +85,5 @@ def tempret(preset: str, name: str, arg) -> ml_collections.ConfigDict:
         c.itm.update(freeze_dual_encoder=True, dual_loss_weight=0.0, temperature=0.07)
         c.total_steps = 10 * STEPS_PER_EPOCH
         c.optim.update(lr=1e-4, start_lr=1e-6, end_lr=1e-6, freeze="")  # fresh head: larger lr
-        c.init_from.include = r"^(?!cross_encoder/)"  # everything but the new cross-encoder
+        c.init_from.include = state.DUAL_ENCODER  # everything but the new cross-encoder
     return c

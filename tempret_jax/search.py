@@ -7,11 +7,12 @@
 index saved under ``<workdir>/search/`` (index.npz: unit embeddings and the unnormalised
 features the query's refinement attends over; index.json: config name, checkpoint step, split)
 and reused while the run's checkpoint step is the same; a newer checkpoint rebuilds it. Clips
-are embedded as the evaluation does (`evaluate.embed_split`: the config's test-time views, and
+are embedded as the evaluation does (`embedding.embed_split`: the config's test-time views, and
 refinement over the split's sentences when the model has it). No relevance is involved.
 
-The config is the one given, else the one saved by `evaluate.run` (<workdir>/eval/config.json)
-or by an earlier index build (<workdir>/search/config.json).
+The config is the one given, else the one the run saved: by training (<workdir>/config.json),
+an evaluation (<workdir>/eval/config.json) or an earlier index build
+(<workdir>/search/config.json).
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from tempret_jax import evaluate
+from tempret_jax import atomic, embedding, evaluate, state
+from tempret_jax import config as config_lib
 from tempret_jax import sharding as sharding_lib
 from tempret_jax.data import prepare
 
 INDEX_DIR = "search"
 INDEX_ARRAYS = "index.npz"
 INDEX_META = "index.json"
+
+
+class SearchError(ValueError):
+    """The run cannot be searched: no saved config, or an empty query."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +63,11 @@ class Index:
     meta: dict
 
     def save(self, folder: pathlib.Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{INDEX_ARRAYS}.tmp.npz"
-        np.savez(tmp, video=self.video, video_features=self.video_features,
-                 clip_rows=self.clip_rows, narration_ids=self.narration_ids.astype(str),
-                 narrations=self.narrations.astype(str))
-        tmp.replace(folder / INDEX_ARRAYS)
-        (folder / INDEX_META).write_text(json.dumps(self.meta, indent=2))  # last: marks complete
+        with atomic.writer(folder / INDEX_ARRAYS, "wb") as f:
+            np.savez(f, video=self.video, video_features=self.video_features,
+                     clip_rows=self.clip_rows, narration_ids=self.narration_ids.astype(str),
+                     narrations=self.narrations.astype(str))
+        atomic.write_json(folder / INDEX_META, self.meta)  # last: marks the index complete
 
     @classmethod
     def load(cls, folder: pathlib.Path) -> Index | None:
@@ -81,14 +85,14 @@ def load_config(workdir, config: ml_collections.ConfigDict | None = None
     if config is not None:
         return config
     workdir = pathlib.Path(workdir)
-    for path in (workdir / evaluate.CONFIG_FILE,
-                 workdir / evaluate.EVAL_DIR / evaluate.CONFIG_FILE,
-                 workdir / INDEX_DIR / evaluate.CONFIG_FILE):
+    for path in (workdir / config_lib.CONFIG_FILE,
+                 workdir / evaluate.EVAL_DIR / config_lib.CONFIG_FILE,
+                 workdir / INDEX_DIR / config_lib.CONFIG_FILE):
         if path.is_file():
             return ml_collections.ConfigDict(json.loads(path.read_text()))
-    raise evaluate.EvaluationError(
-        f"{workdir} has no saved config (eval/config.json or search/config.json): pass the "
-        f"run's config (--config configs/X.py) once")
+    raise SearchError(
+        f"{workdir} has no saved config (config.json, eval/config.json or search/config.json): "
+        f"pass the run's config (--config configs/X.py) once")
 
 
 class Searcher:
@@ -105,7 +109,9 @@ class Searcher:
         the config's eval split), building the index if it is missing or stale."""
         workdir = pathlib.Path(workdir)
         config = load_config(workdir, config)
-        model, mesh, params, number = evaluate.load_model(config, workdir, step=step)
+        setup = state.TrainSetup(config)
+        model, mesh = setup.model, setup.mesh
+        params, number = setup.load_eval_params(workdir, step, expect_config=config.name)
         split = split or config.eval.split
         folder = workdir / INDEX_DIR
         meta = {"config": config.name, "step": number, "split": split}
@@ -114,21 +120,22 @@ class Searcher:
         if rebuilt:
             index = build_index(model, params, mesh, config, split, meta)
             index.save(folder)
-            (folder / evaluate.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+            atomic.write_text(folder / config_lib.CONFIG_FILE, config.to_json_best_effort(indent=2))
         return cls(config, model, mesh, params, index, rebuilt)
 
     def embed_query(self, query: str) -> np.ndarray:
         """A query's unit embedding (E,); refinement attends over the indexed clips."""
         batch = sharding_lib.batch_devices(self.mesh)
-        texts = evaluate.text_features(self.model, self.params,
-                                       evaluate.sentence_batches([query], batch, 0, 1), self.mesh)
-        return evaluate.embed(self.model, self.params, texts["features"],
-                              self.index.video_features, "text")[0]
+        texts = embedding.text_features(self.model, self.params,
+                                        embedding.sentence_batches([query], batch, 0, 1),
+                                        self.mesh)
+        return embedding.embed(self.model, self.params, texts["features"],
+                               self.index.video_features, "text")[0]
 
     def search(self, query: str, top: int = 10) -> list[Hit]:
         """The ``top`` clips for ``query``, best first (ties: the earlier clip first)."""
         if not query.strip():
-            raise ValueError("search: the query is empty")
+            raise SearchError("search: the query is empty")
         scores = self.index.video @ self.embed_query(query)
         order = np.argsort(-scores, kind="stable")[:top]
         return [Hit(rank=r + 1, score=float(scores[i]),
@@ -139,8 +146,8 @@ class Searcher:
 
 def build_index(model, params, mesh, config, split: str, meta: dict) -> Index:
     """Embeds the prepared ``split``'s clips as the evaluation does (see the module docstring)."""
-    embedded = evaluate.embed_split(model, params, mesh, config.dataset_dir, split=split,
-                                    **evaluate.embed_kwargs(config))
+    embedded = embedding.embed_split(model, params, mesh, config.dataset_dir, split=split,
+                                     **embedding.split_settings(config))
     clips, _ = prepare.load_annotations(config.dataset_dir, split)
     return Index(video=embedded.video, video_features=embedded.video_features,
                  clip_rows=embedded.clip_rows,

@@ -6,7 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from tempret_jax import train
+from tempret_jax import config as config_lib
+from tempret_jax import state, step
 from tempret_jax.data import synthetic
 from tempret_jax.models import retrieval
 
@@ -31,8 +32,7 @@ def test_every_method_has_its_config():
                          + [("ek100_tempret_vitb16.py", "stage2")])
 def test_ek100_configs_validate_and_follow_their_paper(name, arg):
     c = load(name, arg)
-    train.validate_config(c, num_devices=8, process_count=1)
-    retrieval.validate_config(c.model)
+    config_lib.validate(c, num_devices=8, process_count=1)
     assert c.dataset_dir == "" and c.data.num_frames == c.model.vision.num_frames == 16
     assert c.data.resolution == 224 and tuple(c.data.crop_scale) == (0.5, 1.0)
     assert (c.optim.lr, c.optim.weight_decay) == (3e-5, 0.01) or c.stage == 2
@@ -84,11 +84,12 @@ def test_the_reversed_variant_names_synthkitchens_mirrored_verbs():
 def test_demo_variants_learn_a_fixed_batch(variant):
     c = load("synthetic.py", f"{variant},test")
     c.optim.update(lr=2e-3, start_lr=2e-3, warmup_steps=0)
-    trainer = train.Trainer(c, train._mesh(c))
-    state = trainer.init_state()
+    setup = state.TrainSetup(c)
+    train_step = step.TrainStep(setup)
+    train_state = setup.init_state()
     batch = _random_batch(c, np.random.default_rng(0))
     losses = []
     for _ in range(8):
-        state, out = trainer.train_step(state, batch)
+        train_state, out = train_step(train_state, batch)
         losses.append(float(out["loss"]))
     assert losses[-1] < 0.7 * losses[0], losses

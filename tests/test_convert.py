@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tempret_jax import checkpoint as checkpoint_lib
-from tempret_jax import convert
+from tempret_jax import convert, state
 from tempret_jax.models import hf_import
 from tempret_jax.models.retrieval import RetrievalModel
 from test_models_towers import (TINY_TEXT, TINY_VISION, hf_clip, hf_features, openai_state_dict,
@@ -112,17 +111,17 @@ def test_scan_layout_stacks_the_layers(clip):
 
 
 def test_saved_checkpoint_round_trips_and_runs(clip, tmp_path):
-    """save_converted -> load_converted gives the params and config back; the trainer's
-    init_from reader accepts the same folder; the model built from the config computes HF's
-    text features."""
+    """save_converted, then state.load_params and read_model_config give the params and config
+    back (the loader every run uses reads the same folder); the model built from the config
+    computes HF's text features."""
     model, sd, expected = clip
     params, config = convert.convert_state_dict(sd, **HEADS, num_frames=FRAMES)
     convert.save_converted(tmp_path / "out", params, config)
-    loaded, loaded_config = convert.load_converted(tmp_path / "out")
+    loaded, step = state.load_params(None, tmp_path / "out")
+    loaded_config = convert.read_model_config(tmp_path / "out")
     assert_trees_equal(loaded, expected)
+    assert step == -1
     assert loaded_config.to_dict() == config.to_dict()
-    assert set(checkpoint_lib.load_flat_params(tmp_path / "out")) == set(
-        checkpoint_lib.flatten(expected))
 
     ids = token_ids([5, 9])
     encode = functools.partial(RetrievalModel.from_config(loaded_config).apply,
@@ -197,8 +196,8 @@ def test_cli_writes_the_checkpoint_and_reports_errors(clip, tmp_path, capsys):
     model.save_pretrained(tmp_path / "hf")
     assert cli.main([str(tmp_path / "hf"), str(tmp_path / "out"), "--num_frames", "2",
                      "--scan_layers"]) == 0
-    params, config = convert.load_converted(tmp_path / "out")
-    assert config.scan_layers
+    params, _ = state.load_params(None, tmp_path / "out")
+    assert convert.read_model_config(tmp_path / "out").scan_layers
     assert_trees_equal(params, hf_import.params_from_hf_clip(sd, **HEADS, num_frames=FRAMES,
                                                              scan_layers=True))
     torch.save(without(sd, "logit_scale"), tmp_path / "bad.bin")

@@ -1,7 +1,7 @@
 """The evaluation of a trained run: TTA views and their reduction follow the config, dual-softmax
-is the DESIGN formula, reranking with alpha = 0 is the dual encoder's ranking and otherwise
-reorders the top-K by s + alpha * P(match), the entry point writes every output, and a missing
-checkpoint or a run of another config is a clear error."""
+is the formula of docs/design.md, reranking with alpha = 0 is the dual encoder's ranking and
+otherwise reorders the top-K by s + alpha * P(match), the eval mode writes every output, and a
+missing checkpoint or a run of another config is a clear error."""
 
 import html.parser
 import json
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tempret_jax import checkpoint, evaluate, metrics
+from tempret_jax import checkpoint, config as config_lib, embedding, evaluate, metrics, rerank
+from tempret_jax import state
 from tempret_jax.data import pipeline, prepare
 from trained_run import load_config, trained_run
 
@@ -29,16 +30,17 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     config, workdir = trained_run(tmp_path_factory)
-    model, mesh, params, step = evaluate.load_model(config, workdir)
+    setup = state.TrainSetup(config)
+    params, step = setup.load_eval_params(workdir, expect_config=config.name)
     assert step == 4
-    return model, params, mesh
+    return setup.model, params, setup.mesh
 
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, loaded):
     config, _ = trained_run(tmp_path_factory)
-    return evaluate.embed_split(*loaded, config.dataset_dir, tokens=True,
-                                **evaluate.embed_kwargs(config))
+    return embedding.embed_split(*loaded, config.dataset_dir, tokens=True,
+                                 **embedding.split_settings(config))
 
 
 def _video_batches(config, views):
@@ -52,36 +54,37 @@ def _video_batches(config, views):
 
 def test_view_specs_parse_and_tta_switches_them_on(run):
     config, _ = run
-    assert evaluate.parse_view("scale=0.875+flip") == pipeline.View(scale=0.875, flip=True)
-    assert evaluate.eval_views(config.eval) == (pipeline.View(),)
+    assert pipeline.parse_view("scale=0.875+flip") == pipeline.View(scale=0.875, flip=True)
+    assert embedding.eval_views(config.eval) == (pipeline.View(),)
     config.eval.tta = True
-    assert evaluate.eval_views(config.eval) == pipeline.TTA_VIEWS
+    assert embedding.eval_views(config.eval) == pipeline.TTA_VIEWS
     config.eval.tta_views = ("flip",)
-    assert evaluate.eval_views(config.eval) == (pipeline.View(flip=True),)
+    assert embedding.eval_views(config.eval) == (pipeline.View(flip=True),)
     for bad in ("mirror", "scale=0", "scale=big"):
-        with pytest.raises(evaluate.EvaluationError, match="eval.tta_views"):
-            evaluate.parse_view(bad)
+        config.eval.tta_views = ("orig", bad)
+        with pytest.raises(config_lib.ConfigError, match=f"eval.tta_views: '{bad}'"):
+            config_lib.validate(config, num_devices=8)
 
 
 def test_each_view_changes_the_features_and_the_reduction_follows_the_config(run, loaded):
     config, _ = run
     model, params, mesh = loaded
-    per_view = evaluate.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
+    per_view = embedding.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
                                        mesh, reduce="none")["features"]
     n, v, _ = per_view.shape
     assert v == 4
     for a in range(v):
         for b in range(a + 1, v):
             assert not np.allclose(per_view[:, a], per_view[:, b], atol=1e-4), (a, b)
-    plain = evaluate.video_features(model, params, _video_batches(config, (pipeline.View(),)),
+    plain = embedding.video_features(model, params, _video_batches(config, (pipeline.View(),)),
                                     mesh)["features"]
     np.testing.assert_allclose(per_view[:, 0], plain, rtol=1e-5, atol=1e-6)
     for reduce, expected in (("mean", per_view.mean(1)), ("sum", per_view.sum(1))):
-        got = evaluate.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
+        got = embedding.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
                                       mesh, reduce=reduce)["features"]
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(evaluate.EvaluationError, match="eval.tta_reduce"):
-        evaluate.video_features(model, params, [], mesh, reduce="max")
+    with pytest.raises(ValueError, match="eval.tta_reduce"):
+        embedding.video_features(model, params, [], mesh, reduce="max")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,12 +131,12 @@ def test_itm_scores_are_the_cross_encoder_on_each_query_candidate_pair(run, load
     model, params, mesh = loaded
     sim = embedded.similarity()
     k = 3
-    full = evaluate.text_features(model, params, evaluate.sentence_batches(
+    full = embedding.text_features(model, params, embedding.sentence_batches(
         list(prepare.load_annotations(config.dataset_dir, "test")[1].narration), 8, 0, 1), mesh,
         tokens=True)  # untrimmed 77 tokens: trimming the padding must not change a score
-    for direction in evaluate.DIRECTIONS:
-        cands = evaluate.top_k(sim, k, direction)
-        got = evaluate.itm_scores(model, params, mesh, embedded, cands, direction, batch_size=1)
+    for direction in rerank.DIRECTIONS:
+        cands = rerank.top_k(sim, k, direction)
+        got = rerank.itm_scores(model, params, mesh, embedded, cands, direction, batch_size=1)
         for q in range(len(cands)):
             for j, c in enumerate(cands[q]):
                 t, v = (q, c) if direction == "t2v" else (c, q)
@@ -150,10 +153,10 @@ def _ranking(matrix, direction):
 def test_rerank_with_alpha_zero_is_the_dual_encoder_ranking(run, loaded, embedded):
     sim = embedded.similarity()
     sim[0, 1] = sim[0, 2]  # a tie: the smaller index must stay first
-    reranker = evaluate.Reranker.score(*loaded, embedded, sim, k=3, batch_size=2)
+    reranker = rerank.Reranker.score(*loaded, embedded, sim, k=3, batch_size=2)
     for k in (1, 2, 3):
         matrices = reranker.matrices(alpha=0.0, k=k)
-        for d in evaluate.DIRECTIONS:
+        for d in rerank.DIRECTIONS:
             np.testing.assert_array_equal(_ranking(matrices[d], d), _ranking(sim, d))
         assert reranker.metrics(0.0, k) == metrics.mir_metrics(sim, embedded.rel)
 
@@ -161,8 +164,8 @@ def test_rerank_with_alpha_zero_is_the_dual_encoder_ranking(run, loaded, embedde
 def test_rerank_orders_the_top_k_by_dual_plus_alpha_itm_and_keeps_the_rest(loaded, embedded):
     sim = embedded.similarity()
     k, alpha = 2, 5.0
-    reranker = evaluate.Reranker.score(*loaded, embedded, sim, k=k)
-    for d in evaluate.DIRECTIONS:
+    reranker = rerank.Reranker.score(*loaded, embedded, sim, k=k)
+    for d in rerank.DIRECTIONS:
         dual = _ranking(sim, d)
         got = _ranking(reranker.matrices(alpha, k)[d], d)
         scores = (sim.T if d == "t2v" else sim)
@@ -174,7 +177,7 @@ def test_rerank_orders_the_top_k_by_dual_plus_alpha_itm_and_keeps_the_rest(loade
 
 
 def test_alpha_sweep_picks_the_best_alpha(loaded, embedded):
-    reranker = evaluate.Reranker.score(*loaded, embedded, embedded.similarity(), k=4)
+    reranker = rerank.Reranker.score(*loaded, embedded, embedded.similarity(), k=4)
     best, results = reranker.sweep([0.0, 1.0, 10.0])
     assert set(results) == {0.0, 1.0, 10.0}
     assert results[best] == max(results.values())
@@ -218,7 +221,7 @@ def test_run_writes_metrics_similarity_submission_plots_and_gallery(run, tmp_pat
     sim = np.load(out / "similarity.npy")
     assert sim.shape == (record["clips"], len(sentences))
     assert len(sim) == len(clips)  # SynthKitchens: no clip skipped at preparation
-    rel = evaluate.split_relevance(config.dataset_dir, "test", np.arange(len(clips)))
+    rel = embedding.split_relevance(config.dataset_dir, "test", np.arange(len(clips)))
     assert metrics.mir_metrics(sim, rel)["mAP"] == pytest.approx(record["mAP"])
     submission = metrics.read_submission(out / "submission.pkl", clips.narration_id,
                                          sentences.narration_id)
@@ -237,11 +240,12 @@ def test_run_writes_metrics_similarity_submission_plots_and_gallery(run, tmp_pat
     assert json.loads((out / "config.json").read_text())["name"] == config.name
 
 
-def test_the_entry_point_prints_the_table_and_writes_eval(run, tmp_path):
+def test_the_eval_mode_prints_the_table_and_writes_eval(run, tmp_path):
     config, workdir = run
     result = subprocess.run(
-        [sys.executable, "-m", "tempret_jax.evaluate", "--config", "configs/synthetic.py:test",
-         "--workdir", str(workdir), "--step", "2"], cwd=REPO, capture_output=True, text=True)
+        [sys.executable, "-m", "tempret_jax.main", "--mode", "eval", "--config",
+         "configs/synthetic.py:test", "--workdir", str(workdir), "--step", "2",
+         f"--config.dataset_dir={config.dataset_dir}"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "step 2" in result.stdout and "mAP" in result.stdout and "nDCG" in result.stdout
     assert json.loads((workdir / "eval" / "metrics.json").read_text())["step"] == 2
@@ -249,38 +253,44 @@ def test_the_entry_point_prints_the_table_and_writes_eval(run, tmp_path):
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tempret_jax.evaluate", "--config", "configs/synthetic.py:test",
-         "--workdir", str(tmp_path), "--config.dataset_dir", str(tmp_path)], cwd=REPO,
-        capture_output=True, text=True)
-    assert result.returncode != 0
-    assert f"error: no checkpoint in {tmp_path / 'checkpoints'}" in result.stderr
+        [sys.executable, "-m", "tempret_jax.main", "--mode", "eval", "--config",
+         "configs/synthetic.py:test", "--workdir", str(tmp_path), "--config.dataset_dir",
+         str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (f"error: no checkpoint in {tmp_path / 'checkpoints'}: "
+                                              f"train the run first")
 
 
 def test_a_run_of_another_config_or_step_is_a_clear_error(run):
     config, workdir = run
     other = load_config("mean,test")
-    with pytest.raises(evaluate.EvaluationError,
+    with pytest.raises(checkpoint.CheckpointError,
                        match=f"holds a run of config '{config.name}', but the config "
                              f"given is '{other.name}'"):
-        evaluate.find_step_dir(other, workdir)
-    with pytest.raises(evaluate.EvaluationError, match="has no checkpoint step 3; it has \\[2, 4\\]"):
-        evaluate.find_step_dir(config, workdir, step=3)
+        evaluate.run(other, workdir)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="has no checkpoint step 3; it has \\[2, 4\\]"):
+        evaluate.run(config, workdir, step=3)
 
 
 def test_a_converted_checkpoint_is_evaluated_with_its_parameters(run, loaded, tmp_path):
     config, _ = run
     _, params, _ = loaded
     checkpoint.save_params(tmp_path / "converted", params)
-    _, _, again, step = evaluate.load_model(config, checkpoint=str(tmp_path / "converted"))
+    again, step = state.TrainSetup(config).load_eval_params(tmp_path / "converted")
     assert step == -1
     for key, value in checkpoint.flatten(params).items():
         np.testing.assert_array_equal(np.asarray(checkpoint.flatten(again)[key]),
                                       np.asarray(value))
+    record = evaluate.run(config, tmp_path, checkpoint=str(tmp_path / "converted"))
+    assert record["step"] == -1 and record["checkpoint"] == str(tmp_path / "converted")
+    assert record["mAP"] == json.loads((tmp_path / "eval" / "metrics.json").read_text())["mAP"]
 
 
 def test_rerank_without_a_cross_encoder_names_the_key(run):
     config, workdir = run
     config.model.cross_encoder.enabled = False
     config.eval.rerank.k = 5
-    with pytest.raises(evaluate.EvaluationError, match="model.cross_encoder.enabled"):
+    with pytest.raises(config_lib.ConfigError, match="eval.rerank.k: expected 0 without a "
+                                                     "cross-encoder"):
         evaluate.run(config, workdir)

@@ -34,13 +34,30 @@ def test_synthetic_job_generates_prepares_trains_and_evaluates(tmp_path):
     result = json.loads((tmp_path / "metrics.json").read_text())
     assert result["step"] == 4 and set(result["mAP"]) == {"v2t", "t2v", "avg"}
     assert json.loads((tmp_path / "config.json").read_text())["name"] == "synthetic_tempret_info_nce_test"
-    # eval mode scores the saved checkpoint again: same numbers.
+    # eval mode scores the saved checkpoint again: same numbers, in eval/.
     run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path), "--mode", "eval")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((tmp_path / "metrics.json").read_text())["mAP"] == result["mAP"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mAP"] == result["mAP"]
+    # search mode reopens the run from its saved config.
+    run = _main("--mode", "search", "--workdir", str(tmp_path), "--query", "open the red box",
+                "--top", "3")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    assert "step 4" in lines[-5] and "index built" in lines[-5]
+    assert [line.split()[0] for line in lines[-3:]] == ["1", "2", "3"]
 
 
 def test_eval_mode_without_a_checkpoint_is_a_clear_error(tmp_path):
     run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path), "--mode", "eval")
     assert run.returncode == 2
-    assert run.stderr.splitlines()[-1].startswith("error: --mode eval needs a trained run")
+    assert run.stderr.splitlines()[-1] == (f"error: no checkpoint in {tmp_path / 'checkpoints'}: "
+                                           f"train the run first")
+
+
+def test_a_bad_config_value_is_one_line_naming_the_key(tmp_path):
+    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path),
+                "--config.eval.tta_reduce=max")
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == ("error: config: eval.tta_reduce: expected one of "
+                                           "('mean', 'sum'), got 'max'")
+    assert not (tmp_path / "synthkitchens").exists()  # validated before any work

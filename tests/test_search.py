@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from tempret_jax import evaluate, search
+from tempret_jax import embedding, search
 from tempret_jax.data import prepare
 from trained_run import trained_run
 
@@ -48,8 +48,8 @@ def test_search_returns_every_clip_ranked_with_its_narration(run):
 def test_query_scores_are_the_evaluation_similarity(run):
     config, workdir = run
     searcher = search.Searcher.open(workdir, config)
-    embedded = evaluate.embed_split(searcher.model, searcher.params, searcher.mesh,
-                                    config.dataset_dir, **evaluate.embed_kwargs(config))
+    embedded = embedding.embed_split(searcher.model, searcher.params, searcher.mesh,
+                                     config.dataset_dir, **embedding.split_settings(config))
     _, sentences = prepare.load_annotations(config.dataset_dir, "test")
     sim = embedded.similarity()
     for j in range(len(sentences)):
@@ -78,16 +78,16 @@ def test_an_empty_query_and_a_workdir_without_config_are_errors(run, tmp_path):
     config, workdir = run
     with pytest.raises(ValueError, match="query is empty"):
         search.Searcher.open(workdir, config).search("  ")
-    with pytest.raises(evaluate.EvaluationError, match="no saved config"):
+    with pytest.raises(search.SearchError, match="no saved config"):
         search.Searcher.open(tmp_path)
 
 
-def test_the_tool_prints_the_top_clips(run):
+def test_the_search_mode_prints_the_top_clips(run):
     config, workdir = run
     search.Searcher.open(workdir, config)  # the index and the config are saved
-    out = subprocess.run([sys.executable, "tools/search.py", "--workdir", str(workdir),
-                          "--top", "2", "lift the green bar"], cwd=REPO, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "-m", "tempret_jax.main", "--mode", "search",
+                          "--workdir", str(workdir), "--top", "2", "--query",
+                          "lift the green bar"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert "index cached" in lines[0] and lines[1].split()[:3] == ["rank", "score",

@@ -3,18 +3,19 @@ runs resume bitwise after kill -9, SIGTERM checkpoints and exits 0, NaN stops cl
 init_from names what does not fit, and 2 processes compute what 1 does."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from tempret_jax import checkpoint, sharding, train
+from tempret_jax import checkpoint, evaluate, sharding, train
+from tempret_jax import config as config_lib
+from tempret_jax import state as state_lib
+from tempret_jax import step as step_lib
 from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
 
 TINY = synthetic.SynthConfig(num_train_videos=2, num_test_videos=1, num_participants=2,
@@ -36,7 +37,7 @@ def dataset(tmp_path_factory) -> str:
 
 def tiny_config(dataset, **overrides):
     """The training config of these tests: the tiny model, 8 clips a step, constant lr."""
-    c = train.default_config()
+    c = config_lib.default_config()
     c.name = "test"
     c.dataset_dir = dataset
     c.total_steps = 4
@@ -59,13 +60,17 @@ def _one_device_mesh():
     return sharding.make_mesh(devices=jax.devices()[:1])
 
 
+def _trainer(config, mesh=None) -> step_lib.TrainStep:
+    return step_lib.TrainStep(state_lib.TrainSetup(config, mesh))
+
+
 def _run_steps(trainer, batch, n):
-    state = trainer.init_state()
+    train_state = trainer.setup.init_state()
     losses = []
     for _ in range(n):
-        state, out = trainer.train_step(state, batch)
+        train_state, out = trainer(train_state, batch)
         losses.append({k: float(v) for k, v in out.items()})
-    return state, losses
+    return train_state, losses
 
 
 def _host(tree):
@@ -78,7 +83,7 @@ def _host(tree):
 
 @pytest.mark.parametrize("loss", ["sms", "mi_mm", "adaptive_mi_mm", "info_nce"])
 def test_stage1_overfits_a_fixed_batch(dataset, fixed_batch, loss):
-    trainer = train.Trainer(tiny_config(dataset, loss={"name": loss}), _one_device_mesh())
+    trainer = _trainer(tiny_config(dataset, loss={"name": loss}), _one_device_mesh())
     _, history = _run_steps(trainer, fixed_batch, 8)
     first, last = history[0]["loss"], history[-1]["loss"]
     assert np.isfinite(first) and last < 0.7 * first, [h["loss"] for h in history]
@@ -87,8 +92,8 @@ def test_stage1_overfits_a_fixed_batch(dataset, fixed_batch, loss):
 def test_stage2_trains_the_cross_encoder_with_the_dual_encoder_frozen(dataset, fixed_batch):
     config = tiny_config(dataset, stage=2)
     config.model.cross_encoder.enabled = True
-    trainer = train.Trainer(config, _one_device_mesh())
-    start = _host(trainer.init_state().params)
+    trainer = _trainer(config, _one_device_mesh())
+    start = _host(trainer.setup.init_state().params)
     state, history = _run_steps(trainer, fixed_batch, 16)
     itm = [h["itm_loss"] for h in history]  # noisy: new hard negatives every step
     assert np.mean(itm[-3:]) < 0.8 * itm[0], itm
@@ -108,12 +113,12 @@ def test_fsdp_sharding_and_microbatches_give_the_single_device_step(dataset):
     # 16 pairs: 2 microbatches of 8, one pair per device and microbatch on 8 devices.
     batch = next(iter(pipeline.train_pipeline(dataset, 16, num_frames=4, resolution=32,
                                               process_index=0, process_count=1)))
-    reference = train.Trainer(tiny_config(dataset, global_batch_size=16), _one_device_mesh())
+    reference = _trainer(tiny_config(dataset, global_batch_size=16), _one_device_mesh())
     config = tiny_config(dataset, global_batch_size=16, microbatches=2)
     config.mesh.update(data=4, fsdp=2, fsdp_min_size=1024)
-    sharded = train.Trainer(config, sharding.make_mesh(4, 2))
+    sharded = _trainer(config, sharding.make_mesh(4, 2))
 
-    ref_state, state = reference.init_state(), sharded.init_state()
+    ref_state, state = reference.setup.init_state(), sharded.setup.init_state()
     kernel = state.params["visual"]["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"]
     assert "fsdp" in kernel.sharding.spec  # really sharded, (32, 128): on the 128
     jax.tree.map(np.testing.assert_array_equal, _host(ref_state.params), _host(state.params))
@@ -137,21 +142,21 @@ def test_reversed_negatives_change_the_loss_and_shard_like_one_device(dataset):
     batch = next(iter(pipeline.train_pipeline(dataset, 16, num_frames=4, resolution=32,
                                               process_index=0, process_count=1)))
     assert np.isin(batch["clip_verb"], np.ravel(MIRRORED)).any()
-    plain = train.Trainer(tiny_config(dataset, global_batch_size=16), _one_device_mesh())
+    plain = _trainer(tiny_config(dataset, global_batch_size=16), _one_device_mesh())
     config = tiny_config(dataset, global_batch_size=16)
     config.loss.reversed_negatives = MIRRORED
-    reference = train.Trainer(config, _one_device_mesh())
-    np.testing.assert_array_equal(reference._reversed_verb(np.int32([0, 1, 5, 6, 8])),
+    reference = _trainer(config, _one_device_mesh())
+    np.testing.assert_array_equal(step_lib.reversed_verbs(np.int32([0, 1, 5, 6, 8]), MIRRORED),
                                   [1, 0, 4, 7, -1])
-    state = reference.init_state()
+    state = reference.setup.init_state()
     plain_loss = plain.gradients(state, batch)[0]
     ref_loss, _, ref_grads = reference.gradients(state, batch)
     assert float(ref_loss) > float(plain_loss)  # hinge terms: the reversed clips add to it
 
     config.microbatches = 2
     config.mesh.update(data=4, fsdp=2, fsdp_min_size=1024)
-    sharded = train.Trainer(config, sharding.make_mesh(4, 2))
-    loss, _, grads = sharded.gradients(sharded.init_state(), batch)
+    sharded = _trainer(config, sharding.make_mesh(4, 2))
+    loss, _, grads = sharded.gradients(sharded.setup.init_state(), batch)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     ref_grads, grads = _host(ref_grads), _host(grads)
     scale = max(np.abs(g).max() for g in jax.tree.leaves(ref_grads))
@@ -166,20 +171,20 @@ def test_bad_reversed_negatives_are_named(dataset, pairs, weight, key):
     config = tiny_config(dataset)
     config.loss.update(reversed_negatives=pairs, reversed_weight=weight)
     with pytest.raises(ValueError, match=f"loss.{key}: expected"):
-        train.Trainer(config, _one_device_mesh())
+        _trainer(config, _one_device_mesh())
 
 
 def test_pipeline_crops_and_ready_clips_give_the_same_step(dataset, fixed_batch):
     """A batch carries the pipeline's crops (resampled in the step) or ready clips ("video")."""
-    trainer = train.Trainer(tiny_config(dataset), _one_device_mesh())
-    state = trainer.init_state()
+    trainer = _trainer(tiny_config(dataset), _one_device_mesh())
+    state = trainer.setup.init_state()
     video = crops.resized_crops(*(fixed_batch[k] for k in pipeline.CROP_KEYS), 32)
     ready = {**{k: v for k, v in fixed_batch.items() if k not in pipeline.CROP_KEYS},
              "video": np.asarray(video)}
     np.testing.assert_allclose(trainer.gradients(state, ready)[0],
                                trainer.gradients(state, fixed_batch)[0], rtol=1e-6)
     with pytest.raises(ValueError, match=r"missing keys \['crop_box'\]"):
-        trainer.train_step(state, {k: v for k, v in fixed_batch.items() if k != "crop_box"})
+        trainer(state, {k: v for k, v in fixed_batch.items() if k != "crop_box"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,12 +264,17 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(dataset, tmp_path):
     assert meta["preempted"] and meta["step"] == step
 
 
+def _saved_params(source) -> dict:
+    """{'a/b/c': numpy array} of the parameters saved at ``source``."""
+    return checkpoint.flatten(state_lib.load_params(None, source)[0])
+
+
 def test_non_finite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(
         dataset, straight_run, tmp_path):
     import shutil
     workdir = tmp_path / "run"
     shutil.copytree(straight_run[0], workdir)
-    before = checkpoint.load_flat_params(workdir)
+    before = _saved_params(workdir)
     config = tiny_config(dataset, total_steps=8)
     config.optim.update(lr=float("inf"), start_lr=float("inf"), end_lr=float("inf"))
     with pytest.raises(train.NonFiniteLossError) as error:
@@ -276,19 +286,17 @@ def test_non_finite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(
     assert str(error.value.step) in str(error.value)
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 4
-    after = checkpoint.load_flat_params(workdir)
+    after = _saved_params(workdir)
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
 
 
 def test_evaluate_scores_the_latest_checkpoint(dataset, straight_run):
     workdir, _ = straight_run
-    record = train.evaluate(tiny_config(dataset), workdir)
+    record = evaluate.run(tiny_config(dataset), workdir)
     assert record["step"] == 4 and record["config"] == "test"
     assert 0 < record["mAP"]["avg"] <= 100 and 0 < record["nDCG"]["avg"] <= 100
-    assert json.loads((workdir / "metrics.json").read_text()) == record
-    history = (workdir / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(history[-1]) == record
+    assert json.loads((workdir / evaluate.EVAL_DIR / "metrics.json").read_text()) == record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,27 +306,28 @@ def test_evaluate_scores_the_latest_checkpoint(dataset, straight_run):
 def test_init_from_loads_by_regex_and_names_missing_and_mismatched_keys(straight_run, tmp_path):
     workdir, result = straight_run
     params = _host(result["state"].params)
-    source = checkpoint.load_flat_params(workdir)
-    assert source.keys() == checkpoint.flatten(params).keys()
+    assert _saved_params(workdir).keys() == checkpoint.flatten(params).keys()
 
     target = {"visual": {"proj": np.zeros((32, 16), np.float32),
                          "extra": np.zeros(3, np.float32)},
               "text": {"text_projection": np.zeros((32, 8), np.float32)},
               "logit_scale": np.zeros((), np.float32)}
-    merged = checkpoint.merge_params(target, source, include=r"^visual/proj$|^logit_scale$")
+    merged, step = state_lib.load_params(target, workdir, include=r"^visual/proj$|^logit_scale$")
+    assert step == 4
     np.testing.assert_array_equal(merged["visual"]["proj"], params["visual"]["proj"])
     np.testing.assert_array_equal(merged["visual"]["extra"], 0)
     with pytest.raises(checkpoint.CheckpointError) as error:
-        checkpoint.merge_params(target, source)
+        state_lib.load_params(target, workdir)
     message = str(error.value)
     assert "missing keys (1): visual/extra" in message
     assert "text/text_projection: model (32, 8), checkpoint (32, 16)" in message
 
     converted = tmp_path / "converted"
     checkpoint.save_params(converted, {"visual": {"proj": params["visual"]["proj"]}})
-    assert list(checkpoint.load_flat_params(converted)) == ["visual/proj"]
+    assert list(_saved_params(converted)) == ["visual/proj"]
+    assert state_lib.load_params(None, converted)[1] == -1
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
-        checkpoint.load_flat_params(tmp_path / "nowhere")
+        state_lib.load_params(target, tmp_path / "nowhere")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,24 +343,26 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
 import numpy as np
 import ml_collections
-from tempret_jax import sharding, train
+from tempret_jax import checkpoint, sharding, train
 from tempret_jax.data import pipeline
+from tempret_jax.state import TrainSetup
+from tempret_jax.step import TrainStep
 
 config = ml_collections.ConfigDict(json.loads(open(sys.argv[6]).read()))
-trainer = train.Trainer(config, sharding.make_mesh())
+trainer = TrainStep(TrainSetup(config, sharding.make_mesh()))
 batch = next(iter(pipeline.train_pipeline(dataset, 8, num_frames=4, resolution=32,
                                           process_index=0, process_count=1)))
 rows = slice(4 * jax.process_index(), 4 * jax.process_index() + 4)  # this process's half
-state = trainer.init_state()
+state = trainer.setup.init_state()
 _, _, grads = trainer.gradients(state, {k: v[rows] for k, v in batch.items()})
 losses = []
 for _ in range(2):
-    state, metrics = trainer.train_step(state, {k: v[rows] for k, v in batch.items()})
+    state, metrics = trainer(state, {k: v[rows] for k, v in batch.items()})
     losses.append(float(metrics["loss"]))
 grads = jax.tree.map(np.asarray, grads)  # replicated over the data axis
 if jax.process_index() == 0:
     np.savez(out, losses=np.asarray(losses),
-             **{k: v for k, v in train.checkpoint_lib.flatten(grads).items()})
+             **{k: v for k, v in checkpoint.flatten(grads).items()})
 # The whole loop too: pipeline shards, checkpoint, evaluation.
 result = train.train_and_evaluate(config, workdir)
 print("RESULT", jax.process_index(), result["step"], json.dumps(result["metrics"]), flush=True)
@@ -381,8 +392,8 @@ def test_two_processes_train_like_one(dataset, fixed_batch, tmp_path):
     assert results[0][3] == results[1][3] and "mAP" in results[0][3]
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
 
-    reference = train.Trainer(config, sharding.make_mesh())  # 8 devices, one process
-    _, _, grads = reference.gradients(reference.init_state(), fixed_batch)
+    reference = _trainer(config, sharding.make_mesh())  # 8 devices, one process
+    _, _, grads = reference.gradients(reference.setup.init_state(), fixed_batch)
     _, history = _run_steps(reference, fixed_batch, 2)
     two = np.load(tmp_path / "two.npz")
     np.testing.assert_allclose(two["losses"], [h["loss"] for h in history], rtol=1e-5)

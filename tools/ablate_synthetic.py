@@ -25,7 +25,7 @@ import pathlib
 
 import numpy as np
 
-from tempret_jax import evaluate, main, metrics
+from tempret_jax import embedding, main, metrics, state
 from tempret_jax.data import ek100, pipeline, prepare, synthetic
 
 RUNS = {  # name -> configs/synthetic.py arg
@@ -74,27 +74,31 @@ def mirror_accuracy(sim: np.ndarray, clip_verb: np.ndarray, clip_nouns: list, te
     return (float(np.mean(correct)) if correct else float("nan")), len(correct)
 
 
-def reversed_clip_embeddings(model, params, mesh, config, embedded: evaluate.Embedded) -> np.ndarray:
+def reversed_clip_embeddings(model, params, mesh, config, embedded: embedding.Embedded) -> np.ndarray:
     """Unit embeddings (n_clips, E) of the test clips with their frames in reverse order.
 
     A reversed clip of a mirrored verb shows its partner verb, so a model that uses frame order
     must change its mind on it; frame averaging gives exactly the same embedding.
     """
-    batches = evaluate.clip_batches(config.dataset_dir, "test", config.eval.batch_size,
-                                    num_frames=config.data.num_frames,
-                                    resolution=config.data.resolution, views=(pipeline.View(),))
+    batches = embedding.clip_batches(config.dataset_dir, "test", config.eval.batch_size,
+                                     num_frames=config.data.num_frames,
+                                     resolution=config.data.resolution, views=(pipeline.View(),))
     backwards = ({**b, "video": b["video"][:, :, ::-1]} for b in batches)  # (B, V, T, ...)
-    features = evaluate.video_features(model, params, backwards, mesh)
+    features = embedding.video_features(model, params, backwards, mesh)
     if not np.array_equal(features["ids"], embedded.clip_rows):
         raise AssertionError("reversed clips came back in a different order")
-    return evaluate.embed(model, params, features["features"], embedded.text_features, "video")
+    return embedding.embed(model, params, features["features"], embedded.text_features, "video")
 
 
 def score(config, workdir: pathlib.Path) -> dict:
     """Metrics of a trained run on the test split; the mirror rows are explained in the docstring."""
-    model, mesh, params, step = evaluate.load_model(config, workdir)
-    embedded = evaluate.embed_split(model, params, mesh, config.dataset_dir, batch_size=config.eval.batch_size,
-                                    num_frames=config.data.num_frames, resolution=config.data.resolution)
+    setup = state.TrainSetup(config)
+    model, mesh = setup.model, setup.mesh
+    params, step = setup.load_eval_params(workdir, expect_config=config.name)
+    embedded = embedding.embed_split(model, params, mesh, config.dataset_dir,
+                                     batch_size=config.eval.batch_size,
+                                     num_frames=config.data.num_frames,
+                                     resolution=config.data.resolution)
     sim = embedded.similarity()
     reversed_video = reversed_clip_embeddings(model, params, mesh, config, embedded)
     clips, sentences = prepare.load_annotations(config.dataset_dir, "test")

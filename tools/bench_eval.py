@@ -4,7 +4,7 @@
 
 Generates and prepares a SynthKitchens test split (the demo's size: 8 videos x 16 clips), builds
 the demo model (configs/synthetic.py, the 'demo' size) with a cross-encoder on frame tokens,
-untrained (timings do not depend on the weights), and times each stage of `evaluate` on it:
+untrained (timings do not depend on the weights), and times each stage of the EK-100 MIR evaluation on it:
 embedding (towers + refinement-free unit embeddings, tokens cached), scoring (cosine and
 dual-softmax), reranking (top-K of both directions through the cross-encoder) and metrics.
 Prints medians over --repeats runs (after one warm-up run that compiles).
@@ -17,9 +17,7 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
-
-from tempret_jax import evaluate, metrics, train
+from tempret_jax import embedding, metrics, rerank, state
 from tempret_jax.data import prepare, synthetic
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -56,26 +54,26 @@ def main() -> None:
             video_root=str(root / "synth"), output_dir=str(root / "data"),
             num_frames=config.prepare.num_frames, short_side=config.prepare.short_side,
             progress=False))["dataset_dir"]
-        trainer = train.Trainer(config, train._mesh(config))
-        params = trainer.init_state().params
-        model, mesh = trainer.model, trainer.mesh
+        setup = state.TrainSetup(config)
+        params = setup.init_state().params
+        model, mesh = setup.model, setup.mesh
         stages: dict[str, list[float]] = {}
         per_query: dict[int, list[float]] = {}
         for repeat in range(args.repeats + 1):  # the first run compiles
             times = {}
-            embedded, times["embedding"] = timed(lambda: evaluate.embed_split(
+            embedded, times["embedding"] = timed(lambda: embedding.embed_split(
                 model, params, mesh, config.dataset_dir, tokens=True,
-                **evaluate.embed_kwargs(config)))
+                **embedding.split_settings(config)))
             sim, times["scoring (cosine)"] = timed(embedded.similarity)
             _, times["scoring (dual-softmax)"] = timed(lambda: embedded.similarity(True))
             reranker, times["reranking K=10"] = timed(
-                lambda: evaluate.Reranker.score(model, params, mesh, embedded, sim, 10))
+                lambda: rerank.Reranker.score(model, params, mesh, embedded, sim, 10))
             _, times["metrics"] = timed(lambda: metrics.mir_metrics(sim, embedded.rel))
             _, times["metrics (reranked, 2 directions)"] = timed(lambda: reranker.metrics(1.0))
             for k in (10, 50, 100):
-                cands = evaluate.top_k(sim, k, "t2v")
-                _, seconds = timed(lambda: evaluate.itm_scores(model, params, mesh, embedded,
-                                                               cands, "t2v"))
+                cands = rerank.top_k(sim, k, "t2v")
+                _, seconds = timed(lambda: rerank.itm_scores(model, params, mesh, embedded,
+                                                             cands, "t2v"))
                 if repeat:
                     per_query.setdefault(k, []).append(seconds / len(cands))
             if repeat:

@@ -89,6 +89,17 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return simplejpeg.decode_jpeg(data, colorspace="RGB")
 
 
+def clip_frames(dataset_dir, split: str):
+    """record position -> its frames, (N,) of (H, W, 3) uint8, from the prepared JPEGs."""
+    source = open_split(dataset_dir, split)
+
+    def frames(i: int):
+        stored = source[int(i)]["frames"]
+        return decode_jpegs(stored, range(len(stored)))
+
+    return frames
+
+
 def decode_jpegs(frames, indices) -> list[np.ndarray]:
     """The JPEG byte strings ``frames[i]`` for i in ``indices``, decoded: (H, W, 3) uint8 each."""
     return [decode_jpeg(frames[i]) for i in indices]
@@ -142,6 +153,25 @@ class View:
 
 
 TTA_VIEWS = (View(), View(flip=True), View(scale=0.875), View(scale=1.125))
+
+
+def parse_view(spec: str) -> View:
+    """'orig' | 'flip' | 'scale=S' | 'scale=S+flip' -> a `View` (S > 0); ValueError otherwise."""
+    scale, flip = 1.0, False
+    for part in str(spec).split("+"):
+        part = part.strip()
+        if part == "flip":
+            flip = True
+        elif part.startswith("scale="):
+            try:
+                scale = float(part[len("scale="):])
+            except ValueError:
+                scale = -1.0
+            if not scale > 0:
+                raise ValueError(f"{spec!r}: scale must be a positive number")
+        elif part != "orig":
+            raise ValueError(f"{spec!r}: expected 'orig', 'flip', 'scale=S' or 'scale=S+flip'")
+    return View(scale=scale, flip=flip)
 
 
 def center_view(frame: np.ndarray, resolution: int, view: View) -> np.ndarray:

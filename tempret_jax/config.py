@@ -1,0 +1,226 @@
+"""The run config: every key with its default, and all of its validation.
+
+A config is `default_config()` updated by a file in configs/ (``get_config(arg)``) and by the
+command line (``--config.optim.lr=1e-4``). `validate` checks a config once at each entry
+point (training, evaluation, search, tools) and raises `ConfigError` naming the first bad key
+and what was expected, or the nearest valid key for a misspelt one. The model block is the
+model's own schema (`models.retrieval.model_config` documents each of its keys); `validate`
+checks it too.
+
+Blocks a config may add besides these keys: ``synthetic`` and ``prepare`` (the demo generates
+and prepares SynthKitchens in its workdir: `data.synthetic.SynthConfig`, `data.prepare`), and
+``job`` (``'random_baseline'``: score random similarities instead of training).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from tempret_jax import losses, optim
+from tempret_jax.data import pipeline
+from tempret_jax.models import retrieval
+
+# The evaluator modules of tempret_jax/evaluators/, by name (``evals`` lists the ones to run).
+EVALUATORS = ("ek100_mir",)
+TTA_REDUCE = ("mean", "sum")
+EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir")
+CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
+
+
+class ConfigError(ValueError):
+    """A config key has a value of the wrong type, out of range, or inconsistent with another."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key with its default (a tiny model; configs/ set the real sizes)."""
+    c = ml_collections.ConfigDict()
+    c.name = "train"  # experiment name, written to metrics.json and checked on evaluation
+    c.seed = 0  # parameter init, data order, hard-negative draws
+    c.stage = 1  # 1: dual encoder on a retrieval loss; 2: ITM cross-encoder on hard negatives
+    c.dataset_dir = ""  # a prepared data set (tools/prepare_ek100.py output)
+    c.total_steps = 100  # optimiser steps
+    c.global_batch_size = 8  # pairs per step over all processes
+    c.microbatches = 1  # k > 1: towers run k times, the loss still over the global batch
+    c.mesh = ml_collections.ConfigDict(dict(
+        data=-1,  # data-parallel axis size (-1: the devices fsdp leaves)
+        fsdp=1,  # parameter-sharding axis size
+        rules=(),  # ((regex, PartitionSpec tuple), ...): sharding overrides by parameter path
+        fsdp_min_size=2 ** 14,  # parameters with fewer elements stay replicated
+    ))
+    c.model = retrieval.model_config("tiny")  # keys: models/retrieval.py
+    c.loss = ml_collections.ConfigDict(dict(
+        name="sms",  # sms | mi_mm | adaptive_mi_mm | info_nce
+        hparams={},  # overrides of the loss's hyper-parameters (margin, tau, eps)
+        reversed_negatives=(),  # ((verb_a, verb_b), ...): mirrored verbs; reversed clips are negatives
+        reversed_weight=1.0,  # how many ordinary negatives one reversed clip counts as
+    ))
+    c.itm = ml_collections.ConfigDict(dict(
+        freeze_dual_encoder=True,  # stage 2: only the cross-encoder trains
+        dual_loss_weight=0.0,  # stage 2: weight of the retrieval loss next to ITM
+        temperature=0.07,  # softmax temperature of the hard-negative draw
+    ))
+    c.optim = optim.optim_config()  # keys: optim.py
+    c.data = ml_collections.ConfigDict(dict(
+        train_split="train",  # prepared split to train on
+        positive_threshold=0.1,  # a sampled positive sentence has rel > this
+        num_frames=4,  # frames per clip (= model.vision.num_frames)
+        resolution=32,  # crop size in pixels (= model.vision.image_size)
+        crop_scale=(0.5, 1.0),  # area range of the random resized crop
+        num_workers=0,  # Grain worker processes (0: in the main process)
+        dtype="float32",  # dtype of the clips the towers get
+    ))
+    c.evals = EVALUATORS  # evaluators run during training and by --mode eval, by name
+    c.eval = ml_collections.ConfigDict(dict(
+        every_steps=0,  # evaluate every N steps (0: only at the end; -1: never)
+        split="test",  # prepared split to score
+        batch_size=16,  # clips or sentences per embedding call, over all processes
+        tta=False,  # score tta_views (else the centre crop alone)
+        tta_views=("orig", "flip", "scale=0.875", "scale=1.125"),  # see pipeline.parse_view
+        tta_reduce="mean",  # how the views' features combine: mean | sum
+        dual_softmax=False,  # re-score the similarity with metrics.dual_softmax
+        submission_sls=(4, 3, 3),  # the challenge submission's supervision levels
+        num_workers=0,  # Grain worker processes for the eval clips
+        chunk=1024,  # rows per refinement call
+    ))
+    c.eval.rerank = ml_collections.ConfigDict(dict(
+        k=0,  # candidates per query rescored by the cross-encoder (0: no rerank)
+        alpha=1.0,  # score = s_dual + alpha * P(match) on the top k
+        alphas=(),  # if given, alpha is picked among them on a held-out sample
+        tune_split="train",  # the split of that sample
+        tune_clips=256,  # clips in that sample
+        curve_ks=(1, 5, 10, 20, 50, 100),  # the K of the mAP-vs-K plot
+        batch_size=64,  # queries per cross-encoder call
+    ))
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=1000,  # steps between checkpoints
+        keep=2,  # latest checkpoints kept
+        keep_best=1,  # best checkpoints kept by best_metric
+        best_metric="mAP_avg",  # an evaluator scalar
+        async_save=True,  # write in the background
+    ))
+    c.init_from = ml_collections.ConfigDict(dict(
+        path="",  # a run, checkpoint folder or converted checkpoint loaded before step 0
+        step=-1,  # its step (-1: the latest)
+        include=".*",  # regex of the parameters to load
+        exclude="",  # regex of the parameters not to load
+    ))
+    c.log_every = 10  # steps between train_metrics.jsonl / TensorBoard records
+    return c
+
+
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config: {key}: expected {expected}, got {got!r}")
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """Raises ConfigError naming the first bad key of a training / evaluation config.
+
+    Args:
+      c: the config; num_devices: devices of the mesh; process_count: JAX processes.
+    """
+    check_keys(c, default_config())
+    _validate_training(c, num_devices, process_count)
+    _validate_evaluation(c, num_devices)
+    try:
+        retrieval.validate_config(c.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_keys(c: Mapping, defaults: Mapping, prefix: str = "") -> None:
+    """Every key of ``c`` exists in ``defaults`` (the nearest is named for one that does not)
+    and holds a value of the default's type (ints pass for floats, lists for tuples)."""
+    for key, value in c.items():
+        name = prefix + key
+        if key not in defaults:
+            if not prefix and key in EXTRA_BLOCKS:
+                continue
+            near = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f"; did you mean {prefix + near[0]!r}?" if near else ""
+            raise ConfigError(f"config: {name}: no such key{hint}")
+        default = defaults[key]
+        if isinstance(default, Mapping) and key not in ("hparams",):
+            _check(isinstance(value, Mapping), name, "a block of keys", value)
+            check_keys(value, default, name + ".")
+        else:
+            _check(_same_type(value, default), name, f"type {type(default).__name__}", value)
+
+
+def _same_type(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
+def _validate_training(c, num_devices: int, process_count: int) -> None:
+    _check(c.stage in (1, 2), "stage", "1 or 2", c.stage)
+    _check(c.loss.name in losses.LOSS_NAMES, "loss.name", f"one of {losses.LOSS_NAMES}",
+           c.loss.name)
+    _check(c.total_steps >= 1, "total_steps", ">= 1", c.total_steps)
+    _check(c.microbatches >= 1, "microbatches", ">= 1", c.microbatches)
+    unit = c.microbatches * num_devices
+    _check(c.global_batch_size % unit == 0 and c.global_batch_size // c.microbatches >= 2,
+           "global_batch_size", f"a multiple of microbatches x devices = {unit} with at least 2 "
+           f"pairs per microbatch", c.global_batch_size)
+    _check(c.global_batch_size % process_count == 0, "global_batch_size",
+           f"a multiple of the {process_count} processes", c.global_batch_size)
+    _check(c.stage == 1 or c.model.cross_encoder.enabled, "model.cross_encoder.enabled",
+           "True for stage 2", c.model.cross_encoder.enabled)
+    _check(c.data.num_frames == c.model.vision.num_frames, "data.num_frames",
+           f"model.vision.num_frames = {c.model.vision.num_frames}", c.data.num_frames)
+    _check(c.data.resolution == c.model.vision.image_size, "data.resolution",
+           f"model.vision.image_size = {c.model.vision.image_size}", c.data.resolution)
+    _check(0 <= c.optim.ema_decay < 1, "optim.ema_decay", "in [0, 1)", c.optim.ema_decay)
+    for key in ("include", "exclude"):
+        _check(_is_regex(c.init_from[key]), f"init_from.{key}", "a regular expression",
+               c.init_from[key])
+    _check(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", ">= 1",
+           c.checkpoint.every_steps)
+    pairs = [tuple(p) for p in c.loss.reversed_negatives]
+    verbs = [v for p in pairs for v in p]
+    _check(all(len(p) == 2 for p in pairs) and all(isinstance(v, int) and v >= 0 for v in verbs)
+           and len(set(verbs)) == len(verbs), "loss.reversed_negatives",
+           "pairs (verb_a, verb_b) of distinct verb class ids >= 0, each verb in one pair",
+           c.loss.reversed_negatives)
+    _check(c.loss.reversed_weight > 0, "loss.reversed_weight", "> 0", c.loss.reversed_weight)
+
+
+def _validate_evaluation(c, num_devices: int) -> None:
+    evals = tuple(c.evals)
+    _check(all(name in EVALUATORS for name in evals) and len(set(evals)) == len(evals), "evals",
+           f"distinct names from {EVALUATORS}", c.evals)
+    e = c.eval
+    _check(e.batch_size >= 1 and e.batch_size % num_devices == 0, "eval.batch_size",
+           f"a multiple of the {num_devices} devices", e.batch_size)
+    _check(e.tta_reduce in TTA_REDUCE, "eval.tta_reduce", f"one of {TTA_REDUCE}", e.tta_reduce)
+    _check(not e.tta or len(e.tta_views) > 0, "eval.tta_views", "at least one view with eval.tta",
+           e.tta_views)
+    for spec in e.tta_views:
+        try:
+            pipeline.parse_view(spec)
+        except ValueError as error:
+            raise ConfigError(f"config: eval.tta_views: {error}") from None
+    _check(len(e.submission_sls) == 3, "eval.submission_sls", "3 supervision levels",
+           e.submission_sls)
+    _check(e.rerank.k <= 0 or c.model.cross_encoder.enabled, "eval.rerank.k",
+           "0 without a cross-encoder (model.cross_encoder.enabled = True, a stage-2 run)",
+           e.rerank.k)
+
+
+def _is_regex(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+

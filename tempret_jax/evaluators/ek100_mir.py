@@ -1,0 +1,129 @@
+"""EK-100 Multi-Instance Retrieval: mAP and nDCG of both directions on a prepared split.
+
+    clips, sentences --embedding.embed_split--> unit embeddings (TTA views, refinement)
+    similarity = video @ text.T (n_clips, n_sentences) [--dual-softmax]
+    [rerank: each query's top-K by the similarity get s + alpha * P(match) of the cross-encoder]
+    --metrics.mir_metrics--> mAP / nDCG (percent; V2T, T2V, average)
+
+Config keys (``config.eval``, documented in `tempret_jax.config`): split, batch_size,
+num_workers, chunk, tta, tta_views, tta_reduce, dual_softmax, submission_sls, rerank.*.
+
+During training (``out`` None) the evaluation stops at the dual encoder's metrics. The eval
+mode (``out`` = ``<workdir>/eval``) also reranks (``rerank.k`` > 0; ``rerank.alphas`` picks
+alpha on ``rerank.tune_clips`` clips of ``rerank.tune_split`` and the sentences that are a hit
+for one of them) and writes similarity.npy (clips x sentences, the dual encoder's final
+scores), submission.pkl (challenge format), verb_ap.png, rerank_curve.png (with reranking),
+training_curves.png / eval_curves.png (from the run's train_metrics.jsonl / metrics.jsonl) and
+gallery.html. Process 0 writes.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from tempret_jax import atomic, embedding, metrics, rerank
+from tempret_jax.data import pipeline, prepare
+from tempret_jax.evaluators import Result
+
+
+def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Result:
+    """Scores ``config.eval.split`` (see the module docstring). Returns record {'mAP', 'nDCG'}
+    (+ settings, 'rerank' and 'timings_s' when ``out`` is given) and scalars 'mAP_avg', ..."""
+    e = config.eval
+    full = out is not None
+    timings, tick = {}, time.perf_counter()
+    embedded = embedding.embed_split(model, params, mesh, config.dataset_dir, split=e.split,
+                                     tokens=full and e.rerank.k > 0,
+                                     **embedding.split_settings(config))
+    timings["embedding"], tick = time.perf_counter() - tick, time.perf_counter()
+    sim = embedded.similarity(e.dual_softmax)
+    timings["scoring"], tick = time.perf_counter() - tick, time.perf_counter()
+    result = metrics.mir_metrics(sim, embedded.rel)
+    timings["metrics"] = time.perf_counter() - tick
+    scalars = {f"{name}_{k}": float(v) for name, d in result.items() for k, v in d.items()}
+    title = f"{e.split} split ({sim.shape[0]} clips x {sim.shape[1]} sentences)"
+    if not full:
+        return Result(record=dict(result), scalars=scalars,
+                      table=f"{title}\n{metrics.format_table(result)}")
+
+    record = {"split": e.split, "clips": int(sim.shape[0]), "sentences": int(sim.shape[1]),
+              "views": len(embedding.eval_views(e)), "tta_reduce": e.tta_reduce,
+              "dual_softmax": bool(e.dual_softmax), **result}
+    tables = [f"{title}\n{metrics.format_table(result)}"]
+    curve = None
+    if e.rerank.k > 0:
+        record["rerank"], curve, table = _rerank(model, params, mesh, config, embedded, sim,
+                                                 timings)
+        tables.append(table)
+    record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    if jax.process_index() == 0:
+        _write_outputs(out, config, embedded, sim, result, curve)
+    return Result(record=record, scalars=scalars, table="\n\n".join(tables))
+
+
+def _rerank(model, params, mesh, config, embedded, sim, timings) -> tuple[dict, dict, str]:
+    """(the record's 'rerank' entry, mAP by K, the table) of the two-stage ranking."""
+    r = config.eval.rerank
+    tick = time.perf_counter()
+    alpha, sweep = float(r.alpha), None
+    if len(r.alphas):
+        alpha, sweep = tune_alpha(model, params, mesh, config)
+    timings["alpha_sweep"], tick = time.perf_counter() - tick, time.perf_counter()
+    kmax = max([r.k, *r.curve_ks])
+    reranker = rerank.Reranker.score(model, params, mesh, embedded, sim, kmax, r.batch_size)
+    reranked = reranker.metrics(alpha, r.k)
+    timings["reranking"] = time.perf_counter() - tick
+    curve = {int(k): reranker.metrics(alpha, int(k))["mAP"]["avg"] for k in r.curve_ks}
+    entry = {"k": int(r.k), "alpha": alpha, "alpha_sweep": sweep, "map_by_k": curve, **reranked}
+    return entry, curve, f"reranked: top {r.k}, alpha {alpha:g}\n{metrics.format_table(reranked)}"
+
+
+def tune_alpha(model, params, mesh, config) -> tuple[float, dict]:
+    """Picks rerank.alpha among rerank.alphas on the held-out sample (module docstring).
+
+    Returns (the alpha of the best avg mAP, {alpha: avg mAP})."""
+    r = config.eval.rerank
+    n = len(pipeline.open_split(config.dataset_dir, r.tune_split))
+    rng = np.random.default_rng(config.seed)
+    records = np.sort(rng.choice(n, min(r.tune_clips, n), replace=False))
+    held_out = embedding.embed_split(model, params, mesh, config.dataset_dir,
+                                     split=r.tune_split, tokens=True, records=records,
+                                     only_hit_sentences=True, **embedding.split_settings(config))
+    reranker = rerank.Reranker.score(model, params, mesh, held_out,
+                                     held_out.similarity(config.eval.dual_softmax), r.k,
+                                     r.batch_size)
+    return reranker.sweep(r.alphas)
+
+
+def _write_outputs(out: pathlib.Path, config, embedded: embedding.Embedded, sim: np.ndarray,
+                   result: dict, curve: dict | None) -> None:
+    """similarity.npy, submission.pkl, the plots and the gallery (module docstring)."""
+    from tempret_jax import report  # matplotlib: only when a report is written
+
+    split = config.eval.split
+    clips, sentences = prepare.load_annotations(config.dataset_dir, split)
+    with atomic.writer(out / "similarity.npy", "wb") as f:
+        np.save(f, sim)
+    metrics.write_submission(out / "submission.pkl", sim, clips.narration_id[embedded.clip_rows],
+                             sentences.narration_id[embedded.sentence_rows],
+                             tuple(config.eval.submission_sls))
+    per_row = metrics.mir_per_row(sim, embedded.rel)
+    names = {int(c): str(v) for c, v in zip(clips.verb_class, clips.verb)}
+    report.plot_verb_ap(out / "verb_ap.png", per_row["mAP", "v2t"],
+                        clips.verb_class[embedded.clip_rows], names)
+    if curve:
+        report.plot_rerank_curve(out / "rerank_curve.png", curve, baseline=result["mAP"]["avg"])
+    run_dir = out.parent
+    for source, name in (("train_metrics.jsonl", "training_curves.png"),
+                         ("metrics.jsonl", "eval_curves.png")):
+        if (run_dir / source).is_file():
+            report.plot_training_curves(out / name, run_dir / source)
+    # Prepared records are in CSV order without the skipped clips: sorted clip rows are records.
+    report.write_gallery(
+        out / "gallery.html", sim, embedded.rel, clips.narration_id[embedded.clip_rows],
+        clips.narration[embedded.clip_rows], sentences.narration[embedded.sentence_rows],
+        pipeline.clip_frames(config.dataset_dir, split), title=f"{config.name}: {split} split")
