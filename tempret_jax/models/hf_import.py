@@ -34,7 +34,8 @@ LayerNorm: weight -> scale, bias -> bias. The temporal transformer, refinement a
 have no CLIP counterpart: take them from `RetrievalModel.init` and merge.
 """
 
-from typing import Any, Callable, Dict, Mapping, Optional
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -81,21 +82,24 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> Params:
     return {"kernel": weight.T, "bias": bias}
 
 
-def _block(q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1, ln2, fc1, fc2, num_heads: int) -> Params:
-    """One ResidualAttentionBlock from torch-layout (out, in) weights."""
-    width = q_w.shape[1]
+def _block(qkv, out, ln_1, ln_2, fc_1, fc_2, num_heads: int) -> Params:
+    """One ResidualAttentionBlock from torch-layout (weight (out, in), bias) pairs: `qkv` the
+    three (D, D) + (D,) projections, `out` the attention output, then the two LayerNorms and
+    the two MLP Linears."""
+    width = qkv[0][0].shape[1]
     head_dim = width // num_heads
 
     def head_proj(w, b):
         return {"kernel": w.T.reshape(width, num_heads, head_dim),
                 "bias": b.reshape(num_heads, head_dim)}
 
+    q, k, v = (head_proj(w, b) for w, b in qkv)
     return {
-        "ln_1": ln1,
-        "attn": {"q": head_proj(q_w, q_b), "k": head_proj(k_w, k_b), "v": head_proj(v_w, v_b),
-                 "out": {"kernel": o_w.T.reshape(num_heads, head_dim, width), "bias": o_b}},
-        "ln_2": ln2,
-        "mlp": {"c_fc": fc1, "c_proj": fc2},
+        "ln_1": _layer_norm(*ln_1),
+        "attn": {"q": q, "k": k, "v": v,
+                 "out": {"kernel": out[0].T.reshape(num_heads, head_dim, width), "bias": out[1]}},
+        "ln_2": _layer_norm(*ln_2),
+        "mlp": {"c_fc": _linear(*fc_1), "c_proj": _linear(*fc_2)},
     }
 
 
@@ -112,35 +116,34 @@ def _transformer(blocks: list, scan_layers: bool) -> Params:
     return {f"resblocks_{i}": b for i, b in enumerate(blocks)}
 
 
-def _hf_blocks(sd: _StateDict, prefix: str, num_heads: int) -> list:
-    blocks = []
-    for i in range(sd.count_layers(prefix)):
-        p = f"{prefix}{i}."
-        a = p + "self_attn."
-        blocks.append(_block(
-            sd(a + "q_proj.weight"), sd(a + "q_proj.bias"), sd(a + "k_proj.weight"),
-            sd(a + "k_proj.bias"), sd(a + "v_proj.weight"), sd(a + "v_proj.bias"),
-            sd(a + "out_proj.weight"), sd(a + "out_proj.bias"),
-            _layer_norm(sd(p + "layer_norm1.weight"), sd(p + "layer_norm1.bias")),
-            _layer_norm(sd(p + "layer_norm2.weight"), sd(p + "layer_norm2.bias")),
-            _linear(sd(p + "mlp.fc1.weight"), sd(p + "mlp.fc1.bias")),
-            _linear(sd(p + "mlp.fc2.weight"), sd(p + "mlp.fc2.bias")), num_heads))
-    return blocks
+# Each layer's modules other than q/k/v, in `_block`'s order: attention output, ln_1, ln_2, the
+# two MLP Linears (names after the layer prefix; each has a .weight and a .bias).
+HF_LAYER_MODULES = ("self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
+OPENAI_LAYER_MODULES = ("attn.out_proj", "ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj")
 
 
-def _openai_blocks(sd: _StateDict, prefix: str, num_heads: int) -> list:
+def _hf_qkv(sd: _StateDict, layer: str) -> list:
+    """HF keeps q, k and v as separate Linears: [(weight (D, D), bias (D,))] * 3."""
+    return [(sd(f"{layer}self_attn.{n}_proj.weight"), sd(f"{layer}self_attn.{n}_proj.bias"))
+            for n in "qkv"]
+
+
+def _openai_qkv(sd: _StateDict, layer: str) -> list:
+    """OpenAI CLIP stacks q, k, v in one in_proj (3D, D) + (3D,): split into three pairs."""
+    return list(zip(np.split(sd(layer + "attn.in_proj_weight"), 3),
+                    np.split(sd(layer + "attn.in_proj_bias"), 3)))
+
+
+def _blocks(sd: _StateDict, prefix: str, num_heads: int, *, qkv: Callable,
+            modules: Sequence[str]) -> list:
+    """Block params of every layer `prefix{i}.`: `qkv(sd, layer prefix)` reads its q/k/v pairs,
+    `modules` (HF_LAYER_MODULES | OPENAI_LAYER_MODULES) names the rest."""
     blocks = []
     for i in range(sd.count_layers(prefix)):
-        p = f"{prefix}{i}."
-        q_w, k_w, v_w = np.split(sd(p + "attn.in_proj_weight"), 3)
-        q_b, k_b, v_b = np.split(sd(p + "attn.in_proj_bias"), 3)
-        blocks.append(_block(
-            q_w, q_b, k_w, k_b, v_w, v_b,
-            sd(p + "attn.out_proj.weight"), sd(p + "attn.out_proj.bias"),
-            _layer_norm(sd(p + "ln_1.weight"), sd(p + "ln_1.bias")),
-            _layer_norm(sd(p + "ln_2.weight"), sd(p + "ln_2.bias")),
-            _linear(sd(p + "mlp.c_fc.weight"), sd(p + "mlp.c_fc.bias")),
-            _linear(sd(p + "mlp.c_proj.weight"), sd(p + "mlp.c_proj.bias")), num_heads))
+        layer = f"{prefix}{i}."
+        attention = qkv(sd, layer)
+        rest = [(sd(f"{layer}{m}.weight"), sd(f"{layer}{m}.bias")) for m in modules]
+        blocks.append(_block(attention, *rest, num_heads))
     return blocks
 
 
@@ -157,6 +160,7 @@ def params_from_hf_clip(state_dict: Mapping[str, Any], *, vision_heads: int, tex
     (None for frame mode, which has none). Head counts are not recoverable from the weights.
     """
     sd = _StateDict(state_dict, "HF CLIPModel")
+    blocks = functools.partial(_blocks, sd, qkv=_hf_qkv, modules=HF_LAYER_MODULES)
     v, t = "vision_model.", "text_model."
     conv = sd(v + "embeddings.patch_embedding.weight")                      # (D, 3, p, p)
     visual = {
@@ -165,16 +169,14 @@ def params_from_hf_clip(state_dict: Mapping[str, Any], *, vision_heads: int, tex
         "positional_embedding": sd(v + "embeddings.position_embedding.weight"),
         **_temporal(num_frames, conv.shape[0]),
         "ln_pre": _layer_norm(sd(v + "pre_layrnorm.weight"), sd(v + "pre_layrnorm.bias")),
-        "transformer": _transformer(
-            _hf_blocks(sd, v + "encoder.layers.", vision_heads), scan_layers),
+        "transformer": _transformer(blocks(v + "encoder.layers.", vision_heads), scan_layers),
         "ln_post": _layer_norm(sd(v + "post_layernorm.weight"), sd(v + "post_layernorm.bias")),
         "proj": sd("visual_projection.weight").T,
     }
     text = {
         "token_embedding": {"embedding": sd(t + "embeddings.token_embedding.weight")},
         "positional_embedding": sd(t + "embeddings.position_embedding.weight"),
-        "transformer": _transformer(_hf_blocks(sd, t + "encoder.layers.", text_heads),
-                                    scan_layers),
+        "transformer": _transformer(blocks(t + "encoder.layers.", text_heads), scan_layers),
         "ln_final": _layer_norm(sd(t + "final_layer_norm.weight"), sd(t + "final_layer_norm.bias")),
         "text_projection": sd("text_projection.weight").T,
     }
@@ -194,6 +196,7 @@ def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
     if key_map is not None:
         state_dict = {key_map(k): val for k, val in state_dict.items()}
     sd = _StateDict(state_dict, "OpenAI CLIP")
+    blocks = functools.partial(_blocks, sd, qkv=_openai_qkv, modules=OPENAI_LAYER_MODULES)
     conv = sd("visual.conv1.weight")
     if conv.ndim == 5:  # AVION's Conv3d kernel (D, 3, 1, p, p)
         conv = conv[:, :, 0]
@@ -208,16 +211,15 @@ def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
         "positional_embedding": sd("visual.positional_embedding"),
         **temporal,
         "ln_pre": _layer_norm(sd("visual.ln_pre.weight"), sd("visual.ln_pre.bias")),
-        "transformer": _transformer(
-            _openai_blocks(sd, "visual.transformer.resblocks.", vision_heads), scan_layers),
+        "transformer": _transformer(blocks("visual.transformer.resblocks.", vision_heads),
+                                    scan_layers),
         "ln_post": _layer_norm(sd("visual.ln_post.weight"), sd("visual.ln_post.bias")),
         "proj": sd("visual.proj"),
     }
     text = {
         "token_embedding": {"embedding": sd("token_embedding.weight")},
         "positional_embedding": sd("positional_embedding"),
-        "transformer": _transformer(_openai_blocks(sd, "transformer.resblocks.", text_heads),
-                                    scan_layers),
+        "transformer": _transformer(blocks("transformer.resblocks.", text_heads), scan_layers),
         "ln_final": _layer_norm(sd("ln_final.weight"), sd("ln_final.bias")),
         "text_projection": sd("text_projection"),
     }
