@@ -222,28 +222,31 @@ class RetrievalModel(nn.Module):
         features, tokens = self.text(ids)
         return {"features": features, "tokens": tokens, "mask": text_lib.text_padding_mask(ids)}
 
-    def _gallery_required(self, gallery: Optional[Array], name: str) -> None:
-        if self.config.refine.enabled and gallery is None:
-            raise ValueError(f"refine.enabled: {name} is required (the other modality's "
-                             f"features to attend over; see refine.py)")
+    def _embed(self, modality: str, features: Array, gallery: Optional[Array],
+               gallery_mask: Optional[Array]) -> Array:
+        """embed_video / embed_text: features (B, E) of `modality` ('video' | 'text') -> unit
+        embeddings (B, E) float32, refined over the other modality's gallery (G, E)."""
+        if self.config.refine.enabled:
+            if gallery is None:
+                other = {"video": "text", "text": "video"}[modality]
+                raise ValueError(f"refine.enabled: {other}_gallery is required (the other "
+                                 f"modality's features to attend over; see refine.py)")
+            refine, head = ((self.refine.refine_video, self.video_head) if modality == "video"
+                            else (self.refine.refine_text, self.text_head))
+            features = head(refine(features, gallery, gallery_mask))
+        return l2_normalize(features)
 
     def embed_video(self, features: Array, text_gallery: Optional[Array] = None,
                     text_mask: Optional[Array] = None) -> Array:
         """features (B, E) -> unit embeddings (B, E) float32; with refinement, attends over
         text_gallery (G, E) unrefined text features [text_mask (G,) bool]."""
-        self._gallery_required(text_gallery, "text_gallery")
-        if self.config.refine.enabled:
-            features = self.video_head(self.refine.refine_video(features, text_gallery, text_mask))
-        return l2_normalize(features)
+        return self._embed("video", features, text_gallery, text_mask)
 
     def embed_text(self, features: Array, video_gallery: Optional[Array] = None,
                    video_mask: Optional[Array] = None) -> Array:
         """features (B, E) -> unit embeddings (B, E) float32; with refinement, attends over
         video_gallery (G, E) unrefined video features [video_mask (G,) bool]."""
-        self._gallery_required(video_gallery, "video_gallery")
-        if self.config.refine.enabled:
-            features = self.text_head(self.refine.refine_text(features, video_gallery, video_mask))
-        return l2_normalize(features)
+        return self._embed("text", features, video_gallery, video_mask)
 
     def score_pairs(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
         """Cross-encoder ITM logits from cached tokens, leading dims broadcast (see
