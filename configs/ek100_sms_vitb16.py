@@ -13,6 +13,4 @@ from tempret_jax import recipes
 
 def get_config(arg=None):
     del arg
-    c = recipes.ek100_finetune("vit_b16", "ek100_sms_vitb16")
-    recipes.use_sms(c)
-    return c
+    return recipes.ek100_sms("vit_b16", "ek100_sms_vitb16")
