@@ -1,6 +1,6 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of it.
 
-Every file the package writes goes through here. The new content is written to a uniquely
+Every file the package writes goes through here (logs that only grow, through `append_jsonl`). The new content is written to a uniquely
 named temporary file in the target's own directory (so the final rename stays on one file
 system and is atomic, and two processes writing the same target do not share a temporary),
 then renamed over the target; on any error the temporary is removed and the target is left as
@@ -68,3 +68,10 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 def write_json(target: str | os.PathLike, value: Any, indent: int | None = 2) -> None:
     write_text(target, json.dumps(value, indent=indent))
+
+
+def append_jsonl(target: str | os.PathLike, record: Any) -> None:
+    """Appends ``record`` as one JSON line: a single write in append mode (O_APPEND), so a
+    reader or a crash sees whole lines only (logs grow; they are never rewritten)."""
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

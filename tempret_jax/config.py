@@ -3,9 +3,9 @@
 A config is `default_config()` updated by a file in configs/ (``get_config(arg)``) and by the
 command line (``--config.optim.lr=1e-4``). `validate` checks a config once at each entry
 point (training, evaluation, search, tools) and raises `ConfigError` naming the first bad key
-and what was expected, or the nearest valid key for a misspelt one. The model block is the
-model's own schema (`models.retrieval.model_config` documents each of its keys); `validate`
-checks it too.
+and what was expected, or the nearest valid key for a misspelt one. The model block's keys
+and presets are documented in `models.retrieval.model_config`; its rules are here too
+(`validate_model`): models themselves assume a validated config.
 
 Blocks a config may add besides these keys: ``synthetic`` and ``prepare`` (the demo generates
 and prepares SynthKitchens in its workdir: `data.synthetic.SynthConfig`, `data.prepare`), and
@@ -23,13 +23,16 @@ import ml_collections
 
 from tempret_jax import losses, optim
 from tempret_jax.data import pipeline
-from tempret_jax.models import retrieval
+from tempret_jax.models import layers, retrieval, temporal, video
 
 # The evaluator modules of tempret_jax/evaluators/, by name (``evals`` lists the ones to run).
 EVALUATORS = ("ek100_mir",)
 TTA_REDUCE = ("mean", "sum")
 EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
+
+
+BLOCK = (Mapping, ml_collections.ConfigDict)  # a ConfigDict is not a Mapping
 
 
 class ConfigError(ValueError):
@@ -127,10 +130,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int 
     check_keys(c, default_config())
     _validate_training(c, num_devices, process_count)
     _validate_evaluation(c, num_devices)
-    try:
-        retrieval.validate_config(c.model)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    validate_model(c.model)
 
 
 def check_keys(c: Mapping, defaults: Mapping, prefix: str = "") -> None:
@@ -145,8 +145,8 @@ def check_keys(c: Mapping, defaults: Mapping, prefix: str = "") -> None:
             hint = f"; did you mean {prefix + near[0]!r}?" if near else ""
             raise ConfigError(f"config: {name}: no such key{hint}")
         default = defaults[key]
-        if isinstance(default, Mapping) and key not in ("hparams",):
-            _check(isinstance(value, Mapping), name, "a block of keys", value)
+        if isinstance(default, BLOCK) and key != "hparams":  # hparams: free per-loss names
+            _check(isinstance(value, BLOCK), name, "a block of keys", value)
             check_keys(value, default, name + ".")
         else:
             _check(_same_type(value, default), name, f"type {type(default).__name__}", value)
@@ -215,6 +215,44 @@ def _validate_evaluation(c, num_devices: int) -> None:
     _check(e.rerank.k <= 0 or c.model.cross_encoder.enabled, "eval.rerank.k",
            "0 without a cross-encoder (model.cross_encoder.enabled = True, a stage-2 run)",
            e.rerank.k)
+
+
+def validate_model(m: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first bad key of a model block (``config.model``, or the
+    model config of a converted checkpoint: `convert.read_model_config`)."""
+    def check(ok, key, expected, got):
+        _check(ok, f"model.{key}", expected, got)
+
+    check(m.dtype in retrieval.DTYPES, "dtype", f"one of {retrieval.DTYPES}", m.dtype)
+    check(m.attention_impl in retrieval.ATTENTION_IMPLS, "attention_impl",
+          f"one of {tuple(retrieval.ATTENTION_IMPLS)}", m.attention_impl)
+    try:
+        layers.remat_policy(m.remat_policy)
+    except ValueError as e:
+        raise ConfigError(f"config: model.{e}") from None
+    check(m.vision.pos_embed in video.POS_EMBED_KINDS, "vision.pos_embed",
+          f"one of {video.POS_EMBED_KINDS}", m.vision.pos_embed)
+    for tower in ("vision", "text", "cross_encoder"):
+        width, heads = m[tower].width, m[tower].heads
+        check(width % heads == 0, f"{tower}.heads", f"a divisor of {tower}.width={width}", heads)
+    for tower in ("vision", "text"):
+        check(m[tower].mlp in layers.MLP_KINDS, f"{tower}.mlp", f"one of {layers.MLP_KINDS}",
+              m[tower].mlp)
+    if "rope" in m.vision.pos_embed:
+        check((m.vision.width // m.vision.heads) % 4 == 0, "vision.heads",
+              "a head dim divisible by 4 for RoPE", m.vision.heads)
+    check(m.vision.image_size % m.vision.patch_size == 0, "vision.image_size",
+          f"a multiple of patch_size={m.vision.patch_size}", m.vision.image_size)
+    check(not m.temporal.enabled or m.vision.frame_mode, "temporal.enabled",
+          "vision.frame_mode=True (the temporal transformer runs on per-frame embeddings)",
+          m.temporal.enabled)
+    check(m.temporal.pool in temporal.POOLS, "temporal.pool", f"one of {temporal.POOLS}",
+          m.temporal.pool)
+    for block in ("temporal", "refine"):
+        check(m.embed_dim % m[block].heads == 0, f"{block}.heads",
+              f"a divisor of embed_dim={m.embed_dim}", m[block].heads)
+    check(m.cross_encoder.video_tokens in retrieval.VIDEO_TOKENS, "cross_encoder.video_tokens",
+          f"one of {retrieval.VIDEO_TOKENS}", m.cross_encoder.video_tokens)
 
 
 def _is_regex(pattern: str) -> bool:

@@ -40,6 +40,7 @@ import numpy as np
 
 from tempret_jax import atomic
 from tempret_jax import checkpoint as checkpoint_lib
+from tempret_jax import config as config_lib
 from tempret_jax.models import hf_import
 from tempret_jax.models import retrieval
 
@@ -365,5 +366,5 @@ def read_model_config(path) -> ml_collections.ConfigDict:
     if not config_file.exists():
         raise ConversionError(f"{path}: no {CONFIG_FILE}; not a converted checkpoint")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    retrieval.validate_config(config)
+    config_lib.validate_model(config)
     return config

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import pathlib
 import signal
@@ -64,8 +63,7 @@ class MetricWriter:
     def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        atomic.append_jsonl(self.path, {"step": step, **scalars})
         for k, v in scalars.items():
             self.tensorboard.add_scalar(f"{prefix}/{k}", v, step)
         self.tensorboard.flush()
@@ -136,8 +134,7 @@ def _record_eval(workdir: pathlib.Path, config, step: int, result: evaluators.Re
     if jax.process_index() == 0:
         print(f"\nstep {step}: {result.table}", flush=True)
         atomic.write_json(workdir / "metrics.json", record)
-        with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        atomic.append_jsonl(workdir / "metrics.jsonl", record)
     return record
 
 

@@ -1,15 +1,16 @@
 """Every config loads, validates and builds its model; the demo's variants learn on a fixed batch."""
 
 import importlib.util
+import json
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 
 from tempret_jax import config as config_lib
 from tempret_jax import state, step
 from tempret_jax.data import synthetic
-from tempret_jax.models import retrieval
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 EK100 = sorted(p.name for p in CONFIGS.glob("ek100_*.py"))
@@ -93,3 +94,26 @@ def test_demo_variants_learn_a_fixed_batch(variant):
         train_state, out = train_step(train_state, batch)
         losses.append(float(out["loss"]))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_config_errors_name_the_key_and_the_nearest_valid_one():
+    c = load("synthetic.py", "test")
+    c.optim.lrr = 1e-3  # a config file may add keys: validation catches the typo
+    with pytest.raises(config_lib.ConfigError, match="optim.lrr: no such key; did you mean "
+                                                     "'optim.lr'"):
+        config_lib.validate(c, num_devices=8)
+    saved = load("synthetic.py", "test").to_dict()
+    saved["total_steps"] = 1.5  # a config read back from JSON has no types of its own
+    with pytest.raises(config_lib.ConfigError, match="total_steps: expected type int"):
+        config_lib.validate(ml_collections.ConfigDict(saved), num_devices=8)
+    c = load("synthetic.py", "test")
+    c.evals = ("ek100_mir", "egomcq")
+    with pytest.raises(config_lib.ConfigError, match="evals: expected distinct names from "
+                                                     r"\('ek100_mir',\)"):
+        config_lib.validate(c, num_devices=8)
+
+
+def test_a_saved_config_read_back_from_json_validates():
+    c = load("ek100_tempret_vitb16.py", "stage2")
+    again = ml_collections.ConfigDict(json.loads(c.to_json_best_effort()))  # tuples -> lists
+    config_lib.validate(again, num_devices=8)

@@ -2,7 +2,6 @@
 global-batch versions on 1, 2, 4 and 8 simulated devices."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads

@@ -8,6 +8,7 @@ import torch
 import jax
 import jax.numpy as jnp
 
+from tempret_jax import config as config_lib
 from tempret_jax.models import layers, video
 from tempret_jax.models.retrieval import RetrievalModel, model_config
 
@@ -158,8 +159,8 @@ def test_bfloat16_compute_runs_with_float32_params_and_is_close_to_float32():
     ("remat_policy", "save_everything", "remat_policy"),
 ])
 def test_bad_config_names_the_key(key, value, message):
-    with pytest.raises(ValueError, match=message):
-        RetrievalModel.from_config(tiny(**{key: value}))
+    with pytest.raises(config_lib.ConfigError, match=f"model.{message}"):
+        config_lib.validate_model(tiny(**{key: value}))
 
 
 def test_unknown_preset_is_rejected():

@@ -136,3 +136,23 @@ def test_every_evaluator_is_a_module_with_the_evaluator_function():
     assert on_disk == set(config.EVALUATORS)
     for name in config.EVALUATORS:
         assert callable(evaluators.get(name).evaluate)
+
+
+def test_the_evaluators_of_a_config_run_and_their_results_merge(monkeypatch):
+    """evaluators.run calls each evaluator of config.evals and merges records and scalars;
+    two evaluators reporting one name is an error naming it."""
+    fake = {
+        "a": lambda *args: evaluators.Result({"a_score": 1.0}, {"a": 1.0}, "table a"),
+        "b": lambda *args: evaluators.Result({"b_score": 2.0}, {"b": 2.0}, "table b"),
+        "clash": lambda *args: evaluators.Result({"a_score": 3.0}, {"c": 3.0}, "table c"),
+    }
+    monkeypatch.setattr(evaluators, "get", lambda name: type(
+        "Module", (), {"evaluate": staticmethod(fake[name])}))
+    c = config.default_config()
+    c.evals = ("a", "b")
+    merged = evaluators.run(None, None, None, c)
+    assert merged.record == {"a_score": 1.0, "b_score": 2.0}
+    assert merged.scalars == {"a": 1.0, "b": 2.0} and merged.table == "table a\n\ntable b"
+    c.evals = ("a", "clash")
+    with pytest.raises(ValueError, match=r"evaluator 'clash' reports record \['a_score'\]"):
+        evaluators.run(None, None, None, c)

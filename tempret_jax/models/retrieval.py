@@ -24,7 +24,7 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -83,45 +83,6 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
     return c
 
 
-def _check(ok: bool, key: str, expected: str, got: Any) -> None:
-    if not ok:
-        raise ValueError(f"model config: {key}: expected {expected}, got {got!r}")
-
-
-def validate_config(c: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad key of a model config."""
-    _check(c.dtype in DTYPES, "dtype", f"one of {DTYPES}", c.dtype)
-    _check(c.attention_impl in ATTENTION_IMPLS, "attention_impl",
-           f"one of {tuple(ATTENTION_IMPLS)}", c.attention_impl)
-    layers.remat_policy(c.remat_policy)
-    _check(c.vision.pos_embed in video_lib.POS_EMBED_KINDS, "vision.pos_embed",
-           f"one of {video_lib.POS_EMBED_KINDS}", c.vision.pos_embed)
-    for key, width, heads in (("vision", c.vision.width, c.vision.heads),
-                              ("text", c.text.width, c.text.heads),
-                              ("cross_encoder", c.cross_encoder.width, c.cross_encoder.heads)):
-        _check(width % heads == 0, f"{key}.heads", f"a divisor of {key}.width={width}", heads)
-    for key in ("vision.mlp", "text.mlp"):
-        _check(c[key.split(".")[0]].mlp in layers.MLP_KINDS, key, f"one of {layers.MLP_KINDS}",
-               c[key.split(".")[0]].mlp)
-    if "rope" in c.vision.pos_embed:
-        head_dim = c.vision.width // c.vision.heads
-        _check(head_dim % 4 == 0, "vision.heads", "a head dim divisible by 4 for RoPE",
-               c.vision.heads)
-    _check(c.vision.image_size % c.vision.patch_size == 0, "vision.image_size",
-           f"a multiple of patch_size={c.vision.patch_size}", c.vision.image_size)
-    _check(not c.temporal.enabled or c.vision.frame_mode, "temporal.enabled",
-           "vision.frame_mode=True (the temporal transformer runs on per-frame embeddings)",
-           c.temporal.enabled)
-    _check(c.temporal.pool in temporal_lib.POOLS, "temporal.pool",
-           f"one of {temporal_lib.POOLS}", c.temporal.pool)
-    _check(c.embed_dim % c.temporal.heads == 0, "temporal.heads",
-           f"a divisor of embed_dim={c.embed_dim}", c.temporal.heads)
-    _check(c.embed_dim % c.refine.heads == 0, "refine.heads",
-           f"a divisor of embed_dim={c.embed_dim}", c.refine.heads)
-    _check(c.cross_encoder.video_tokens in VIDEO_TOKENS, "cross_encoder.video_tokens",
-           f"one of {VIDEO_TOKENS}", c.cross_encoder.video_tokens)
-
-
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
     """x (..., E) -> unit rows (..., E) in float32."""
     x = x.astype(jnp.float32)
@@ -153,7 +114,6 @@ class RetrievalModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "RetrievalModel":
-        validate_config(config)
         return cls(ml_collections.FrozenConfigDict(config))
 
     def setup(self):
