@@ -12,7 +12,7 @@ Config (``config.optim``; parameter paths are '/'-joined, see `sharding.path_str
     freeze                 regex: matching parameters get no update and no optimiser state
                            ('' freezes nothing)
     clip_grad_norm         global-norm clipping of the trainable gradients (0: off)
-    ema_decay              EMA of the weights kept next to them (0: off; see train.py)
+    ema_decay              EMA of the weights kept next to them (0: off; the step updates it, evaluation uses it)
 """
 
 from __future__ import annotations

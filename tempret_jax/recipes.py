@@ -20,7 +20,7 @@ GLOBAL_BATCH = 128
 STEPS_PER_EPOCH = TRAIN_CLIPS // GLOBAL_BATCH  # drop_remainder
 
 
-# EVA02-AT's SMS loss as its authors trained it (DESIGN.md §6): gamma 0.6, tau 0.1, eps 1.1/240.
+# EVA02-AT's SMS loss as its authors trained it (docs/design.md, Losses): gamma 0.6, tau 0.1, eps 1.1/240.
 SMS_HPARAMS = {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}
 
 

@@ -3,7 +3,7 @@
     searcher = Searcher.open(workdir)            # or Searcher.open(workdir, config)
     searcher.search("cut the onion", top=10)     # [Hit(rank, score, narration_id, ...), ...]
 
-(tools/search.py and the Colab demo call exactly this.) The clips are embedded once into an
+(`main --mode search` and the Colab demo call exactly this.) The clips are embedded once into an
 index saved under ``<workdir>/search/`` (index.npz: unit embeddings and the unnormalised
 features the query's refinement attends over; index.json: config name, checkpoint step, split)
 and reused while the run's checkpoint step is the same; a newer checkpoint rebuilds it. Clips

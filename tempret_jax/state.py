@@ -10,7 +10,7 @@ state leaf whose path ends with a parameter's path (Adam's mu / nu) is sharded l
 checkpoints/ folder or one step folder; the latest step unless ``step``) or a params-only
 checkpoint (`checkpoint.save_params`, what tools/convert_checkpoint.py writes). The values
 land in the shardings of the parameters they replace. Training, evaluation, search and tools
-all load through it. Where a run's state comes from, in order (docs/design.md, "Checkpoints"):
+all load through it. Where a run's state comes from, in order (docs/design.md, Checkpoints):
 its own latest checkpoint (resume), else a fresh init with ``init_from`` loaded over it.
 """
 

@@ -92,7 +92,7 @@ def test_each_view_changes_the_features_and_the_reduction_follows_the_config(run
 
 
 def _numpy_dual_softmax(sim, temperature=500.0):
-    """DESIGN.md §5 written out: S = texts x videos; softmax(S / t over videos) * S; softmax
+    """docs/design.md, Metrics, written out: S = texts x videos; softmax(S / t over videos) * S; softmax
     over texts."""
     s = sim.T.astype(np.float64)
     out = np.empty_like(s)

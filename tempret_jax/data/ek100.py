@@ -205,7 +205,7 @@ class TrainRelevance:
     Clips and sentences are grouped by (verb, noun set) key. For each unique clip key we keep the
     sentence keys with rel > `tempret_jax.relevance.POSITIVE_THRESHOLD` (CSR layout) and the
     running count of their sentences, so that a positive can be drawn uniformly among sentences
-    (docs/design.md, Losses) in O(log k). Memory is O(#clip keys x #positive sentence keys), tens
+    (docs/design.md, Relevance) in O(log k). Memory is O(#clip keys x #positive sentence keys), tens
     of MB on EK-100.
     """
 

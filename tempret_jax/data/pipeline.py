@@ -1,9 +1,10 @@
 """Grain input pipelines on a prepared data set (`tempret_jax.data.prepare`).
 
-  train:     shuffled, repeated clips with a sampled positive sentence (DESIGN.md §6), T of the
-             N stored frames (one random frame per segment) with a random resized crop box,
-             cut out as uint8 windows (the train step resamples and normalises them on the
-             device: `crops`), batches per JAX process; the iterator state can be saved/restored.
+  train:     shuffled, repeated clips with a sampled positive sentence (docs/design.md,
+             Relevance), T of the N stored frames (one random frame per segment) with a
+             random resized crop box, cut out as uint8 windows (the train step resamples and
+             normalises them on the device: `crops`), batches per JAX process; the iterator
+             state can be saved/restored.
   eval:      every clip of a split once, in record order, centre crops (optionally TTA views:
              horizontal flip, scales), the last batch padded and flagged by ``mask``.
   sentences: every sentence of a split once, tokenised, padded like eval.
@@ -41,7 +42,7 @@ def tokenize(texts) -> np.ndarray:
 
 
 def open_split(dataset_dir, split: str):
-    """The random-access source of a prepared split (records are dicts, see prepare.FEATURES)."""
+    """The random-access source of a prepared split (records are dicts of the features `prepare` writes)."""
     import tensorflow_datasets as tfds
     return tfds.builder_from_directory(str(dataset_dir)).as_data_source(split=split)
 
@@ -264,7 +265,7 @@ class TrainTransform(grain.transforms.RandomMap):
     def positive(self, clip: int, narration, rng: np.random.Generator):
         """(tokens (77,) int32, the sentence's ek100.ClassLabels, rel) of a sampled positive.
 
-        Uniform among the sentences with rel > 0.1 (DESIGN.md §6); with none, the clip's own
+        Uniform among the sentences with rel > 0.1 (docs/design.md, Relevance); with none, the clip's own
         ``narration`` and classes, rel = 1.
         """
         sentence, c = self.relevance.sample_positive(clip, rng)

@@ -1,4 +1,4 @@
-"""CLIP byte-level BPE tokenizer with the same ids as OpenAI CLIP (DESIGN.md §7, Text).
+"""CLIP byte-level BPE tokenizer with the same ids as OpenAI CLIP (docs/design.md, Models).
 
 Text is cleaned as CLIP cleans it (``ftfy.fix_text``, HTML entities unescaped twice, runs of
 whitespace collapsed, lower-cased), split into words with CLIP's regular expression, mapped

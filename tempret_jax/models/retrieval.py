@@ -157,7 +157,7 @@ class RetrievalModel(nn.Module):
         'tokens': (B, M, D_v) cross-encoder tokens: (B, T*N, D_v) patch or (B, T, D_v) frame}.
 
         ``with_reversed`` adds 'reversed_features' (B, E): the features of every clip with its
-        frames in reverse order (time-reversed negatives, `losses.make_global_loss`). In frame
+        frames in reverse order (time-reversed negatives, `global_loss.make_global_loss`). In frame
         mode the per-frame embeddings are reused, reversed; in joint mode the tower runs on the
         reversed clips too (in the same batch).
         """
