@@ -25,8 +25,11 @@ from tempret_jax import losses, optim
 from tempret_jax.data import pipeline
 from tempret_jax.models import layers, retrieval, temporal, video
 
-# The evaluator modules of tempret_jax/evaluators/, by name (``evals`` lists the ones to run).
-EVALUATORS = ("ek100_mir",)
+# The evaluator modules of tempret_jax/evaluators/ by name (``evals`` lists the ones to run),
+# with the scalars each reports (``checkpoint.best_metric`` names one of them).
+EVALUATORS = {
+    "ek100_mir": tuple(f"{m}_{d}" for m in ("mAP", "nDCG") for d in ("v2t", "t2v", "avg")),
+}
 TTA_REDUCE = ("mean", "sum")
 EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
@@ -77,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_workers=0,  # Grain worker processes (0: in the main process)
         dtype="float32",  # dtype of the clips the towers get
     ))
-    c.evals = EVALUATORS  # evaluators run during training and by --mode eval, by name
+    c.evals = tuple(EVALUATORS)  # evaluators run during training and by --mode eval, by name
     c.eval = ml_collections.ConfigDict(dict(
         every_steps=0,  # evaluate every N steps (0: only at the end; -1: never)
         split="test",  # prepared split to score
@@ -184,8 +187,17 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
     for key in ("include", "exclude"):
         _check(_is_regex(c.init_from[key]), f"init_from.{key}", "a regular expression",
                c.init_from[key])
-    _check(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", ">= 1",
-           c.checkpoint.every_steps)
+    ck = c.checkpoint
+    _check(ck.every_steps >= 1, "checkpoint.every_steps", ">= 1", ck.every_steps)
+    _check(ck.keep >= 1, "checkpoint.keep", ">= 1 (the latest checkpoint is what a run resumes "
+           "from)", ck.keep)
+    _check(ck.keep_best >= 0, "checkpoint.keep_best", ">= 0", ck.keep_best)
+    scalars = [name for e in c.evals if e in EVALUATORS for name in EVALUATORS[e]]
+    _check(ck.keep_best == 0 or not scalars or ck.best_metric in scalars,
+           "checkpoint.best_metric", f"a scalar of the evaluators {tuple(c.evals)}: {scalars}",
+           ck.best_metric)
+    for key in ("lr", "start_lr", "end_lr", "weight_decay"):
+        _check(c.optim[key] >= 0, f"optim.{key}", ">= 0", c.optim[key])
     pairs = [tuple(p) for p in c.loss.reversed_negatives]
     verbs = [v for p in pairs for v in p]
     _check(all(len(p) == 2 for p in pairs) and all(isinstance(v, int) and v >= 0 for v in verbs)
@@ -198,7 +210,7 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
 def _validate_evaluation(c, num_devices: int) -> None:
     evals = tuple(c.evals)
     _check(all(name in EVALUATORS for name in evals) and len(set(evals)) == len(evals), "evals",
-           f"distinct names from {EVALUATORS}", c.evals)
+           f"distinct names from {tuple(EVALUATORS)}", c.evals)
     e = c.eval
     _check(e.batch_size >= 1 and e.batch_size % num_devices == 0, "eval.batch_size",
            f"a multiple of the {num_devices} devices", e.batch_size)

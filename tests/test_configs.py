@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import re
 
 import ml_collections
 import numpy as np
@@ -110,6 +111,21 @@ def test_config_errors_name_the_key_and_the_nearest_valid_one():
     c.evals = ("ek100_mir", "egomcq")
     with pytest.raises(config_lib.ConfigError, match="evals: expected distinct names from "
                                                      r"\('ek100_mir',\)"):
+        config_lib.validate(c, num_devices=8)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("checkpoint.keep", 0, "checkpoint.keep: expected >= 1"),
+    ("checkpoint.best_metric", "map_avg", "checkpoint.best_metric: expected a scalar of the "
+                                          "evaluators ('ek100_mir',)"),
+    ("optim.lr", -1e-4, "optim.lr: expected >= 0"),
+    ("optim.end_lr", -1e-6, "optim.end_lr: expected >= 0"),
+])
+def test_a_run_that_would_lose_or_misrank_checkpoints_is_refused_at_start(key, value, message):
+    c = load("synthetic.py", "test")
+    block, name = key.split(".")
+    c[block][name] = value
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
         config_lib.validate(c, num_devices=8)
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from tempret_jax import checkpoint, config as config_lib, embedding, evaluate, metrics, rerank
 from tempret_jax import state
+from tempret_jax.evaluators import ek100_mir
 from tempret_jax.data import pipeline, prepare
 from trained_run import load_config, trained_run
 
@@ -110,6 +111,15 @@ def test_dual_softmax_equals_the_numpy_formula(embedded):
     np.testing.assert_allclose(sim, embedded.video @ embedded.text.T, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(embedded.similarity(dual_softmax=True), _numpy_dual_softmax(sim),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_the_periodic_evaluation_reports_the_scalars_the_config_declares(run, loaded):
+    config, _ = run
+    model, params, mesh = loaded
+    result = ek100_mir.evaluate(model, params, mesh, config)
+    assert tuple(result.scalars) == config_lib.EVALUATORS["ek100_mir"]
+    assert set(result.record) == {"mAP", "nDCG"}
+    assert result.scalars["mAP_avg"] == result.record["mAP"]["avg"]
 
 
 def test_embedded_split_covers_every_prepared_clip_and_sentence(run, embedded):

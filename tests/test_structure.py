@@ -133,7 +133,7 @@ def test_no_module_of_the_package_is_over_the_limit():
 
 def test_every_evaluator_is_a_module_with_the_evaluator_function():
     on_disk = {p.stem for p in (PACKAGE / "evaluators").glob("*.py") if p.stem != "__init__"}
-    assert on_disk == set(config.EVALUATORS)
+    assert on_disk == set(config.EVALUATORS)  # the scalars: tests/test_evaluate_run.py
     for name in config.EVALUATORS:
         assert callable(evaluators.get(name).evaluate)
 
