@@ -191,16 +191,12 @@ def similarity(video: np.ndarray, text: np.ndarray) -> np.ndarray:
     return np.matmul(np.asarray(video, np.float32), np.asarray(text, np.float32).T)
 
 
-def split_relevance(dataset_dir, split: str, clip_rows: np.ndarray,
-                    sentence_rows: np.ndarray | None = None) -> np.ndarray:
-    """Relevance (len(clip_rows), n_sentences) of the prepared clips (CSV rows ``clip_rows``,
-    clips skipped at preparation are absent) against the split's sentences (all, or the rows
-    ``sentence_rows`` of the sentence file)."""
-    clips, sentences = prepare.load_annotations(dataset_dir, split)
-    text_labels = sentences.labels(clips)
-    if sentence_rows is not None:
-        text_labels = text_labels.take(np.asarray(sentence_rows))
-    return ek100.relevance_by_keys(clips.labels().take(np.asarray(clip_rows)), text_labels)
+def split_relevance(clips: ek100.ClipTable, sentences: ek100.SentenceTable,
+                    clip_rows: np.ndarray) -> np.ndarray:
+    """Relevance (len(clip_rows), n_sentences) of the prepared clips (CSV rows ``clip_rows``;
+    clips skipped at preparation are absent) against every sentence of the split."""
+    return ek100.relevance_by_keys(clips.labels().take(np.asarray(clip_rows)),
+                                   sentences.labels(clips))
 
 
 
@@ -253,24 +249,25 @@ def embed_split(model, params, mesh, dataset_dir, *, split: str = "test", batch_
       only_hit_sentences: only the sentences that are a hit (rel == 1) for one of the clips
         (a sample's own sentences), else every sentence of the split.
     """
-    clips = video_features(model, params, clip_batches(
+    videos = video_features(model, params, clip_batches(
         dataset_dir, split, batch_size, records=records, num_frames=num_frames,
         resolution=resolution, views=views, num_workers=num_workers, dtype=dtype),
         mesh, reduce=reduce, tokens=tokens)
-    _, table = prepare.load_annotations(dataset_dir, split)
-    rel = split_relevance(dataset_dir, split, clips["ids"])
+    clip_table, sentence_table = prepare.load_annotations(dataset_dir, split)
+    rel = split_relevance(clip_table, sentence_table, videos["ids"])
     sentence_rows = (np.flatnonzero((rel == 1).any(axis=0)) if only_hit_sentences
-                     else np.arange(len(table)))
+                     else np.arange(len(sentence_table)))
     texts = text_features(model, params, sentence_batches(
-        [str(table.narration[i]) for i in sentence_rows], batch_size), mesh, tokens=tokens)
-    v, t = clips["features"], texts["features"]
+        [str(sentence_table.narration[i]) for i in sentence_rows], batch_size), mesh,
+        tokens=tokens)
+    v, t = videos["features"], texts["features"]
     out = Embedded(video=embed(model, params, v, t, "video", chunk),
                    text=embed(model, params, t, v, "text", chunk), video_features=v,
-                   text_features=t, clip_rows=clips["ids"], sentence_rows=sentence_rows,
+                   text_features=t, clip_rows=videos["ids"], sentence_rows=sentence_rows,
                    rel=rel[:, sentence_rows])
     if tokens:
         length = max(1, int(texts["mask"].sum(axis=1).max()))  # the rest is padding
-        out.video_tokens = clips["tokens"]
+        out.video_tokens = videos["tokens"]
         out.text_tokens = texts["tokens"][:, :length]
         out.text_mask = texts["mask"][:, :length]
     return out

@@ -153,9 +153,3 @@ def build_index(model, params, mesh, config, split: str, meta: dict) -> Index:
                  clip_rows=embedded.clip_rows,
                  narration_ids=clips.narration_id[embedded.clip_rows].astype(str),
                  narrations=clips.narration[embedded.clip_rows].astype(str), meta=meta)
-
-
-def search(workdir, query: str, top: int = 10,
-           config: ml_collections.ConfigDict | None = None) -> list[Hit]:
-    """One-shot `Searcher.open(workdir, config).search(query, top)`."""
-    return Searcher.open(workdir, config).search(query, top)

@@ -192,12 +192,12 @@ def _merge(target, source: Mapping[str, np.ndarray], include: str, exclude: str,
         if mismatched:
             lines.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
         raise checkpoint.CheckpointError("\n".join(lines))
-    abstract = [k for k in flat if k not in selected and isinstance(flat[k], jax.ShapeDtypeStruct)]
+    chosen = set(selected)
+    abstract = [k for k in flat if k not in chosen and isinstance(flat[k], jax.ShapeDtypeStruct)]
     if abstract:
         raise checkpoint.CheckpointError(f"include={include!r} exclude={exclude!r} leaves "
                                          f"{len(abstract)} parameters without a value, e.g. "
                                          f"{abstract[0]}")
-    chosen = set(selected)
 
     def pick(path, leaf):
         name = sharding.path_str(path)

@@ -231,7 +231,7 @@ def test_run_writes_metrics_similarity_submission_plots_and_gallery(run, tmp_pat
     sim = np.load(out / "similarity.npy")
     assert sim.shape == (record["clips"], len(sentences))
     assert len(sim) == len(clips)  # SynthKitchens: no clip skipped at preparation
-    rel = embedding.split_relevance(config.dataset_dir, "test", np.arange(len(clips)))
+    rel = embedding.split_relevance(clips, sentences, np.arange(len(clips)))
     assert metrics.mir_metrics(sim, rel)["mAP"] == pytest.approx(record["mAP"])
     submission = metrics.read_submission(out / "submission.pkl", clips.narration_id,
                                          sentences.narration_id)

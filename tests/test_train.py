@@ -321,6 +321,11 @@ def test_init_from_loads_by_regex_and_names_missing_and_mismatched_keys(straight
     message = str(error.value)
     assert "missing keys (1): visual/extra" in message
     assert "text/text_projection: model (32, 8), checkpoint (32, 16)" in message
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    loaded, _ = state_lib.load_params(abstract, workdir)  # every leaf gets its saved value
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    with pytest.raises(checkpoint.CheckpointError, match="leaves .* parameters without a value"):
+        state_lib.load_params(abstract, workdir, include="^visual/")
 
     converted = tmp_path / "converted"
     checkpoint.save_params(converted, {"visual": {"proj": params["visual"]["proj"]}})
