@@ -200,3 +200,25 @@ def test_train_sentence_errors(tmp_path):
     path.write_text(header + 'a,open door,3,[3],open,[\'door\']\na,x,3,[3],open,[\'door\']\n')
     with pytest.raises(ek100.AnnotationError, match=r":3: duplicate narration_id 'a'"):
         ek100.read_sentences(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, ek100_dir):
+    path = _write_clips(tmp_path / "clips.csv", ek100_dir)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheet programs save UTF-8
+    assert ek100.read_clips(path).narration_id[0] == "P01_11_0"
+
+
+def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path, ek100_dir):
+    path = _write_clips(tmp_path / "clips.csv", ek100_dir)
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b",", b",caf\xe9 ", 1)  # a Latin-1 'e acute' in participant_id
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ek100.AnnotationError, match=r"clips\.csv:4: byte 0xe9 is not UTF-8"):
+        ek100.read_clips(path)
+
+
+def test_an_oversized_field_is_named_by_line(tmp_path, ek100_dir):
+    path = _write_clips(tmp_path / "clips.csv", ek100_dir,
+                        _set(2, "narration", "x" * (csv.field_size_limit() + 1)))
+    with pytest.raises(ek100.AnnotationError, match=r"clips\.csv:3: field larger than field limit"):
+        ek100.read_clips(path)

@@ -279,32 +279,42 @@ class TrainRelevance:
 # Reading and validation.
 
 
-def _header(path) -> list[str]:
+def _csv_rows(path):
+    """Yields (first line, fields) of the rows of a UTF-8 CSV (a byte-order mark allowed); a byte
+    that is not UTF-8 or a row csv rejects (a field over its size limit) is an AnnotationError."""
     if not os.path.isfile(path):
         raise AnnotationError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), [])
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader, line = csv.reader(f), 0
+        try:
+            for row in reader:
+                yield line + 1, row
+                line = reader.line_num
+        except csv.Error as e:
+            raise AnnotationError(f"{path}:{line + 1}: {e}") from None
+        except UnicodeDecodeError:
+            data = pathlib.Path(path).read_bytes()  # the text layer decodes ahead: find the byte
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as e:  # 10: the newline byte
+                raise AnnotationError(f"{path}:{data.count(10, 0, e.start) + 1}: byte "
+                                      f"{data[e.start]:#04x} is not UTF-8") from None
 
 
 def _rows(path, expected: tuple[str, ...]):
     """Yields (line number, row dict) of a CSV after checking its header has ``expected``."""
-    header = _header(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        missing = [c for c in expected if c not in header]
-        if missing:
-            raise AnnotationError(f"{path}:1: missing column(s) {', '.join(missing)}; "
-                                  f"expected {', '.join(expected)}")
-        cols = {c: header.index(c) for c in expected}
-        line = reader.line_num
-        for row in reader:
-            start, line = line + 1, reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise AnnotationError(f"{path}:{start}: {len(row)} fields, expected {len(header)}")
-            yield start, {c: row[i] for c, i in cols.items()}
+    rows = _csv_rows(path)
+    header = next(rows, (1, []))[1]
+    if missing := [c for c in expected if c not in header]:
+        raise AnnotationError(f"{path}:1: missing column(s) {', '.join(missing)}; "
+                              f"expected {', '.join(expected)}")
+    cols = {c: header.index(c) for c in expected}
+    for line, row in rows:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise AnnotationError(f"{path}:{line}: {len(row)} fields, expected {len(header)}")
+        yield line, {c: row[i] for c, i in cols.items()}
 
 
 def _timestamp(path, line, column, text) -> float:
@@ -413,7 +423,8 @@ def read_clips(path) -> ClipTable:
 
 def read_sentences(path) -> SentenceTable:
     """Reads and validates a sentence CSV: test (2 columns) or train (6 columns), by its header."""
-    is_train = all(c in _header(path) for c in TRAIN_SENTENCE_COLUMNS)
+    header = next(_csv_rows(path), (1, []))[1]
+    is_train = all(c in header for c in TRAIN_SENTENCE_COLUMNS)
     expected = TRAIN_SENTENCE_COLUMNS if is_train else TEST_SENTENCE_COLUMNS
     ids, narrations, lines = [], [], []
     verb_class, noun_classes, verbs, nouns = [], [], [], []
