@@ -30,6 +30,7 @@ from tempret_jax.models import layers, retrieval, temporal, video
 EVALUATORS = {
     "ek100_mir": tuple(f"{m}_{d}" for m in ("mAP", "nDCG") for d in ("v2t", "t2v", "avg")),
 }
+EVAL_ON_ERROR = ("stop", "continue")
 TTA_REDUCE = ("mean", "sum")
 EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
@@ -92,6 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
         submission_sls=(4, 3, 3),  # the challenge submission's supervision levels
         num_workers=0,  # Grain worker processes for the eval clips
         chunk=1024,  # rows per refinement call
+        on_error="stop",  # a failing evaluation during training: stop | continue (warned)
     ))
     c.eval.rerank = ml_collections.ConfigDict(dict(
         k=0,  # candidates per query rescored by the cross-encoder (0: no rerank)
@@ -198,6 +200,8 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
            ck.best_metric)
     for key in ("lr", "start_lr", "end_lr", "weight_decay"):
         _check(c.optim[key] >= 0, f"optim.{key}", ">= 0", c.optim[key])
+    _check(0 <= c.optim.warmup_steps <= c.total_steps, "optim.warmup_steps",
+           f"0..total_steps = {c.total_steps}", c.optim.warmup_steps)
     pairs = [tuple(p) for p in c.loss.reversed_negatives]
     verbs = [v for p in pairs for v in p]
     _check(all(len(p) == 2 for p in pairs) and all(isinstance(v, int) and v >= 0 for v in verbs)
@@ -214,6 +218,7 @@ def _validate_evaluation(c, num_devices: int) -> None:
     e = c.eval
     _check(e.batch_size >= 1 and e.batch_size % num_devices == 0, "eval.batch_size",
            f"a multiple of the {num_devices} devices", e.batch_size)
+    _check(e.on_error in EVAL_ON_ERROR, "eval.on_error", f"one of {EVAL_ON_ERROR}", e.on_error)
     _check(e.tta_reduce in TTA_REDUCE, "eval.tta_reduce", f"one of {TTA_REDUCE}", e.tta_reduce)
     _check(not e.tta or len(e.tta_views) > 0, "eval.tta_views", "at least one view with eval.tta",
            e.tta_views)

@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import atomic, checkpoint, evaluate, metrics, search, train
+from tempret_jax import atomic, checkpoint, evaluate, lock, metrics, search, train
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic
 
@@ -77,6 +77,16 @@ def synthetic_dataset(config, workdir: pathlib.Path) -> str:
     return summary["dataset_dir"]
 
 
+def _find_dataset(config, workdir: pathlib.Path) -> None:
+    """Sets ``config.dataset_dir`` (SynthKitchens made under ``workdir`` if configured)."""
+    if config.get("synthetic") is not None and not config.dataset_dir:
+        with config.unlocked():
+            config.dataset_dir = synthetic_dataset(config, workdir)
+    if not config.dataset_dir:
+        raise config_lib.ConfigError("config: dataset_dir: expected a prepared data set "
+                                     "(tools/prepare_ek100.py makes one), got ''")
+
+
 def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
         checkpoint_path: str = "") -> int:
     """Runs the configured job in ``mode`` (train_and_eval | train | eval); returns the exit
@@ -86,24 +96,22 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
         random_baseline(config, workdir)
         return 0
     config_lib.validate(config, jax.device_count(), jax.process_count())
-    if config.get("synthetic") is not None and not config.dataset_dir:
-        with config.unlocked():
-            config.dataset_dir = synthetic_dataset(config, workdir)
-    if not config.dataset_dir:
-        raise config_lib.ConfigError("config: dataset_dir: expected a prepared data set "
-                                     "(tools/prepare_ek100.py makes one), got ''")
     if mode == "eval":
+        _find_dataset(config, workdir)
         evaluate.run(config, workdir, step=step, checkpoint=checkpoint_path)
         return 0
-    # The resolved config beside the run: eval and search reopen the run from it.
-    atomic.write_json(workdir / config_lib.CONFIG_FILE, json.loads(config.to_json_best_effort()))
-    if mode == "train":
-        config.eval.every_steps = -1
-    try:
-        result = train.train_and_evaluate(config, workdir)
-    except train.NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with lock.WorkdirLock(workdir):  # before anything is written: data, config, checkpoints
+        _find_dataset(config, workdir)
+        # The resolved config beside the run: eval and search reopen the run from it.
+        atomic.write_json(workdir / config_lib.CONFIG_FILE,
+                          json.loads(config.to_json_best_effort()))
+        if mode == "train":
+            config.eval.every_steps = -1
+        try:
+            result = train.train_and_evaluate(config, workdir)
+        except (train.NonFiniteError, train.EvaluationError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if result["preempted"]:
         print(f"preempted at step {result['step']}; rerun the same command to resume")
     return 0
@@ -136,7 +144,8 @@ def main(argv) -> None:
             raise app.UsageError(f"--config is required for --mode {_MODE.value}")
         code = run(_CONFIG.value, workdir, _MODE.value, step=step,
                    checkpoint_path=_CHECKPOINT.value)
-    except (config_lib.ConfigError, checkpoint.CheckpointError, search.SearchError) as e:
+    except (config_lib.ConfigError, checkpoint.CheckpointError, search.SearchError,
+            lock.WorkdirBusyError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)

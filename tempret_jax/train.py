@@ -10,16 +10,26 @@ and the evaluators of ``config.evals`` (`evaluators.run`). Config keys: `tempret
 
 Outputs in the workdir: checkpoints/, train_metrics.jsonl (loss, lr, grad norm, clips/s),
 metrics.jsonl (one line per evaluation), metrics.json (the latest evaluation), tensorboard/.
-A run resumes from its latest checkpoint; a new one starts from a fresh state with
-``init_from`` loaded over it. A non-finite loss or gradient stops the run with
-`NonFiniteLossError` (step, narration_ids) before anything is saved; SIGTERM saves a
-checkpoint and returns (``preempted``) so the process exits 0 and a rerun resumes.
+A run resumes from its latest checkpoint that restores and matches its checksums (a corrupt
+newer one is set aside, said); a new one starts from a fresh state with ``init_from`` loaded
+over it. Records logged after the resumed step are dropped, since those steps run again. What
+keeps a run whole (docs/design.md, "State, step and loop"):
+- one trainer per workdir (`lock.WorkdirLock`);
+- a non-finite loss, gradient norm or state array stops the run with `NonFiniteError`
+  (step, narration_ids) before anything is saved;
+- an evaluation step is saved first, then evaluated; a failing evaluation stops the run
+  (`EvaluationError`) or is reported and skipped, by ``eval.on_error``, and a resumed run
+  evaluates a saved step whose evaluation is missing;
+- SIGTERM (handled from the first line, start-up included) saves a checkpoint and returns
+  (``preempted``) so the process exits 0 and a rerun resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import json
 import math
 import pathlib
 import signal
@@ -32,16 +42,20 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from tempret_jax import atomic, evaluators
+from tempret_jax import atomic, evaluators, integrity, lock
 from tempret_jax import checkpoint as checkpoint_lib
 from tempret_jax.data import ek100, pipeline, prepare
 from tempret_jax.state import TrainSetup, TrainState
 from tempret_jax.step import TrainStep
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm of a step was NaN/Inf; nothing after the last good
-    checkpoint was saved."""
+TRAIN_METRICS = "train_metrics.jsonl"  # in the workdir: one line per logged step
+EVAL_METRICS = "metrics.jsonl"  # in the workdir: one line per evaluation
+
+
+class NonFiniteError(FloatingPointError):
+    """A step's loss or gradient norm, or the state it left, was NaN/Inf; nothing after the
+    last good checkpoint was saved."""
 
     def __init__(self, step: int, narration_ids: Sequence[str], values: dict):
         self.step, self.narration_ids, self.values = step, list(narration_ids), values
@@ -49,16 +63,27 @@ class NonFiniteLossError(FloatingPointError):
                          f"batch held narration_ids {self.narration_ids}")
 
 
+class EvaluationError(RuntimeError):
+    """An evaluation failed with ``eval.on_error='stop'``; the step it scored is saved."""
+
+
 class MetricWriter:
     """JSON lines and TensorBoard event files (tensorboardX: no TensorFlow), process 0 only."""
 
-    def __init__(self, workdir: pathlib.Path, enabled: bool):
+    def __init__(self, workdir: pathlib.Path, enabled: bool, resumed_at: int | None = None):
+        """resumed_at: the step a run resumes from; the records after it, written before the
+        run was stopped, are dropped (the steps are trained again and logged anew)."""
         self.enabled = enabled
-        self.path = workdir / "train_metrics.jsonl"
+        self.path = workdir / TRAIN_METRICS
         self.tensorboard = None
         if enabled:
             from tensorboardX import SummaryWriter
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+            _drop_records_after(self.path, resumed_at or 0)
+            _drop_records_after(workdir / EVAL_METRICS, resumed_at or 0)
+            # purge_step makes TensorBoard hide the old event files' records from that step on.
+            self.tensorboard = SummaryWriter(
+                str(workdir / "tensorboard"),
+                purge_step=None if resumed_at is None else resumed_at + 1)
 
     def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
         if not self.enabled:
@@ -71,6 +96,23 @@ class MetricWriter:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [x for x in lines if _step_of(x) is not None and _step_of(x) <= step]
+    if len(kept) != len(lines):
+        atomic.write_text(path, "".join(kept))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a JSON-lines record; None for a blank or torn line (a kill mid-write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class Preemption:
@@ -134,7 +176,7 @@ def _record_eval(workdir: pathlib.Path, config, step: int, result: evaluators.Re
     if jax.process_index() == 0:
         print(f"\nstep {step}: {result.table}", flush=True)
         atomic.write_json(workdir / "metrics.json", record)
-        atomic.append_jsonl(workdir / "metrics.jsonl", record)
+        atomic.append_jsonl(workdir / EVAL_METRICS, record)
     return record
 
 
@@ -159,74 +201,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
 
     Args:
       config: see `tempret_jax.config`.
-      workdir: output directory (created).
+      workdir: output directory (created), held with `lock.WorkdirLock` while training.
       hooks: called as hook(step, state) after every step (and its save, if any).
 
     Returns:
       {'step': last step, 'preempted': bool, 'metrics': the last evaluation's record or None,
        'state': the final TrainState}.
     Raises:
-      NonFiniteLossError on a NaN/Inf loss or gradient norm (checkpoints stay as they were).
+      NonFiniteError on a NaN/Inf loss, gradient norm or state (checkpoints stay as they were);
+      EvaluationError on a failed evaluation with ``eval.on_error='stop'`` (its step saved);
+      lock.WorkdirBusyError if another trainer holds the workdir.
     """
     workdir = pathlib.Path(workdir)
+    preemption = Preemption()  # first: a SIGTERM during start-up is not lost
+    try:
+        with lock.WorkdirLock(workdir):
+            return _train(config, workdir, hooks, preemption)
+    finally:
+        preemption.close()
+
+
+def _evaluates_at(config, step: int) -> bool:
+    every = config.eval.every_steps
+    return every >= 0 and (step == config.total_steps or (every > 0 and step % every == 0))
+
+
+def _train(config, workdir: pathlib.Path, hooks, preemption: Preemption) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    is_main = jax.process_index() == 0
+    say = functools.partial(print, flush=True) if is_main else lambda *_: None
     setup = TrainSetup(config)
     train_step = TrainStep(setup)
     train_iter = _train_iterator(config)
     c = config.checkpoint
     ckpts = checkpoint_lib.RunCheckpoints(workdir, keep=c.keep, keep_best=c.keep_best,
                                           best_metric=c.best_metric, async_save=c.async_save)
-    is_main = jax.process_index() == 0
-    if is_main:
-        print(describe(setup), flush=True)
-    writer = MetricWriter(workdir, enabled=is_main)
-    preemption = Preemption()
-    progress = None
+    say(describe(setup))
+    writer = progress = None
     try:
-        resumed = ckpts.latest_step()
-        if resumed is not None:
-            state, _ = ckpts.restore(resumed, setup.abstract_state(), train_iter)
+        restored = ckpts.restore_latest(setup.abstract_state(), train_iter, say=say)
+        if restored is not None:
+            state = restored[0]
         else:
             state = setup.init_state()
             if config.init_from.path:
                 state = setup.with_init_from(state)
         first = int(state.step)
+        writer = MetricWriter(workdir, enabled=is_main,
+                              resumed_at=None if restored is None else first)
+        result = {"step": first, "preempted": False, "metrics": None}
+        evaluate = functools.partial(_evaluate, setup, config, workdir, ckpts, started)
+        if restored is not None and _evaluates_at(config, first) and first not in ckpts.scores:
+            say(f"step {first} was saved but not evaluated (stopped or failed): evaluating it now")
+            result["metrics"] = evaluate(first, state)
         progress = tqdm.tqdm(total=config.total_steps, initial=first, disable=not is_main,
                              desc=config.name, dynamic_ncols=True)
-        result = {"step": first, "preempted": False, "metrics": None}
         pending, tick = None, time.perf_counter()
-        for step in range(first, config.total_steps):
+        # A SIGTERM during start-up: stop before training (the state is the saved one).
+        result["preempted"] = preemption.requested
+        for step in range(first, config.total_steps if not preemption.requested else first):
             local = next(train_iter)
             state, out = train_step(state, local)
             if pending is not None:
                 tick = _report(pending, config, writer, progress, tick)
             pending = _Pending(step + 1, out, np.asarray(local["index"]))
             done = step + 1
-            last = done == config.total_steps
-            every = config.eval.every_steps
-            evaluate_now = every >= 0 and (last or (every > 0 and done % every == 0))
+            evaluate_now = _evaluates_at(config, done)
             stop = preemption.reached(done)
-            save_now = last or stop or evaluate_now or done % c.every_steps == 0
-            if save_now:
+            if done == config.total_steps or stop or evaluate_now or done % c.every_steps == 0:
                 tick = _report(pending, config, writer, progress, tick)  # never save a NaN
+                _save(ckpts, state, train_iter, config, pending, stop)
                 pending = None
-            eval_scalars = None
-            if evaluate_now:
-                evaluation = evaluators.run(setup.model, state.eval_params(), setup.mesh, config)
-                result["metrics"] = evaluation.record
-                _record_eval(workdir, config, done, evaluation, started)
-                eval_scalars = evaluation.scalars
-            if save_now:
-                ckpts.save(done, state, train_iter, {"config": config.name, "step": done,
-                                                     "preempted": stop}, eval_scalars)
+            if evaluate_now:  # after the save: a failing evaluation loses no training
+                result["metrics"] = evaluate(done, state) or result["metrics"]
             result["step"] = done
             for hook in hooks:
                 hook(done, state)
             if stop:
                 result["preempted"] = True
-                if is_main:
-                    print(f"\npreempted: checkpoint written at step {done}", flush=True)
+                say(f"\npreempted: checkpoint written at step {done}")
                 break
         if pending is not None:
             _report(pending, config, writer, progress, tick)
@@ -234,12 +288,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
     finally:
         ckpts.wait()
         ckpts.close()
-        writer.close()
-        preemption.close()
+        if writer is not None:
+            writer.close()
         if progress is not None:
             progress.close()
     result["state"] = state
     return result
+
+
+def _save(ckpts, state: TrainState, train_iter, config, pending: _Pending, stop: bool) -> None:
+    """Saves ``state`` at ``pending.step`` unless some array of it is not finite."""
+    checksums, non_finite = integrity.fingerprint(state)
+    if non_finite:
+        raise NonFiniteError(pending.step, _narration_ids(config, pending.record_indices),
+                             {"state": non_finite[:5] + (["..."] if len(non_finite) > 5 else [])})
+    ckpts.save(pending.step, state, train_iter,
+               {"config": config.name, "step": pending.step, "preempted": stop}, checksums)
+
+
+def _evaluate(setup, config, workdir, ckpts, started: float, step: int, state) -> dict | None:
+    """Runs the evaluators on ``state`` (saved at ``step``) and records the result; on an
+    error stops (EvaluationError) or warns and returns None, as ``eval.on_error`` says."""
+    try:
+        evaluation = evaluators.run(setup.model, state.eval_params(), setup.mesh, config)
+    except Exception as e:  # noqa: BLE001  any failure of any evaluator
+        message = (f"evaluation at step {step} failed ({type(e).__name__}: {e}); the step's "
+                   f"checkpoint is saved and a rerun evaluates it")
+        if config.eval.on_error == "stop":
+            raise EvaluationError(message) from e
+        print(f"warning: {message}; training goes on (eval.on_error='continue')", flush=True)
+        return None
+    ckpts.record_scores(step, evaluation.scalars)
+    return _record_eval(workdir, config, step, evaluation, started)
 
 
 def _report(pending: _Pending, config, writer: MetricWriter, progress, tick: float) -> float:
@@ -248,7 +328,7 @@ def _report(pending: _Pending, config, writer: MetricWriter, progress, tick: flo
     values = {k: float(v) for k, v in pending.metrics.items()}
     bad = {k: v for k, v in values.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
     if bad:
-        raise NonFiniteLossError(pending.step, _narration_ids(config, pending.record_indices), bad)
+        raise NonFiniteError(pending.step, _narration_ids(config, pending.record_indices), bad)
     now = time.perf_counter()
     values["clips_per_s"] = config.global_batch_size / max(now - tick, 1e-9)
     progress.update(pending.step - progress.n)

@@ -13,40 +13,14 @@ import numpy as np
 import pytest
 
 from tempret_jax import checkpoint, evaluate, sharding, train
-from tempret_jax import config as config_lib
 from tempret_jax import state as state_lib
 from tempret_jax import step as step_lib
-from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
-
-TINY = synthetic.SynthConfig(num_train_videos=2, num_test_videos=1, num_participants=2,
-                             clips_per_video=4, width=96, height=64, fps=10,
-                             clip_seconds=(0.6, 1.0), gap_seconds=(0.2, 0.3), gop=10)
-REPO = pathlib.Path(__file__).parent.parent
-
+from tempret_jax.data import crops, ek100, pipeline
+from tiny_run import REPO, make_dataset, start_runner, tiny_config
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("synth")
-    synthetic.generate(root, TINY)
-    summary = prepare.prepare(prepare.PrepareConfig(
-        annotation_dir=str(root / "annotations"), video_root=str(root),
-        output_dir=str(tmp_path_factory.mktemp("prepared")), num_frames=4, short_side=36,
-        num_workers=1, progress=False))
-    return summary["dataset_dir"]
-
-
-def tiny_config(dataset, **overrides):
-    """The training config of these tests: the tiny model, 8 clips a step, constant lr."""
-    c = config_lib.default_config()
-    c.name = "test"
-    c.dataset_dir = dataset
-    c.total_steps = 4
-    c.optim.update(lr=1e-3, start_lr=1e-3, end_lr=1e-3)
-    c.eval.every_steps = -1
-    c.checkpoint.every_steps = 2
-    c.log_every = 1
-    c.update(overrides)
-    return c
+    return make_dataset(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -190,37 +164,6 @@ def test_pipeline_crops_and_ready_clips_give_the_same_step(dataset, fixed_batch)
 # ---------------------------------------------------------------------------------------------
 # Runs: resume, preemption, NaN.
 
-_RUNNER = """
-import json, os, pathlib, signal, sys, time
-import ml_collections
-from tempret_jax import train
-
-config = ml_collections.ConfigDict(json.loads(pathlib.Path(sys.argv[1]).read_text()))
-workdir, kill_at, wait_for = pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-
-def hook(step, state):
-    print(f"STEP {step}", flush=True)
-    if step == kill_at:
-        # Die like a lost machine, once the wanted checkpoint is complete on disk.
-        deadline = time.time() + 120
-        while not (workdir / "checkpoints" / wait_for).is_dir() and time.time() < deadline:
-            time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-result = train.train_and_evaluate(config, workdir, hooks=[hook])
-print("DONE", result["step"], result["preempted"], flush=True)
-"""
-
-
-def _start_runner(tmp_path, config, workdir, kill_at=-1, wait_for="none"):
-    (tmp_path / "config.json").write_text(config.to_json())
-    (tmp_path / "runner.py").write_text(_RUNNER)
-    return subprocess.Popen(
-        [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "config.json"),
-         str(workdir), str(kill_at), wait_for],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
 def straight_run(dataset, tmp_path_factory):
     """4 steps without interruption (checkpoints at 2 and 4)."""
@@ -232,7 +175,7 @@ def straight_run(dataset, tmp_path_factory):
 def test_resume_after_kill_9_is_bitwise_identical(dataset, straight_run, tmp_path):
     workdir, straight = straight_run
     killed = tmp_path / "killed"
-    proc = _start_runner(tmp_path, tiny_config(dataset), killed, kill_at=3, wait_for="2")
+    proc = start_runner(tmp_path, tiny_config(dataset), killed, kill_at=3, wait_for="2")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, err[-3000:]
     assert "STEP 3" in out and "DONE" not in out
@@ -249,7 +192,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(dataset, tmp_path):
     workdir = tmp_path / "run"
     config = tiny_config(dataset, total_steps=10_000)
     config.checkpoint.every_steps = 100_000
-    proc = _start_runner(tmp_path, config, workdir)
+    proc = start_runner(tmp_path, config, workdir)
     for line in proc.stdout:
         if line.startswith("STEP 2"):
             proc.send_signal(signal.SIGTERM)
@@ -277,7 +220,7 @@ def test_non_finite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(
     before = _saved_params(workdir)
     config = tiny_config(dataset, total_steps=8)
     config.optim.update(lr=float("inf"), start_lr=float("inf"), end_lr=float("inf"))
-    with pytest.raises(train.NonFiniteLossError) as error:
+    with pytest.raises(train.NonFiniteError) as error:
         train.train_and_evaluate(config, workdir)
     assert 5 <= error.value.step <= 6  # step 5 makes the weights non-finite
     train_ids = set(ek100.read_clips(pathlib.Path(dataset) / "annotations" /
