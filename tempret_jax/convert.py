@@ -75,6 +75,28 @@ def _is_torchscript(path: pathlib.Path) -> bool:
 
 
 def _read_file(path: pathlib.Path) -> Mapping[str, Any]:
+    """The file's contents; anything unreadable is a ConversionError naming it (one line)."""
+    import pickle
+    try:
+        return _load(path)
+    except pickle.UnpicklingError as e:  # the safe loader met a pickled object it does not allow
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"{found[1]} is not allowed" if found else _first_line(e)
+        raise ConversionError(f"{path}: holds pickled objects the safe loader refuses "
+                              f"({what})") from None
+    except ConversionError:
+        raise
+    except Exception as e:  # noqa: BLE001  torch's unpickler fails on garbage in many ways
+        raise ConversionError(f"{path}: not a readable {path.suffix or 'torch'} checkpoint "
+                              f"(truncated or another format? {type(e).__name__}: "
+                              f"{_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _load(path: pathlib.Path) -> Mapping[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file  # torch: bfloat16 has no numpy dtype
         return load_file(str(path))

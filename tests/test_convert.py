@@ -204,3 +204,32 @@ def test_cli_writes_the_checkpoint_and_reports_errors(clip, tmp_path, capsys):
     assert cli.main([str(tmp_path / "bad.bin"), str(tmp_path / "out2"), "--vision_heads", "4",
                      "--text_heads", "4"]) == 1
     assert "missing key 'logit_scale'" in capsys.readouterr().err
+
+
+def _truncated(sd, path):
+    torch.save(sd, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _pickled_object(sd, path):
+    import argparse
+    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1.0)}, path)
+
+
+def _not_a_checkpoint(sd, path):
+    path.write_text("epoch,loss\n1,0.5\n")
+
+
+@pytest.mark.parametrize("write, expected", [
+    (_truncated, r"bad\.pt: not a readable \.pt checkpoint \(truncated or another format"),
+    (_pickled_object, r"bad\.pt: holds pickled objects the safe loader refuses \(.*Namespace"),
+    (_not_a_checkpoint, r"bad\.pt: not a readable \.pt checkpoint"),
+])
+def test_unreadable_files_are_one_line_naming_the_file(clip, tmp_path, capsys, write, expected):
+    from tools import convert_checkpoint as cli
+
+    write(clip[1], tmp_path / "bad.pt")
+    assert cli.main([str(tmp_path / "bad.pt"), str(tmp_path / "out"), "--vision_heads", "4",
+                     "--text_heads", "4"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(expected, err) and err.count("\n") == 1, err
