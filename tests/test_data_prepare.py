@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import av
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -199,7 +201,8 @@ def _broken_copy(synth, dst) -> dict[str, tuple[str, str]]:
 
 def test_bad_videos_and_clips_are_reported_and_skipped(synth, tmp_path):
     expected = _broken_copy(synth, tmp_path / "src")
-    summary = _prepare(tmp_path / "src", tmp_path / "out", num_workers=2)  # a process pool
+    summary = _prepare(tmp_path / "src", tmp_path / "out", num_workers=2,  # a process pool
+                       allow_skipped=True)
     with open(summary["report"], newline="") as f:
         report = {r["narration_id"]: (r["split"], r["reason"]) for r in csv.DictReader(f)}
     assert report.keys() == expected.keys()
@@ -235,7 +238,7 @@ def test_missing_frames_folder_and_frames_are_reported(tmp_path):
     last = TINY.clips_per_video - 1  # the last clip of P01_01 loses its frames
     for n in range(table.start_frame[last], table.stop_frame[last] + 1):
         (root / "P01" / "rgb_frames" / "P01_01" / f"frame_{n:010d}.jpg").unlink()
-    summary = _prepare(root, tmp_path / "out", splits=("train",))
+    summary = _prepare(root, tmp_path / "out", splits=("train",), allow_skipped=True)
     with open(summary["report"], newline="") as f:
         report = {r["narration_id"]: r["reason"] for r in csv.DictReader(f)}
     assert all("missing video" in report[f"P02_01_{k}"] for k in range(TINY.clips_per_video))
@@ -256,3 +259,101 @@ def test_full_size_train_csv_has_real_class_statistics(ek100_dir, tmp_path):
                                                      clips.noun_classes))
     relevance = ek100.TrainRelevance.from_tables(clips, sentences)
     assert all(relevance.num_positives(i) > 0 for i in range(0, 3000, 97))
+
+
+def test_skipped_clips_fail_the_preparation_unless_allowed(tmp_path):
+    # The accident: AVION chunk folders prepared with the wrong --chunk_seconds lose clips.
+    config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 1, "num_test_videos": 1,
+                                      "layout": "chunked", "chunk_seconds": 2})
+    synthetic.generate(tmp_path / "src", config)
+    with pytest.raises(prepare.SkippedClipsError, match=r"\d+ clip\(s\) skipped, the reasons in "
+                       + str(tmp_path / "out" / prepare.REPORT_FILE).replace(".", r"\.")):
+        _prepare(tmp_path / "src", tmp_path / "out", chunk_seconds=3)
+    summary = json.loads((tmp_path / "out" / prepare.SUMMARY_FILE).read_text())
+    assert summary["dataset_dir"] is None and sum(summary["skipped"].values()) > 0
+    assert not list((tmp_path / "out").glob("ek100_mir/*/*/dataset_info.json"))
+
+    cmd, env = _cli(tmp_path / "src", tmp_path / "out", "--workers", "1", "--no_progress",
+                    "--chunk_seconds", "3")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    skipped = sum(summary["skipped"].values())
+    assert result.returncode == 1
+    assert f"{skipped} clip(s) skipped" in result.stderr
+    assert str(tmp_path / "out" / prepare.REPORT_FILE) in result.stderr
+    result = subprocess.run(cmd + ["--allow_skipped"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / prepare.SUMMARY_FILE).read_text())
+    assert sum(summary["skipped"].values()) == skipped
+    assert len(_records(summary["dataset_dir"], "train")) == summary["clips"]["train"] > 0
+
+
+def test_a_damaged_frame_file_skips_its_clip_and_no_other(tmp_path):
+    # Frames already at the stored size were stored without being decoded: a truncated one
+    # became a record that fails in training.
+    config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 1, "num_test_videos": 0,
+                                      "layout": "frames", "height": SHORT})
+    root = tmp_path / "src"
+    synthetic.generate(root, config)
+    table = ek100.read_clips(root / "annotations" / ek100.TRAIN_CLIPS_FILE)
+    damaged = decode.sample_frame_numbers(table.start_frame[1], table.stop_frame[1], FRAMES)[2]
+    frame = root / "P01" / "rgb_frames" / "P01_01" / f"frame_{damaged:010d}.jpg"
+    frame.write_bytes(frame.read_bytes()[:len(frame.read_bytes()) // 2])
+    summary = _prepare(root, tmp_path / "out", splits=("train",), allow_skipped=True)
+    with open(summary["report"], newline="") as f:
+        report = {r["narration_id"]: r["reason"] for r in csv.DictReader(f)}
+    assert report.keys() == {table.narration_id[1]}
+    assert f"cannot read {frame}" in report[table.narration_id[1]]
+    records = _records(summary["dataset_dir"], "train")
+    assert [r["narration_id"].decode() for r in records] == [
+        nid for nid in table.narration_id if nid != table.narration_id[1]]
+    for r in records:
+        assert [min(Image.open(io.BytesIO(f)).size) for f in r["frames"]] == [SHORT] * FRAMES
+
+
+def _damage_a_packet(video: pathlib.Path, clip_times: np.ndarray) -> tuple[float, float, float]:
+    """Overwrites the NAL length of the packet of a non-key frame that a clip samples, so that the
+    decoder fails on it (InvalidDataError). Returns (its time, the start of the keyframe interval
+    before the one holding it, the end of that one): frames outside [start, end) decode."""
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        packets = [(float(p.pts * p.time_base), p.pos, p.is_keyframe)
+                   for p in container.demux(stream) if p.size]
+    keys = sorted(t for t, _, key in packets if key)
+    frame_times = {round(t * TINY.fps): (t, pos, key) for t, pos, key in packets}
+    # A frame a few frames into its interval, so that B-frame reordering stays inside it.
+    for t in np.floor(clip_times.ravel() * TINY.fps + 1e-6):
+        time, pos, key = frame_times[int(t)]
+        start = max(k for k in keys if k <= time)
+        if not key and time - start >= 4 / TINY.fps and any(k > time for k in keys):
+            data = bytearray(video.read_bytes())
+            data[pos:pos + 4] = b"\xff" * 4
+            video.write_bytes(bytes(data))
+            before = max([k for k in keys if k < start], default=0.0)
+            return time, before, min(k for k in keys if k > time)
+    raise AssertionError("no clip samples a frame the test can damage")
+
+
+def test_a_damaged_packet_skips_only_the_clips_that_need_it(tmp_path):
+    # One bad packet used to skip every clip of the video (SkipVideo).
+    config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 1, "num_test_videos": 0,
+                                      "clips_per_video": 8})
+    root = tmp_path / "src"
+    synthetic.generate(root, config)
+    table = ek100.read_clips(root / "annotations" / ek100.TRAIN_CLIPS_FILE)
+    times = np.stack([decode.sample_times(a, b, FRAMES)
+                      for a, b in zip(table.start_timestamp, table.stop_timestamp)])
+    video = root / "P01" / "videos" / "P01_01.MP4"
+    damaged, start, end = _damage_a_packet(video, times[2:-2])
+    summary = _prepare(root, tmp_path / "out", splits=("train",), allow_skipped=True)
+    with open(summary["report"], newline="") as f:
+        report = {r["narration_id"]: r["reason"] for r in csv.DictReader(f)}
+    needs_it = {nid for nid, t in zip(table.narration_id, times) if np.any(np.abs(t - damaged) < 0.1)}
+    near = {nid for nid, t in zip(table.narration_id, times) if np.any((t >= start) & (t < end))}
+    assert needs_it and needs_it <= report.keys() <= near
+    assert all(f"cannot decode {video} at " in report[nid] for nid in report)
+    records = {r["narration_id"].decode(): r for r in _records(summary["dataset_dir"], "train")}
+    assert records.keys() == set(table.narration_id) - report.keys()
+    assert set(table.narration_id) - near <= records.keys() and len(records) >= 4
+    for row, nid in enumerate(table.narration_id):
+        if nid in records:
+            assert _stamps(records[nid]) == list(np.floor(times[row] * TINY.fps + 1e-6).astype(int))

@@ -29,7 +29,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from tempret_jax.data import crops, ek100, prepare
+from tempret_jax.data import crops, ek100, prepare, verify
 from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
 
 CONTEXT_LENGTH = 77
@@ -41,10 +41,15 @@ def tokenize(texts) -> np.ndarray:
     return tokenizer.tokenize(list(texts), CONTEXT_LENGTH)
 
 
-def open_split(dataset_dir, split: str):
-    """The random-access source of a prepared split (records are dicts of the features `prepare` writes)."""
+def open_split(dataset_dir, split: str, clips: ek100.ClipTable | None = None):
+    """The random-access source of a prepared split (records are dicts of the features `prepare`
+    writes), checked (`verify`): features.json before TFDS reads it, and each record read
+    against the split's clip table (``clips``, or the data set's, read at the first record)."""
     import tensorflow_datasets as tfds
-    return tfds.builder_from_directory(str(dataset_dir)).as_data_source(split=split)
+    verify.check_features(dataset_dir)
+    source = tfds.builder_from_directory(str(dataset_dir)).as_data_source(split=split)
+    return verify.CheckedRecords(source, f"{dataset_dir} ({split})",
+                                 functools.partial(prepare.load_clips, dataset_dir, split), clips)
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -312,7 +317,7 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
         raise ValueError(f"{sentences.path}: training needs a sentence file with class columns")
     if relevance is None:
         relevance = ek100.TrainRelevance.from_tables(clips, sentences)
-    source = open_split(dataset_dir, split)
+    source = open_split(dataset_dir, split, clips)
     if len(source) == 0:
         raise ValueError(f"{dataset_dir}: the {split!r} split holds no clips")
     transform = TrainTransform(relevance, sentences, num_frames, resolution,

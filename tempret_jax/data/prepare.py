@@ -10,13 +10,19 @@ frames a clip takes: `tempret_jax.data.decode`.
 
 Work happens in two stages so that a killed run resumes where it stopped:
   1. decode: one shard file per video in ``<work_dir>/shards/`` (written to a temporary name,
-     then renamed: a shard that exists is complete), videos in parallel over a process pool;
+     then renamed: a shard that exists is complete), videos in parallel over a process pool. A
+     shard is reused only if its key matches: the digest of all its records depend on, the
+     stored fields of its CSV rows (`tasks.row_digest`), its source's files (path, size,
+     mtime_ns: `decode.source_identity`) and the options; a change rebuilds that shard only;
   2. assemble: a `tfds.core.GeneratorBasedBuilder` reads the shards in CSV order (TFDS writes to
      an ``incomplete.*`` folder and renames it at the end), then the annotation CSVs are copied
-     into ``<dataset_dir>/annotations/`` for the pipelines.
-A missing or unreadable video, a missing frame or a clip outside its video is listed in
-``<output_dir>/prepare_report.csv`` with the reason and skipped, or raises `PrepareError` with
-``strict``. The record of a clip keeps its CSV row in ``clip_index``.
+     into ``<dataset_dir>/annotations/`` for the pipelines, with their digests
+     (`verify.DIGESTS_FILE`; readers check them). It is redone when any record's digest changed.
+A missing or unreadable video, a missing or undecodable frame or a clip outside its video is
+listed in ``<output_dir>/prepare_report.csv`` with the reason and skipped; then nothing is
+assembled (`SkippedClipsError`) unless ``allow_skipped``; ``strict`` raises `PrepareError` at
+the first. The record of a clip keeps its CSV row in ``clip_index``. A run first removes what a
+killed one left (`_remove_leftovers`): one preparation per output folder at a time.
 """
 
 from __future__ import annotations
@@ -24,18 +30,19 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
+import re
 import shutil
+import sys
 import time
 
 import numpy as np
 
 from tempret_jax import atomic
-from tempret_jax.data import decode, ek100
+from tempret_jax.data import decode, ek100, tasks, verify
 
 SPLIT_FILES = {"train": (ek100.TRAIN_CLIPS_FILE, ek100.TRAIN_SENTENCES_FILE),
                "test": (ek100.TEST_CLIPS_FILE, ek100.TEST_SENTENCES_FILE)}
@@ -50,6 +57,10 @@ VERSION = "1.0.0"
 
 class PrepareError(RuntimeError):
     """A video or clip could not be prepared (raised with ``strict``, or a bad set-up)."""
+
+
+class SkippedClipsError(PrepareError):
+    """Clips were skipped (the report lists them) and ``allow_skipped`` is off: not assembled."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +78,7 @@ class PrepareConfig:
     chunk_seconds: int = 15  # length of AVION's chunks, for chunk folders
     num_workers: int = 0  # decoding processes; 0: all CPU cores
     strict: bool = False  # raise PrepareError at the first skipped clip
+    allow_skipped: bool = False  # assemble without the skipped clips (else SkippedClipsError)
     progress: bool = True  # a tqdm bar
 
     @property
@@ -88,44 +100,20 @@ def dataset_dir(output_dir, num_frames: int = 32, short_side: int = 256) -> path
 # Stage 1: decode one video into a shard.
 
 
-@dataclasses.dataclass(frozen=True)
-class ClipTask:
-    row: int  # row in the split's clip CSV
-    narration_id: str
-    start: float
-    stop: float
-    start_frame: int
-    stop_frame: int
+def shard_path(config: PrepareConfig, split: str, video_id: str) -> pathlib.Path:
+    return config.work / "shards" / split / f"{video_id}.npz"
 
 
-@dataclasses.dataclass(frozen=True)
-class VideoTask:
-    split: str
-    video_id: str
-    participant_id: str
-    clips: tuple[ClipTask, ...]
-
-    def key(self, config: PrepareConfig) -> str:
-        """Identifies the task's content and settings: a shard is reused only if this matches."""
-        text = json.dumps([self.split, self.video_id, [dataclasses.astuple(c) for c in self.clips],
-                           config.num_frames, config.short_side, config.jpeg_quality])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def shard_path(config: PrepareConfig, task: VideoTask) -> pathlib.Path:
-    return config.work / "shards" / task.split / f"{task.video_id}.npz"
-
-
-def process_video(task: VideoTask, config: PrepareConfig) -> dict:
+def process_video(task: tasks.VideoTask, config: PrepareConfig) -> dict:
     """Decodes the clips of one video into its shard; returns what happened (JSON-able).
 
     The shard (npz) holds every frame's JPEG bytes concatenated (``jpeg``, uint8), their
     boundaries (``offsets``, (n_clips * N + 1,) int64) and a JSON header (``meta``).
     """
-    result = {"split": task.split, "video_id": task.video_id, "written": [], "skipped": [],
-              "bytes": 0}
+    result = {"split": task.split, "video_id": task.video_id, "key": None, "written": [],
+              "skipped": [], "bytes": 0}
     try:
-        kind, path = decode.find_source(config.video_root, task.participant_id, task.video_id)
+        kind, path, key = task.source_key(config)  # before decoding: a later change is seen
         produced = decode.clip_jpegs(kind, path, task.clips, num_frames=config.num_frames,
                                      short_side=config.short_side, quality=config.jpeg_quality,
                                      chunk_seconds=config.chunk_seconds)
@@ -140,13 +128,13 @@ def process_video(task: VideoTask, config: PrepareConfig) -> dict:
         result["skipped"] = [[c.narration_id, str(e)] for c in task.clips]
         return result  # no shard: a later run tries this video again
     sizes = np.array([len(b) for b in blobs], np.int64)
-    meta = {"key": task.key(config), "narration_ids": kept, "skipped": result["skipped"]}
+    meta = {"key": key, "narration_ids": kept, "skipped": result["skipped"]}
     # A file object, not a name: np.savez would append ".npz" to the temporary's name.
-    with atomic.writer(shard_path(config, task), "wb") as f:
+    with atomic.writer(shard_path(config, task.split, task.video_id), "wb") as f:
         np.savez(f, jpeg=np.frombuffer(b"".join(blobs), np.uint8),
                  offsets=np.concatenate([[0], np.cumsum(sizes)]),
                  meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-    result["written"], result["bytes"] = kept, int(sizes.sum())
+    result["key"], result["written"], result["bytes"] = key, kept, int(sizes.sum())
     return result
 
 
@@ -162,48 +150,31 @@ def read_shard(path) -> tuple[dict, dict[str, list[bytes]]]:
     return meta, frames
 
 
-def _cached_result(task: VideoTask, config: PrepareConfig) -> dict | None:
+def _cached_result(task: tasks.VideoTask, config: PrepareConfig) -> dict | None:
     """The result of an earlier run from the task's shard, or None if it must be (re)done."""
-    path = shard_path(config, task)
+    path = shard_path(config, task.split, task.video_id)
     if not path.is_file():
         return None
     try:
+        key = task.source_key(config)[2]
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
             size = int(z["offsets"][-1])
-    except (OSError, ValueError, KeyError):
+    except (decode.SkipVideo, OSError, ValueError, KeyError):
         return None
-    if meta.get("key") != task.key(config):
+    if meta.get("key") != key:
         return None
-    return {"split": task.split, "video_id": task.video_id, "written": meta["narration_ids"],
-            "skipped": meta["skipped"], "bytes": size}
+    return {"split": task.split, "video_id": task.video_id, "key": key,
+            "written": meta["narration_ids"], "skipped": meta["skipped"], "bytes": size}
 
 
 # ---------------------------------------------------------------------------------------------
 # Stage 2: the TFDS builder.
 
 
-def _features():
-    import tensorflow_datasets as tfds
-    text = tfds.features.Text()
-    return tfds.features.FeaturesDict({
-        # JPEG bytes; `Image` / `Video` features would need TensorFlow.
-        "frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-        "frame_times": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-        "narration_id": text, "participant_id": text, "video_id": text, "narration": text,
-        "verb_class": tfds.features.Scalar(dtype=np.int32),
-        "noun_class": tfds.features.Scalar(dtype=np.int32),
-        "noun_classes": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-        "start_timestamp": tfds.features.Scalar(dtype=np.float32),  # protos store float32
-        "stop_timestamp": tfds.features.Scalar(dtype=np.float32),
-        "start_frame": tfds.features.Scalar(dtype=np.int64),
-        "stop_frame": tfds.features.Scalar(dtype=np.int64),
-        "clip_index": tfds.features.Scalar(dtype=np.int64),  # row in the split's clip CSV
-    })
-
-
-def _builder(config: PrepareConfig, tables: dict[str, ek100.ClipTable]):
-    """A TFDS builder whose examples come from the shards of `config.work`, in CSV order."""
+def _builder(config: PrepareConfig, tables: dict[str, ek100.ClipTable], results: list[dict]):
+    """A TFDS builder whose examples come from the shards of `config.work`, in CSV order (the
+    shard of each video that ``results`` names, with the key they give)."""
     import tensorflow_datasets as tfds
 
     class Ek100Mir(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -219,26 +190,30 @@ def _builder(config: PrepareConfig, tables: dict[str, ek100.ClipTable]):
         code_path = None
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=_features(),
+            return tfds.core.DatasetInfo(builder=self, features=verify.features(),
                                          disable_shuffling=True)  # records in CSV order
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(split) for split in tables}
 
         def _generate_examples(self, split):
-            yield from _examples(config, split, tables[split])
+            keys = {r["video_id"]: r["key"] for r in results if r["split"] == split}
+            yield from _examples(config, split, tables[split], keys)
 
     return Ek100Mir(data_dir=config.output_dir, file_format="array_record")
 
 
-def _examples(config: PrepareConfig, split: str, table: ek100.ClipTable):
+def _examples(config: PrepareConfig, split: str, table: ek100.ClipTable, keys: dict[str, str]):
     shard_id, frames = None, {}
     for row in range(len(table)):
         video_id = table.video_id[row]
         if video_id != shard_id:  # EK-100 CSVs group clips by video: each shard is read once
-            path = config.work / "shards" / split / f"{video_id}.npz"
-            frames = read_shard(path)[1] if path.is_file() else {}
-            shard_id = video_id
+            path, frames, shard_id = shard_path(config, split, video_id), {}, video_id
+            if keys.get(video_id) is not None:  # None: the video is skipped, a shard is stale
+                meta, frames = read_shard(path)
+                if meta["key"] != keys[video_id]:
+                    raise PrepareError(f"{path}: rewritten while the data set was assembled "
+                                       f"(key {meta['key']}, expected {keys[video_id]})")
         nid = table.narration_id[row]
         if nid not in frames:
             continue
@@ -261,17 +236,6 @@ def _examples(config: PrepareConfig, split: str, table: ek100.ClipTable):
 # The driver.
 
 
-def _tasks(split: str, table: ek100.ClipTable) -> list[VideoTask]:
-    by_video: dict[str, list[int]] = {}
-    for row, video_id in enumerate(table.video_id):
-        by_video.setdefault(str(video_id), []).append(row)
-    return [VideoTask(split, video_id, str(table.participant_id[rows[0]]), tuple(
-        ClipTask(row, str(table.narration_id[row]), float(table.start_timestamp[row]),
-                 float(table.stop_timestamp[row]), int(table.start_frame[row]),
-                 int(table.stop_frame[row])) for row in rows))
-            for video_id, rows in by_video.items()]
-
-
 def _write_report(path: pathlib.Path, results: list[dict]) -> None:
     with atomic.writer(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -281,12 +245,12 @@ def _write_report(path: pathlib.Path, results: list[dict]) -> None:
                 writer.writerow([r["split"], r["video_id"], nid, reason])
 
 
-def _run_tasks(tasks: list[VideoTask], config: PrepareConfig) -> list[dict]:
+def _run_tasks(todo: list[tasks.VideoTask], config: PrepareConfig) -> list[dict]:
     """Processes the tasks without a shard, in parallel; returns every task's result."""
     from tqdm import tqdm
-    results = {t: _cached_result(t, config) for t in tasks}
+    results = {t: _cached_result(t, config) for t in todo}
     pending = [t for t, r in results.items() if r is None]
-    bar = tqdm(total=sum(len(t.clips) for t in tasks), unit="clip", desc="decoding",
+    bar = tqdm(total=sum(len(t.clips) for t in todo), unit="clip", desc="decoding",
                disable=not config.progress, dynamic_ncols=True)
     bar.update(sum(len(t.clips) for t, r in results.items() if r is not None))
 
@@ -316,14 +280,16 @@ def _run_tasks(tasks: list[VideoTask], config: PrepareConfig) -> list[dict]:
                     raise
     finally:
         bar.close()
-    return [results[t] for t in tasks]
+    return [results[t] for t in todo]
 
 
-def _assemble(builder, results: list[dict]) -> None:
-    """Writes the TFDS data set, unless one made from exactly these clips is already there."""
+def _assemble(builder, todo: list[tasks.VideoTask], results: list[dict]) -> None:
+    """Writes the TFDS data set, unless one made from exactly these records is already there:
+    the same rows (clip_index), each with the same shard key (its fields, frames, options)."""
     import tensorflow_datasets as tfds
-    made_from = hashlib.sha256(json.dumps(
-        [[r["split"], r["video_id"], r["written"]] for r in results]).encode()).hexdigest()
+    made_from = tasks.digest([[t.split, c.row, c.narration_id, r["key"]]
+                              for t, r in zip(todo, results) for written in [set(r["written"])]
+                              for c in t.clips if c.narration_id in written])
     stamp = pathlib.Path(builder.data_dir) / "prepared_from.txt"
     current = stamp.is_file() and stamp.read_text() == made_from
     mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if current
@@ -333,11 +299,53 @@ def _assemble(builder, results: list[dict]) -> None:
         atomic.write_text(stamp, made_from)
 
 
+# atomic.path's temporaries: ".<target name>.<mkstemp's 8 random characters>.tmp".
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def _remove_leftovers(config: PrepareConfig) -> None:
+    """Removes what a killed preparation leaves, saying so in one line: TFDS's ``incomplete.*``
+    folders, the temporaries of atomic writes (shards, report, summary, the data set's files) and
+    ``*.tmp.npz`` shards of older versions."""
+    data = dataset_dir(config.output_dir, config.num_frames, config.short_side)
+    found = sorted(data.parent.glob("incomplete.*"))
+    for folder in (pathlib.Path(config.output_dir), data, data / ANNOTATIONS,
+                   *(config.work / "shards").glob("*")):
+        found += sorted(p for p in folder.glob("*") if p.is_file() and (
+            _TEMPORARY.fullmatch(p.name) or p.name.endswith(".tmp.npz")))
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if found:
+        print(f"prepare: removed {len(found)} leftover(s) of an interrupted run: "
+              f"{', '.join(map(str, found))}", file=sys.stderr, flush=True)
+
+
+def _summary(config: PrepareConfig, results: list[dict], data, t0: float) -> dict:
+    output = pathlib.Path(config.output_dir)
+    summary = {
+        "dataset_dir": str(data) if data else None,  # None: not assembled
+        "clips": {s: sum(len(r["written"]) for r in results if r["split"] == s)
+                  for s in config.splits},
+        "skipped": {s: sum(len(r["skipped"]) for r in results if r["split"] == s)
+                    for s in config.splits},
+        "bytes": sum(f.stat().st_size for f in pathlib.Path(data).glob("*array_record*"))
+        if data else 0,
+        "seconds": round(time.time() - t0, 2),
+        "report": str(output / REPORT_FILE),
+    }
+    atomic.write_json(output / SUMMARY_FILE, summary)
+    return summary
+
+
 def prepare(config: PrepareConfig) -> dict:
     """Runs the whole preparation (resuming from ``config.work``); returns the summary.
 
     Summary: {'dataset_dir', 'clips': {split: written}, 'skipped': {split: n}, 'bytes',
-    'seconds', 'report'}. It is also written to ``<output_dir>/prepare_summary.json``.
+    'seconds', 'report'}. It is also written to ``<output_dir>/prepare_summary.json``, also when
+    skipped clips raise `SkippedClipsError` (then 'dataset_dir' is None).
     """
     t0 = time.time()
     annotation_dir, output = pathlib.Path(config.annotation_dir), pathlib.Path(config.output_dir)
@@ -347,42 +355,61 @@ def prepare(config: PrepareConfig) -> dict:
     if config.num_frames < 1 or config.short_side < 8:
         raise PrepareError(f"num_frames {config.num_frames} must be >= 1 and short_side "
                            f"{config.short_side} >= 8")
+    names = [name for s in config.splits for name in SPLIT_FILES[s]]
+    names += [name for name in EXTRA_ANNOTATION_FILES if (annotation_dir / name).is_file()]
     tables = {s: ek100.read_clips(annotation_dir / SPLIT_FILES[s][0]) for s in config.splits}
     for s in config.splits:
         ek100.read_sentences(annotation_dir / SPLIT_FILES[s][1])  # validate before hours of work
+    # The files as the tables were read: the data set gets copies of exactly these.
+    digests = {name: verify.sha256(annotation_dir / name) for name in names}
     output.mkdir(parents=True, exist_ok=True)
-    tasks = [t for s in config.splits for t in _tasks(s, tables[s])]
-    results = _run_tasks(tasks, config)
+    _remove_leftovers(config)
+    todo = [t for s in config.splits for t in tasks.video_tasks(s, tables[s])]
+    results = _run_tasks(todo, config)
     _write_report(output / REPORT_FILE, results)
     for s in config.splits:
         if not any(r["written"] for r in results if r["split"] == s):
             raise PrepareError(f"no clip of split {s!r} could be prepared; reasons in "
                                f"{output / REPORT_FILE}")
+    skipped = sum(len(r["skipped"]) for r in results)
+    if skipped and not config.allow_skipped:
+        _summary(config, results, None, t0)
+        raise SkippedClipsError(
+            f"{skipped} clip(s) skipped, the reasons in {output / REPORT_FILE}; no data set "
+            f"written: mend the inputs (a wrong chunk_seconds skips the clips of chunk folders) "
+            f"or allow the skipped clips (--allow_skipped) to write it without them")
 
-    builder = _builder(config, tables)
-    _assemble(builder, results)
+    builder = _builder(config, tables, results)
+    _assemble(builder, todo, results)
     target = pathlib.Path(builder.data_dir) / ANNOTATIONS
-    names = [name for s in config.splits for name in SPLIT_FILES[s]]
-    names += [name for name in EXTRA_ANNOTATION_FILES if (annotation_dir / name).is_file()]
     for name in names:
         with atomic.path(target / name) as tmp:
             shutil.copyfile(annotation_dir / name, tmp)
+            if verify.sha256(tmp) != digests[name]:
+                raise PrepareError(f"{annotation_dir / name} changed while the data set was "
+                                   f"prepared from it; run the preparation again")
+    verify.write_digests(target, {name: (digests[name], annotation_dir / name) for name in names})
+    return _summary(config, results, builder.data_dir, t0)
 
-    summary = {
-        "dataset_dir": str(builder.data_dir),
-        "clips": {s: sum(len(r["written"]) for r in results if r["split"] == s) for s in config.splits},
-        "skipped": {s: sum(len(r["skipped"]) for r in results if r["split"] == s)
-                    for s in config.splits},
-        "bytes": sum(f.stat().st_size for f in pathlib.Path(builder.data_dir).glob("*array_record*")),
-        "seconds": round(time.time() - t0, 2),
-        "report": str(output / REPORT_FILE),
-    }
-    atomic.write_json(output / SUMMARY_FILE, summary)
-    return summary
+
+def load_clips(dataset_dir, split: str) -> ek100.ClipTable:
+    """The clip table of a prepared split, its copy checked as `load_annotations` does."""
+    folder, name = pathlib.Path(dataset_dir) / ANNOTATIONS, SPLIT_FILES[split][0]
+    verify.check_copies(folder, [name])
+    return ek100.read_clips(folder / name)
 
 
 def load_annotations(dataset_dir, split: str) -> tuple[ek100.ClipTable, ek100.SentenceTable]:
-    """The clip and sentence tables of a prepared split (records name their row: ``clip_index``)."""
+    """The clip and sentence tables of a prepared split (records name their row: ``clip_index``),
+    their copies checked against the digests taken at preparation (`verify.check_copies`:
+    verify.DatasetError naming the copy and the file it was copied from)."""
     folder = pathlib.Path(dataset_dir) / ANNOTATIONS
     clips_file, sentences_file = SPLIT_FILES[split]
+    verify.check_copies(folder, SPLIT_FILES[split])
     return ek100.read_clips(folder / clips_file), ek100.read_sentences(folder / sentences_file)
+
+
+def check_annotation_dir(dataset_dir, annotation_dir) -> None:
+    """Raises verify.DatasetError, naming both files, unless ``annotation_dir`` holds the
+    annotation files that the data set was prepared from, unchanged (`verify.check_folder`)."""
+    verify.check_folder(pathlib.Path(dataset_dir) / ANNOTATIONS, annotation_dir)
