@@ -29,7 +29,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from tempret_jax.data import crops, ek100, prepare, verify
+from tempret_jax.data import crops, ek100, prepare, verify, workers
 from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
 
 CONTEXT_LENGTH = 77
@@ -343,7 +343,8 @@ def _iterable(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
         from absl import flags
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                            worker_init_fn=workers.tie_to_parent)  # no orphans after a kill -9
     return it
 
 
