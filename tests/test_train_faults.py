@@ -196,3 +196,18 @@ def test_best_checkpoints_are_ranked_by_evaluations_made_after_their_save(
     assert _steps(tmp_path / "run") == ["2", "4"]  # the best (9.0) and the latest
     saved = json.loads((tmp_path / "run" / "checkpoints" / checkpoint.SCORES_FILE).read_text())
     assert saved == {str(k): {"mAP_avg": v} for k, v in scores.items()}
+
+
+def test_records_after_the_resumed_step_are_not_duplicated(dataset, saved_run, tmp_path):
+    # Killed while writing checkpoint 4: steps 3 and 4 are logged, the run resumes from 2.
+    workdir = _copy(saved_run, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    logged = (workdir / train.TRAIN_METRICS).read_text().splitlines()
+    with open(workdir / train.TRAIN_METRICS, "a") as f:
+        f.write(logged[-1][:20])  # and a line torn by the kill
+    result = train.train_and_evaluate(tiny_config(dataset), workdir)
+    lines = (workdir / train.TRAIN_METRICS).read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+    assert lines[:2] == logged[:2]
+    jax.tree.map(np.testing.assert_array_equal, saved_run[1],
+                 jax.tree.map(np.asarray, result["state"]))
