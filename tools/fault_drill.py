@@ -75,13 +75,16 @@ class Drill:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         self._base = module.get_config("test")
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            self.dataset = main.synthetic_dataset(self._base, root / "shared")
-        self._base.dataset_dir = self.dataset
         self._base.eval.every_steps = -1
+
+    @functools.cached_property
+    def dataset(self) -> str:
+        """The tiny SynthKitchens, generated and prepared on first use."""
+        return quiet(main.synthetic_dataset, self._base, self.root / "shared")
 
     def config(self, **overrides):
         c = self._base.copy_and_resolve_references()
+        c.dataset_dir = self.dataset
         c.update(overrides)
         return c
 
