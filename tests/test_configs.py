@@ -120,6 +120,8 @@ def test_config_errors_name_the_key_and_the_nearest_valid_one():
                                           "evaluators ('ek100_mir',)"),
     ("optim.lr", -1e-4, "optim.lr: expected >= 0"),
     ("optim.end_lr", -1e-6, "optim.end_lr: expected >= 0"),
+    ("optim.warmup_steps", 5, "optim.warmup_steps: expected 0..total_steps = 4, got 5"),
+    ("eval.on_error", "ignore", "eval.on_error: expected one of ('stop', 'continue')"),
 ])
 def test_a_run_that_would_lose_or_misrank_checkpoints_is_refused_at_start(key, value, message):
     c = load("synthetic.py", "test")
