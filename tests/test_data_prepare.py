@@ -357,3 +357,22 @@ def test_a_damaged_packet_skips_only_the_clips_that_need_it(tmp_path):
     for row, nid in enumerate(table.narration_id):
         if nid in records:
             assert _stamps(records[nid]) == list(np.floor(times[row] * TINY.fps + 1e-6).astype(int))
+
+
+def test_decoding_resumes_past_a_damaged_packet(tmp_path):
+    config = synthetic.SynthConfig(**{**TINY.__dict__, "num_train_videos": 1, "num_test_videos": 0,
+                                      "clips_per_video": 8})
+    synthetic.generate(tmp_path, config)
+    video = tmp_path / "P01" / "videos" / "P01_01.MP4"
+    damaged, before, after = _damage_a_packet(video, np.arange(2.0, 8.0, 0.05))
+    # One run of times through the damage (a long seek gap): the times after it still decode,
+    # and of those that need the damaged frames only they are lost.
+    for times, lost in (([before, after + 0.01], set()), ([before, damaged, after + 0.01], {1})):
+        errors = {}
+        images = decode.decode_video_at(video, times, seek_gap=100.0, errors=errors)
+        assert errors.keys() == lost and all("InvalidDataError" in e for e in errors.values())
+        assert [images[i] is None for i in range(len(times))] == [i in lost for i in range(len(times))]
+        assert [synthetic.read_frame_index(np.asarray(img)) for img in images if img is not None] \
+            == [int(np.floor(t * TINY.fps + 1e-6)) for i, t in enumerate(times) if i not in lost]
+    with pytest.raises(av.InvalidDataError):  # without ``errors`` the error is raised
+        decode.decode_video_at(video, times, seek_gap=100.0)

@@ -85,10 +85,11 @@ def decode_video_at(path, times, threads: int = 1, seek_gap: float = _SEEK_GAP,
 
     ``threads``: decoder threads (1: one core per worker process, as `prepare` runs them).
     ``as_array``: (H, W, 3) uint8 arrays (as decord gives them) instead of PIL images.
-    ``errors``: where decoding fails (a damaged packet), the next time not yet reached gets
-    ``errors[i] = reason`` and stays None, and decoding resumes at the time after it with a new
-    seek, so only the times that need the damaged stretch are lost. Without it the error is
-    raised. An error opening the file is always raised.
+    ``errors``: where decoding fails (a damaged packet), decoding starts again with a seek to
+    the next time not yet reached; if that fails before reaching it, the time gets
+    ``errors[i] = reason`` (its entry stays None) and the next one is tried: only the times
+    whose frames need the damaged stretch are lost. Without it the error is raised. An error
+    opening the file is always raised.
 
     Seeks to the keyframe before each run of times (a new run starts when the next time is
     more than ``seek_gap`` seconds past the last decoded frame) and decodes forward. With a
@@ -105,6 +106,7 @@ def decode_video_at(path, times, threads: int = 1, seek_gap: float = _SEEK_GAP,
             stream.thread_type = "AUTO"
         k = 0
         while k < len(order):
+            start = k  # each run seeks to the keyframe before times[order[start]]
             try:
                 k = _decode_run(container, stream, times, order, k, out, convert, seek_gap)
             except DECODE_ERRORS as e:
@@ -112,7 +114,7 @@ def decode_video_at(path, times, threads: int = 1, seek_gap: float = _SEEK_GAP,
                     raise
                 while k < len(order) and out[order[k]] is not None:  # filled before the error
                     k += 1
-                if k < len(order):
+                if k == start:  # not even its own time: that frame needs the damaged stretch
                     errors[int(order[k])] = f"{type(e).__name__}: {e}"
                     k += 1
     return out
