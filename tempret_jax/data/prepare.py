@@ -91,7 +91,8 @@ class PrepareConfig:
 
 
 def dataset_dir(output_dir, num_frames: int = 32, short_side: int = 256) -> pathlib.Path:
-    """Where `prepare` puts the TFDS data set (open it with `tfds.builder_from_directory`)."""
+    """Where `prepare` puts the TFDS data set (open a split with `pipeline.open_split`, which
+    checks it before TFDS reads it)."""
     name = PrepareConfig("", "", "", num_frames=num_frames, short_side=short_side).config_name
     return pathlib.Path(output_dir) / DATASET_NAME / name / VERSION
 
