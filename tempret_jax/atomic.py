@@ -28,13 +28,30 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+_PREFIX, _SUFFIX = ".", ".tmp"  # a temporary of "x.json": ".x.json.<8 random characters>.tmp"
+
+
+def temporaries(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """The temporaries `path` left in ``folder`` when its process was killed (sorted).
+
+    Only a process that knows no other writes there may remove them (train holds the workdir
+    lock; preparation its output folder).
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(_PREFIX)
+                  and p.name.endswith(_SUFFIX) and len(p.name.split(".")) >= 4)
+
+
 @contextlib.contextmanager
 def path(target: str | os.PathLike) -> Iterator[pathlib.Path]:
     """Yields a temporary path beside ``target``; renamed onto ``target`` when the block ends
     without an error, removed otherwise. Creates the parent directory."""
     target = pathlib.Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_PREFIX}{target.name}.",
+                               suffix=_SUFFIX)
     os.close(fd)
     tmp = pathlib.Path(tmp)
     try:

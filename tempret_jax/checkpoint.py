@@ -43,6 +43,7 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used: missing, corrupt, or its parameters do not fit the model."""
 
 
+ORBAX_TEMPORARY = ".orbax-checkpoint-tmp"  # in the name of a step orbax has not finished
 CORRUPT_PREFIX = "corrupt."  # a step folder set aside as checkpoints/corrupt.<step>
 SCORES_FILE = "scores.json"  # in checkpoints/: {step: evaluator scalars}, ranks "best"
 
@@ -65,6 +66,14 @@ class _BestScored:
                         if c.step in self.scores)
         best = {step for _, step in scored[-self.n:]}
         return [c.step in best for c in checkpoints]
+
+
+def leftovers(workdir) -> list[pathlib.Path]:
+    """What a killed save leaves in a run's checkpoints/: orbax's unfinished step folders and
+    our own temporaries (scores.json's)."""
+    folder = pathlib.Path(workdir) / CHECKPOINTS
+    unfinished = sorted(folder.glob(f"*{ORBAX_TEMPORARY}*")) if folder.is_dir() else []
+    return unfinished + atomic.temporaries(folder)
 
 
 class RunCheckpoints:

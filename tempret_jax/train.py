@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import pathlib
+import shutil
 import signal
 import threading
 import time
@@ -221,6 +222,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
         preemption.close()
 
 
+def _remove_leftovers(workdir: pathlib.Path, say) -> None:
+    """Removes the temporaries a killed run left (the workdir lock says no one writes them)."""
+    found = checkpoint_lib.leftovers(workdir) + atomic.temporaries(workdir)
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if found:
+        say(f"removed {len(found)} leftover(s) of an interrupted run: "
+            f"{', '.join(str(p.relative_to(workdir)) for p in found)}")
+
+
 def _evaluates_at(config, step: int) -> bool:
     every = config.eval.every_steps
     return every >= 0 and (step == config.total_steps or (every > 0 and step % every == 0))
@@ -231,6 +245,8 @@ def _train(config, workdir: pathlib.Path, hooks, preemption: Preemption) -> dict
     started = time.time()
     is_main = jax.process_index() == 0
     say = functools.partial(print, flush=True) if is_main else lambda *_: None
+    if is_main:
+        _remove_leftovers(workdir, say)
     setup = TrainSetup(config)
     train_step = TrainStep(setup)
     train_iter = _train_iterator(config)

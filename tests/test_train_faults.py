@@ -211,3 +211,18 @@ def test_records_after_the_resumed_step_are_not_duplicated(dataset, saved_run, t
     assert lines[:2] == logged[:2]
     jax.tree.map(np.testing.assert_array_equal, saved_run[1],
                  jax.tree.map(np.asarray, result["state"]))
+
+
+def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(dataset, saved_run, tmp_path,
+                                                                 capsys):
+    workdir = _copy(saved_run, tmp_path)
+    unfinished = workdir / "checkpoints" / f"6{checkpoint.ORBAX_TEMPORARY}-1733000000"
+    (unfinished / "state").mkdir(parents=True)
+    temporaries = [workdir / ".metrics.json.k2j4h5g6.tmp",
+                   workdir / "checkpoints" / ".scores.json.a1b2c3d4.tmp"]
+    for t in temporaries:
+        t.write_text("{")
+    train.train_and_evaluate(tiny_config(dataset), workdir)  # already at step 4: trains nothing
+    assert "removed 3 leftover(s) of an interrupted run" in capsys.readouterr().out
+    assert not unfinished.exists() and not any(t.exists() for t in temporaries)
+    assert _steps(workdir) == ["2", "4"]
