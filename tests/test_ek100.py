@@ -222,3 +222,9 @@ def test_an_oversized_field_is_named_by_line(tmp_path, ek100_dir):
                         _set(2, "narration", "x" * (csv.field_size_limit() + 1)))
     with pytest.raises(ek100.AnnotationError, match=r"clips\.csv:3: field larger than field limit"):
         ek100.read_clips(path)
+
+
+def test_narration_ids_are_read_in_the_row_order_of_the_table(test_split, ek100_dir):
+    clips, _ = test_split
+    ids = ek100.read_narration_ids(ek100_dir / ek100.TEST_CLIPS_FILE)
+    np.testing.assert_array_equal(ids, clips.narration_id)

@@ -396,14 +396,9 @@ def read_clips(path) -> ClipTable:
                 f"{path}:{line}: noun_class {noun_class} is not in all_noun_classes {list(classes)}")
         for c in ("narration_id", "participant_id", "video_id", "narration", "verb", "noun"):
             cols[c].append(r[c])
-        for c, v in ts.items():
+        for c, v in {**ts, **frames, "verb_class": verb_class, "noun_class": noun_class,
+                     "all_nouns": nouns, "all_noun_classes": classes}.items():
             cols[c].append(v)
-        for c, v in frames.items():
-            cols[c].append(v)
-        cols["verb_class"].append(verb_class)
-        cols["noun_class"].append(noun_class)
-        cols["all_nouns"].append(nouns)
-        cols["all_noun_classes"].append(classes)
         lines.append(line)
     _check_unique(path, cols["narration_id"], lines)
     s = lambda c: np.asarray(cols[c], dtype=str)  # noqa: E731
@@ -419,6 +414,11 @@ def read_clips(path) -> ClipTable:
         verb_class=np.asarray(cols["verb_class"], np.int32), noun=s("noun"),
         noun_class=np.asarray(cols["noun_class"], np.int32),
         all_nouns=tuple(cols["all_nouns"]), noun_classes=tuple(cols["all_noun_classes"]))
+
+
+def read_narration_ids(path) -> np.ndarray:
+    """The narration_id column of a clip CSV, (n,) str, in the row order of `read_clips`."""
+    return np.asarray([r["narration_id"] for _, r in _rows(path, ("narration_id",))], dtype=str)
 
 
 def read_sentences(path) -> SentenceTable:

@@ -41,15 +41,15 @@ def tokenize(texts) -> np.ndarray:
     return tokenizer.tokenize(list(texts), CONTEXT_LENGTH)
 
 
-def open_split(dataset_dir, split: str, clips: ek100.ClipTable | None = None):
+def open_split(dataset_dir, split: str):
     """The random-access source of a prepared split (records are dicts of the features `prepare`
     writes), checked (`verify`): features.json before TFDS reads it, and each record read
-    against the split's clip table (``clips``, or the data set's, read at the first record)."""
+    against the split's clip table."""
     import tensorflow_datasets as tfds
     verify.check_features(dataset_dir)
+    table, narration_ids = prepare.load_narration_ids(dataset_dir, split)
     source = tfds.builder_from_directory(str(dataset_dir)).as_data_source(split=split)
-    return verify.CheckedRecords(source, f"{dataset_dir} ({split})",
-                                 functools.partial(prepare.load_clips, dataset_dir, split), clips)
+    return verify.CheckedRecords(source, f"{dataset_dir} ({split})", table, narration_ids)
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -317,7 +317,7 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
         raise ValueError(f"{sentences.path}: training needs a sentence file with class columns")
     if relevance is None:
         relevance = ek100.TrainRelevance.from_tables(clips, sentences)
-    source = open_split(dataset_dir, split, clips)
+    source = open_split(dataset_dir, split)
     if len(source) == 0:
         raise ValueError(f"{dataset_dir}: the {split!r} split holds no clips")
     transform = TrainTransform(relevance, sentences, num_frames, resolution,

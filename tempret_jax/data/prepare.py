@@ -393,11 +393,12 @@ def prepare(config: PrepareConfig) -> dict:
     return _summary(config, results, builder.data_dir, t0)
 
 
-def load_clips(dataset_dir, split: str) -> ek100.ClipTable:
-    """The clip table of a prepared split, its copy checked as `load_annotations` does."""
-    folder, name = pathlib.Path(dataset_dir) / ANNOTATIONS, SPLIT_FILES[split][0]
-    verify.check_copies(folder, [name])
-    return ek100.read_clips(folder / name)
+def load_narration_ids(dataset_dir, split: str) -> tuple[str, np.ndarray]:
+    """(path, narration_id column) of a prepared split's clip table, its copy checked as
+    `load_annotations` does; cheap: no other column is parsed."""
+    path = pathlib.Path(dataset_dir) / ANNOTATIONS / SPLIT_FILES[split][0]
+    verify.check_copies(path.parent, [path.name])
+    return str(path), ek100.read_narration_ids(path)
 
 
 def load_annotations(dataset_dir, split: str) -> tuple[ek100.ClipTable, ek100.SentenceTable]:

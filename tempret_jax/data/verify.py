@@ -24,7 +24,6 @@ import warnings
 import numpy as np
 
 from tempret_jax import atomic
-from tempret_jax.data import ek100
 
 DIGESTS_FILE = "annotation_digests.json"  # beside annotations/: {name: {sha256, prepared_from}}
 FEATURES_FILE = "features.json"  # TFDS's description of a record
@@ -160,24 +159,16 @@ def check_folder(copies, annotation_dir) -> None:
 
 class CheckedRecords:
     """A prepared split's records (random access, as TFDS gives them), each checked when read:
-    its narration_id must be the one its ``clip_index`` row has in the split's clip table.
+    its narration_id must be the one that its ``clip_index`` row has in the split's clip table
+    (the file ``table``, whose narration_id column is ``narration_ids``)."""
 
-    ``clips``: the table, or None to read it with ``load_clips()`` at the first record (so that
-    ``len`` costs nothing). Picklable for Grain's worker processes.
-    """
-
-    def __init__(self, source, name: str, load_clips, clips: ek100.ClipTable | None = None):
-        self.source, self.name, self.load_clips = source, name, load_clips
-        self.narration_ids, self.table = (None, None) if clips is None else (
-            clips.narration_id, clips.path)
+    def __init__(self, source, name: str, table: str, narration_ids: np.ndarray):
+        self.source, self.name, self.table, self.narration_ids = source, name, table, narration_ids
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index):
-        if self.narration_ids is None:
-            clips = self.load_clips()
-            self.narration_ids, self.table = clips.narration_id, clips.path
         record = self.source[index]
         row, nid = int(record["clip_index"]), record["narration_id"]
         nid = nid.decode() if isinstance(nid, bytes) else str(nid)
