@@ -31,7 +31,7 @@ from ml_collections import config_flags
 
 from tempret_jax import atomic, checkpoint, evaluate, lock, metrics, search, train
 from tempret_jax import config as config_lib
-from tempret_jax.data import ek100, prepare, synthetic
+from tempret_jax.data import ek100, prepare, synthetic, verify
 
 MODES = ("train_and_eval", "train", "eval", "search")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a Python file).")
@@ -145,7 +145,8 @@ def main(argv) -> None:
         code = run(_CONFIG.value, workdir, _MODE.value, step=step,
                    checkpoint_path=_CHECKPOINT.value)
     except (config_lib.ConfigError, checkpoint.CheckpointError, search.SearchError,
-            lock.WorkdirBusyError) as e:
+            lock.WorkdirBusyError, verify.DatasetError, ek100.AnnotationError,
+            prepare.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)

@@ -61,3 +61,20 @@ def test_a_bad_config_value_is_one_line_naming_the_key(tmp_path):
     assert run.stderr.splitlines()[-1] == ("error: config: eval.tta_reduce: expected one of "
                                            "('mean', 'sum'), got 'max'")
     assert not (tmp_path / "synthkitchens").exists()  # validated before any work
+
+
+def test_a_workdir_in_use_is_one_line_naming_the_other_trainer(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom tempret_jax import lock\n"
+         "with lock.WorkdirLock(sys.argv[1]):\n    print('HELD', flush=True)\n    time.sleep(600)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1].startswith(
+        f"error: {tmp_path} is in use by another trainer (pid {holder.pid} on ")
+    assert not (tmp_path / "synthkitchens").exists()  # refused before any work

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import functools
 import importlib.util
 import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +34,7 @@ import jax
 import numpy as np
 
 from tempret_jax import evaluators, lock, main, state, train
+from tempret_jax.data import ek100, pipeline, prepare, synthetic, verify
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ACCIDENTS: dict[str, tuple[str, callable]] = {}  # name -> (description, fn(drill) -> (happened, lost))
@@ -133,13 +136,13 @@ def host(tree):
 
 def quiet(fn, *args, **kwargs):
     """Calls fn with its output captured (progress bars included); returns its result (the
-    text printed: ``quiet.out``)."""
-    buffer = io.StringIO()
+    text printed: ``quiet.out``, ``quiet.err``)."""
+    out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             return fn(*args, **kwargs)
     finally:
-        quiet.out = buffer.getvalue()
+        quiet.out, quiet.err = out.getvalue(), err.getvalue()
 
 
 def steps_of(path: pathlib.Path) -> list[int]:
@@ -290,6 +293,158 @@ def bad_torch_file(drill: Drill):
     ok = proc.returncode == 1 and len(lines) == 1 and str(path) in lines[0]
     return (f"exit {proc.returncode}, one line: {lines[-1].split(': ', 2)[-1][:70]}",
             none_if(ok, "nothing written"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The accidents: data.
+
+
+def prepared_copy(drill: Drill, name: str, videos: pathlib.Path | None = None):
+    """(annotations, output, PrepareConfig) of a fresh preparation of the drill's SynthKitchens
+    from a copy of its annotation folder (so that it can be edited)."""
+    drill.dataset  # noqa: B018  generates the SynthKitchens sources
+    source = drill.root / "shared" / "synthkitchens"
+    root = drill.workdir(f"data_{name}")
+    annotations = root / "annotations"
+    shutil.copytree(source / synthetic.ANNOTATION_DIR, annotations)
+    config = prepare.PrepareConfig(
+        annotation_dir=str(annotations), video_root=str(videos or source),
+        output_dir=str(root / "out"), num_frames=drill._base.prepare.num_frames,
+        short_side=drill._base.prepare.short_side, num_workers=1, progress=False)
+    quiet(prepare.prepare, config)
+    return annotations, root / "out", config
+
+
+def edit_first_narration(csv_file: pathlib.Path, text: str) -> str:
+    """Sets the narration of the CSV's first row; returns that row's narration_id."""
+    rows = list(csv.reader(csv_file.open(newline="")))
+    column = rows[0].index("narration")
+    rows[1][column] = text
+    with csv_file.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return rows[1][rows[0].index("narration_id")]
+
+
+def record_narration(dataset_dir, split: str, narration_id: str) -> str:
+    source = pipeline.open_split(dataset_dir, split)
+    for i in range(len(source)):
+        if source[i]["narration_id"].decode() == narration_id:
+            return source[i]["narration"].decode()
+    raise KeyError(narration_id)
+
+
+@accident("stale_annotation", "a narration is corrected in the train CSV after preparation, "
+          "and the preparation is run again")
+def stale_annotation(drill: Drill):
+    annotations, out, config = prepared_copy(drill, "stale")
+    shards = {p: p.stat().st_mtime_ns for p in (out / "work" / "shards").rglob("*.npz")}
+    nid = edit_first_narration(annotations / ek100.TRAIN_CLIPS_FILE, "drill: a corrected text")
+    summary = quiet(prepare.prepare, config)
+    rebuilt = [p for p, t in shards.items() if p.stat().st_mtime_ns != t]
+    ok = record_narration(summary["dataset_dir"], "train", nid) == "drill: a corrected text"
+    return (f"{len(rebuilt)} of {len(shards)} video shards rebuilt (the edited row's), the "
+            f"data set reassembled", none_if(ok, "the record holds the corrected narration"))
+
+
+@accident("swapped_annotations", "the data set's annotation copy is replaced by another CSV, "
+          "then training starts")
+def swapped_annotations(drill: Drill):
+    annotations, out, config = prepared_copy(drill, "swapped")
+    data = prepare.dataset_dir(out, config.num_frames, config.short_side)
+    edit_first_narration(annotations / ek100.TRAIN_CLIPS_FILE, "another text")
+    shutil.copyfile(annotations / ek100.TRAIN_CLIPS_FILE,
+                    data / prepare.ANNOTATIONS / ek100.TRAIN_CLIPS_FILE)
+    workdir = drill.workdir("swapped_annotations")
+    try:
+        quiet(train.train_and_evaluate, drill.config(dataset_dir=str(data)), workdir)
+        return "trained on", "YES: records trained against other annotations"
+    except verify.DatasetError as e:
+        said = str(e)
+    ok = not (workdir / "checkpoints").exists() and ek100.TRAIN_CLIPS_FILE in said
+    return ("refused before the first step: " + re.sub(r"/\S+/", "", said)[:110],
+            none_if(ok, "nothing trained on mismatched records"))
+
+
+@accident("csv_encoding", "an annotation CSV saved with a byte-order mark; another with a "
+          "byte that is not UTF-8")
+def csv_encoding(drill: Drill):
+    drill.dataset  # noqa: B018
+    source = drill.root / "shared" / "synthkitchens" / synthetic.ANNOTATION_DIR
+    folder = drill.workdir("csv_encoding")
+    folder.mkdir(parents=True)
+    text = (source / ek100.TRAIN_CLIPS_FILE).read_bytes()
+    (folder / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text)
+    bom_rows = len(ek100.read_clips(folder / "bom.csv"))
+    lines = text.split(b"\n")
+    lines[2] = lines[2].replace(b",", b",\xff", 1)
+    (folder / "latin.csv").write_bytes(b"\n".join(lines))
+    try:
+        ek100.read_clips(folder / "latin.csv")
+        return f"BOM: {bom_rows} rows read; the bad byte was read", "YES: a bad byte went in"
+    except ek100.AnnotationError as e:
+        said = str(e).replace(str(folder) + "/", "")
+    ok = bom_rows == len(ek100.read_clips(source / ek100.TRAIN_CLIPS_FILE))
+    return (f"BOM: all {bom_rows} rows read; bad byte: {said[:80]}",
+            none_if(ok, "every row read or the file refused by line"))
+
+
+@accident("truncated_video", "one source video is cut to half its size before preparation")
+def truncated_video(drill: Drill):
+    drill.dataset  # noqa: B018
+    videos = drill.workdir("truncated_videos")
+    shutil.copytree(drill.root / "shared" / "synthkitchens", videos)
+    video = sorted(videos.rglob("*.MP4"))[0]
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    out = drill.workdir("data_truncated")
+    command = [sys.executable, "tools/prepare_ek100.py", "--annotations",
+               str(videos / synthetic.ANNOTATION_DIR), "--videos", str(videos), "--output",
+               str(out), "--num_frames", "4", "--short_side", "40", "--workers", "1",
+               "--no_progress"]
+    refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    allowed = subprocess.run(command + ["--allow_skipped"], cwd=REPO, capture_output=True,
+                             text=True)
+    summary = json.loads((out / prepare.SUMMARY_FILE).read_text())
+    skipped = sum(summary["skipped"].values())
+    ok = refused.returncode == 1 and allowed.returncode == 0 and skipped > 0
+    return (f"exit {refused.returncode}: {skipped} clip(s) skipped, named in the report; with "
+            f"--allow_skipped exit {allowed.returncode}, {sum(summary['clips'].values())} clips "
+            f"written", none_if(ok, "no clip dropped silently"))
+
+
+@accident("killed_preparation", "a preparation killed while assembling leaves TFDS's "
+          "incomplete.* folder and a shard's temporary; it is run again")
+def killed_preparation(drill: Drill):
+    _, out, config = prepared_copy(drill, "killed")
+    data = prepare.dataset_dir(out, config.num_frames, config.short_side)
+    (data.parent / "incomplete.DRILL1_1.0.0").mkdir()
+    shards = {p: p.stat().st_mtime_ns for p in (out / "work" / "shards").rglob("*.npz")}
+    shard = min(shards)
+    (shard.parent / f".{shard.name}.drill123.tmp").write_bytes(b"half a shard")
+    summary = quiet(prepare.prepare, config)
+    said = next((x for x in quiet.err.splitlines() if "leftover" in x), "")
+    ok = (not list(data.parent.glob("incomplete.*")) and "2 leftover(s)" in said
+          and summary["dataset_dir"] == str(data)
+          and all(p.stat().st_mtime_ns == t for p, t in shards.items()))
+    return ("the rerun removed 2 leftovers, saying so, and reused the shards",
+            none_if(ok, "the data set is whole"))
+
+
+@accident("planted_features_json", "a data set's features.json names a module "
+          "(TFDS would import it)")
+def planted_features_json(drill: Drill):
+    _, out, config = prepared_copy(drill, "planted")
+    data = prepare.dataset_dir(out, config.num_frames, config.short_side)
+    path = data / verify.FEATURES_FILE
+    path.write_text(path.read_text().replace(
+        "tensorflow_datasets.core.features.sequence_feature.Sequence", "os.system", 1))
+    try:
+        pipeline.open_split(data, "train")
+        return "opened", "YES: the named module was imported"
+    except verify.DatasetError as e:
+        said = str(e).split(": ", 1)[-1]
+    planted = "os.system" in path.read_text()
+    return (f"refused before TFDS read it: {said[:80]}",
+            none_if(planted and "os.system" in said, "nothing imported"))
 
 
 # ---------------------------------------------------------------------------------------------
