@@ -325,6 +325,11 @@ def edit_first_narration(csv_file: pathlib.Path, text: str) -> str:
     return rows[1][rows[0].index("narration_id")]
 
 
+def shard_times(output: pathlib.Path) -> dict[pathlib.Path, int]:
+    """{shard: mtime_ns} of a preparation's per-video shards (a rebuilt shard gets a new one)."""
+    return {p: p.stat().st_mtime_ns for p in (output / "work" / "shards").rglob("*.npz")}
+
+
 def record_narration(dataset_dir, split: str, narration_id: str) -> str:
     source = pipeline.open_split(dataset_dir, split)
     for i in range(len(source)):
@@ -337,7 +342,7 @@ def record_narration(dataset_dir, split: str, narration_id: str) -> str:
           "and the preparation is run again")
 def stale_annotation(drill: Drill):
     annotations, out, config = prepared_copy(drill, "stale")
-    shards = {p: p.stat().st_mtime_ns for p in (out / "work" / "shards").rglob("*.npz")}
+    shards = shard_times(out)
     nid = edit_first_narration(annotations / ek100.TRAIN_CLIPS_FILE, "drill: a corrected text")
     summary = quiet(prepare.prepare, config)
     rebuilt = [p for p, t in shards.items() if p.stat().st_mtime_ns != t]
@@ -417,14 +422,14 @@ def killed_preparation(drill: Drill):
     _, out, config = prepared_copy(drill, "killed")
     data = prepare.dataset_dir(out, config.num_frames, config.short_side)
     (data.parent / "incomplete.DRILL1_1.0.0").mkdir()
-    shards = {p: p.stat().st_mtime_ns for p in (out / "work" / "shards").rglob("*.npz")}
+    shards = shard_times(out)
     shard = min(shards)
     (shard.parent / f".{shard.name}.drill123.tmp").write_bytes(b"half a shard")
     summary = quiet(prepare.prepare, config)
     said = next((x for x in quiet.err.splitlines() if "leftover" in x), "")
     ok = (not list(data.parent.glob("incomplete.*")) and "2 leftover(s)" in said
           and summary["dataset_dir"] == str(data)
-          and all(p.stat().st_mtime_ns == t for p, t in shards.items()))
+          and shard_times(out) == shards)
     return ("the rerun removed 2 leftovers, saying so, and reused the shards",
             none_if(ok, "the data set is whole"))
 
