@@ -153,6 +153,12 @@ def checkpoints(workdir: pathlib.Path) -> list[str]:
     return sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.is_dir())
 
 
+def shorten(text: str, n: int = 90) -> str:
+    """``text`` without its folders, cut at a word boundary to about ``n`` characters."""
+    text = re.sub(r"/\S+/", "", text)
+    return text if len(text) <= n else text[:text.rfind(" ", 0, n)] + " ..."
+
+
 def none_if(ok: bool, detail: str) -> str:
     return f"none ({detail})" if ok else f"YES: {detail} does not hold"
 
@@ -227,7 +233,7 @@ def second_trainer(drill: Drill):
         quiet(train.train_and_evaluate, drill.config(), workdir)
         refused = "not refused"
     except lock.WorkdirBusyError as e:
-        refused = "refused: " + str(e).split(" (")[0]
+        refused = "refused: " + shorten(str(e).split(" (")[0])
     out, _ = first.communicate(timeout=600)
     ok = first.returncode == 0 and "DONE 4" in out and drill.saved_params_as_reference(workdir)
     return refused, none_if(ok, "the first trainer finished with the uninterrupted run's weights")
@@ -291,7 +297,7 @@ def bad_torch_file(drill: Drill):
                            "4"], cwd=REPO, capture_output=True, text=True)
     lines = proc.stderr.strip().splitlines()
     ok = proc.returncode == 1 and len(lines) == 1 and str(path) in lines[0]
-    return (f"exit {proc.returncode}, one line: {lines[-1].split(': ', 2)[-1][:70]}",
+    return (f"exit {proc.returncode}, one line: {shorten(lines[-1].split(': ', 2)[-1], 70)}",
             none_if(ok, "nothing written"))
 
 
@@ -366,7 +372,7 @@ def swapped_annotations(drill: Drill):
     except verify.DatasetError as e:
         said = str(e)
     ok = not (workdir / "checkpoints").exists() and ek100.TRAIN_CLIPS_FILE in said
-    return ("refused before the first step: " + re.sub(r"/\S+/", "", said)[:110],
+    return ("refused before the first step: " + shorten(said, 110),
             none_if(ok, "nothing trained on mismatched records"))
 
 
@@ -387,9 +393,9 @@ def csv_encoding(drill: Drill):
         ek100.read_clips(folder / "latin.csv")
         return f"BOM: {bom_rows} rows read; the bad byte was read", "YES: a bad byte went in"
     except ek100.AnnotationError as e:
-        said = str(e).replace(str(folder) + "/", "")
+        said = shorten(str(e))
     ok = bom_rows == len(ek100.read_clips(source / ek100.TRAIN_CLIPS_FILE))
-    return (f"BOM: all {bom_rows} rows read; bad byte: {said[:80]}",
+    return (f"BOM: all {bom_rows} rows read; bad byte: {said}",
             none_if(ok, "every row read or the file refused by line"))
 
 
@@ -411,7 +417,7 @@ def truncated_video(drill: Drill):
     summary = json.loads((out / prepare.SUMMARY_FILE).read_text())
     skipped = sum(summary["skipped"].values())
     ok = refused.returncode == 1 and allowed.returncode == 0 and skipped > 0
-    return (f"exit {refused.returncode}: {skipped} clip(s) skipped, named in the report; with "
+    return (f"exit {refused.returncode}: {skipped} shorten(s) skipped, named in the report; with "
             f"--allow_skipped exit {allowed.returncode}, {sum(summary['clips'].values())} clips "
             f"written", none_if(ok, "no clip dropped silently"))
 
@@ -448,7 +454,7 @@ def planted_features_json(drill: Drill):
     except verify.DatasetError as e:
         said = str(e).split(": ", 1)[-1]
     planted = "os.system" in path.read_text()
-    return (f"refused before TFDS read it: {said[:80]}",
+    return (f"refused before TFDS read it: {shorten(said, 70)}",
             none_if(planted and "os.system" in said, "nothing imported"))
 
 
