@@ -417,7 +417,7 @@ def truncated_video(drill: Drill):
     summary = json.loads((out / prepare.SUMMARY_FILE).read_text())
     skipped = sum(summary["skipped"].values())
     ok = refused.returncode == 1 and allowed.returncode == 0 and skipped > 0
-    return (f"exit {refused.returncode}: {skipped} shorten(s) skipped, named in the report; with "
+    return (f"exit {refused.returncode}: {skipped} clip(s) skipped, named in the report; with "
             f"--allow_skipped exit {allowed.returncode}, {sum(summary['clips'].values())} clips "
             f"written", none_if(ok, "no clip dropped silently"))
 
