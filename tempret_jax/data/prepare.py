@@ -34,7 +34,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import re
 import shutil
 import sys
 import time
@@ -300,20 +299,16 @@ def _assemble(builder, todo: list[tasks.VideoTask], results: list[dict]) -> None
         atomic.write_text(stamp, made_from)
 
 
-# atomic.path's temporaries: ".<target name>.<mkstemp's 8 random characters>.tmp".
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-
-
 def _remove_leftovers(config: PrepareConfig) -> None:
     """Removes what a killed preparation leaves, saying so in one line: TFDS's ``incomplete.*``
     folders, the temporaries of atomic writes (shards, report, summary, the data set's files) and
     ``*.tmp.npz`` shards of older versions."""
     data = dataset_dir(config.output_dir, config.num_frames, config.short_side)
     found = sorted(data.parent.glob("incomplete.*"))
-    for folder in (pathlib.Path(config.output_dir), data, data / ANNOTATIONS,
-                   *(config.work / "shards").glob("*")):
-        found += sorted(p for p in folder.glob("*") if p.is_file() and (
-            _TEMPORARY.fullmatch(p.name) or p.name.endswith(".tmp.npz")))
+    shards = sorted((config.work / "shards").glob("*"))
+    for folder in (pathlib.Path(config.output_dir), data, data / ANNOTATIONS, *shards):
+        found += atomic.temporaries(folder)
+    found += [p for folder in shards for p in sorted(folder.glob("*.tmp.npz"))]
     for path in found:
         if path.is_dir():
             shutil.rmtree(path)
