@@ -78,13 +78,16 @@ def synthetic_dataset(config, workdir: pathlib.Path) -> str:
 
 
 def _find_dataset(config, workdir: pathlib.Path) -> None:
-    """Sets ``config.dataset_dir`` (SynthKitchens made under ``workdir`` if configured)."""
+    """Sets ``config.dataset_dir`` (SynthKitchens made under ``workdir`` if configured) and
+    checks it was prepared from ``config.annotation_dir`` when one is given."""
     if config.get("synthetic") is not None and not config.dataset_dir:
         with config.unlocked():
             config.dataset_dir = synthetic_dataset(config, workdir)
     if not config.dataset_dir:
         raise config_lib.ConfigError("config: dataset_dir: expected a prepared data set "
                                      "(tools/prepare_ek100.py makes one), got ''")
+    if config.get("annotation_dir"):  # the user's annotations: the data set must be made of them
+        prepare.check_annotation_dir(config.dataset_dir, config.annotation_dir)
 
 
 def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,

@@ -3,6 +3,7 @@ non-finite, a second trainer on the workdir, a failing evaluation, a SIGTERM dur
 and the "best" checkpoints ranked by evaluations that come after their save."""
 
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -226,3 +227,17 @@ def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(dataset, saved_
     assert "removed 3 leftover(s) of an interrupted run" in capsys.readouterr().out
     assert not unfinished.exists() and not any(t.exists() for t in temporaries)
     assert _steps(workdir) == ["2", "4"]
+
+
+def test_a_data_set_made_from_other_annotations_than_the_configs_is_refused(dataset, tmp_path):
+    from tempret_jax import main
+    from tempret_jax.data import ek100, verify
+    other = tmp_path / "annotations"
+    shutil.copytree(pathlib.Path(dataset) / "annotations", other)
+    clips = other / ek100.TRAIN_CLIPS_FILE
+    clips.write_bytes(clips.read_bytes() + b"\r\n")  # the same rows, other bytes
+    config = tiny_config(dataset)
+    config.annotation_dir = str(other)
+    with pytest.raises(verify.DatasetError, match=f"{clips}"):
+        main.run(config, tmp_path / "run", "train")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 from tempret_jax import atomic
-from tempret_jax.data import decode, ek100, tasks, verify
+from tempret_jax.data import decode, ek100, tasks, verify, workers
 
 SPLIT_FILES = {"train": (ek100.TRAIN_CLIPS_FILE, ek100.TRAIN_SENTENCES_FILE),
                "test": (ek100.TEST_CLIPS_FILE, ek100.TEST_SENTENCES_FILE)}
@@ -261,15 +261,16 @@ def _run_tasks(todo: list[tasks.VideoTask], config: PrepareConfig) -> list[dict]
             nid, reason = result["skipped"][0]
             raise PrepareError(f"{task.split} clip {nid} ({task.video_id}): {reason}")
 
-    workers = config.num_workers or os.cpu_count() or 1
+    processes = config.num_workers or os.cpu_count() or 1
     try:
-        if workers == 1:
+        if processes == 1:
             for task in pending:
                 done(task, process_video(task, config))
         else:
             # spawn: workers must not inherit the parent's threads (tqdm, TFDS, JAX).
             ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            with concurrent.futures.ProcessPoolExecutor(  # no decoding orphans after a kill -9
+                    processes, mp_context=ctx, initializer=workers.tie_to_parent) as pool:
                 futures = {pool.submit(process_video, t, config): t for t in pending}
                 try:
                     for future in concurrent.futures.as_completed(futures):
