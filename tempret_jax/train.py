@@ -276,7 +276,8 @@ def _train(config, workdir: pathlib.Path, hooks, preemption: Preemption) -> dict
         pending, tick = None, time.perf_counter()
         # A SIGTERM during start-up: stop before training (the state is the saved one).
         result["preempted"] = preemption.requested
-        for step in range(first, config.total_steps if not preemption.requested else first):
+        end = first if preemption.requested else config.total_steps
+        for step in range(first, end):
             local = next(train_iter)
             state, out = train_step(state, local)
             if pending is not None:
