@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tempret_jax.data import synthetic
+from tempret_jax.data import ek100, synthetic
 
 SMALL = synthetic.SynthConfig(num_train_videos=4, num_test_videos=2, clips_per_video=12)
 
@@ -52,3 +52,16 @@ def test_travel_is_the_distance_moved_and_mirrored_motions_reverse_time(travel):
 def test_bad_sizes_are_named(change, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(SMALL, **change)
+
+
+def test_the_tool_generates_the_configs_data_and_refuses_a_used_folder(load_tool, tmp_path,
+                                                                       capsys):
+    tool = load_tool("synthkitchens")
+    assert tool.main(["--out", str(tmp_path / "s"), "--size", "test", "--layout", "frames"]) == 0
+    clips = ek100.read_clips(tmp_path / "s" / "annotations" / ek100.TRAIN_CLIPS_FILE)
+    size = tool.sizes("test")
+    assert len(clips) == size["num_train_videos"] * size["clips_per_video"]
+    assert list((tmp_path / "s").glob("P01/rgb_frames/*/frame_0000000001.jpg"))
+    assert "SynthKitchens (test, frames)" in capsys.readouterr().out
+    assert tool.main(["--out", str(tmp_path / "s")]) == 2
+    assert "expected a new or empty folder" in capsys.readouterr().err
