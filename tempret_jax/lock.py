@@ -76,6 +76,22 @@ class WorkdirLock:
             entry[0].close()
 
 
+def holder(workdir) -> str | None:
+    """Who holds ``workdir``'s lock ("pid P on H since T"), or None if no live process does.
+    A probe: it never takes the lock for long (a fresh open file, so even this process's own
+    hold shows)."""
+    path = pathlib.Path(workdir).absolute() / LOCK_FILE
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(f)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
 def _holder(f) -> str:
     f.seek(0)
     try:
