@@ -11,6 +11,8 @@ Modes:
 
 Any config key can be overridden on the command line (``--config.optim.lr=1e-4``); a misspelt
 key is an error naming the nearest one. The config is validated before any work starts.
+Errors are one line on stderr (exit 2: bad input; 1: anything else); ``--debug`` or
+TEMPRET_DEBUG=1 shows the traceback instead.
 
 A config with a ``synthetic`` block (configs/synthetic.py) first generates SynthKitchens under
 <workdir>/synthkitchens and prepares it through the real preparation path into <workdir>/data
@@ -20,7 +22,9 @@ similarities on the EK-100 test split instead (the floor of every table).
 """
 
 import json
+import os
 import pathlib
+import re
 import sys
 import time
 
@@ -42,6 +46,7 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval: a converted / params-
                                   "to score instead of the run's own.")
 _QUERY = flags.DEFINE_string("query", "", "search: the text to search for.")
 _TOP = flags.DEFINE_integer("top", 10, "search: how many clips to print.")
+flags.DEFINE_bool("debug", False, "Print the traceback of an error (also: TEMPRET_DEBUG=1).")
 flags.mark_flags_as_required(["workdir"])
 
 SYNTHETIC_DONE = ".generated"  # written once generation has finished
@@ -152,8 +157,41 @@ def main(argv) -> None:
             prepare.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001  anything else: one line, the traceback on request
+        if _debugging():
+            raise
+        print(f"error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code)
 
 
+def _debugging(argv=None) -> bool:
+    """--debug on the command line (read before the flags parse) or TEMPRET_DEBUG=1."""
+    return "--debug" in (argv or sys.argv) or os.environ.get("TEMPRET_DEBUG", "0") != "0"
+
+
+def _one_line(e: BaseException) -> str:
+    # ml_collections' messages arrive as the repr of a string: escaped quotes and newlines.
+    text = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" ")
+    return " ".join(text.split())[:500]
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad flag or config override as one line, exit 2 (a
+    misspelt ``--config.key`` raises from deep inside ml_collections)."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001  flags.Error, or the AttributeError of an override
+        if _debugging(argv):
+            raise
+        text = _one_line(e)
+        typo = re.search(r"(\w+)\W* Did you mean \"(\w+)\"", text)
+        if typo:  # ml_collections' wording of a misspelt --config.key
+            text = f"--config override: no such key {typo[1]!r}; did you mean {typo[2]!r}?"
+        print(f"error: command line: {text}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -19,7 +19,13 @@ def test_a_misspelt_config_key_names_the_nearest_one(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "tempret_jax.main", "--config", "configs/random_baseline.py",
          "--workdir", str(tmp_path), "--config.sed=1"], capture_output=True, text=True)
-    assert run.returncode != 0 and 'Did you mean "seed"' in run.stderr
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == ("error: command line: --config override: no such key "
+                                           "'sed'; did you mean 'seed'?")
+    debug = subprocess.run(
+        [sys.executable, "-m", "tempret_jax.main", "--config", "configs/random_baseline.py",
+         "--workdir", str(tmp_path), "--config.sed=1", "--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
 
 
 def _main(*args):
@@ -78,3 +84,27 @@ def test_a_workdir_in_use_is_one_line_naming_the_other_trainer(tmp_path):
     assert run.stderr.splitlines()[-1].startswith(
         f"error: {tmp_path} is in use by another trainer (pid {holder.pid} on ")
     assert not (tmp_path / "synthkitchens").exists()  # refused before any work
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_behind_debug(
+        tmp_path, monkeypatch, capsys):
+    import pytest
+    from absl import flags
+
+    from tempret_jax import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+    monkeypatch.setattr(main, "run", broken)
+    flags.FLAGS(["main", "--config", "configs/random_baseline.py", "--workdir", str(tmp_path)])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main.main(["main"])
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err == ("error: RuntimeError: disk on fire second line (rerun "
+                                           "with --debug for the traceback)\n")
+        monkeypatch.setenv("TEMPRET_DEBUG", "1")
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            main.main(["main"])
+    finally:
+        flags.FLAGS.unparse_flags()
