@@ -18,7 +18,7 @@ import pathlib
 import jax
 import ml_collections
 
-from tempret_jax import atomic, evaluators, state
+from tempret_jax import atomic, evaluators, run_config, state
 from tempret_jax import config as config_lib
 
 EVAL_DIR = "eval"
@@ -44,6 +44,6 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None,
               **result.record}
     if jax.process_index() == 0:
         print(f"step {number}: {result.table}", flush=True)
-        atomic.write_text(out / config_lib.CONFIG_FILE, config.to_json_best_effort(indent=2))
+        run_config.save(config, out / config_lib.CONFIG_FILE, workdir)
         atomic.write_json(out / "metrics.json", record)
     return record

@@ -6,8 +6,11 @@ Modes:
   eval                      score the run's checkpoint (``--step``, default the latest) or a
                             converted one (``--checkpoint``) with every evaluator of
                             ``config.evals``; writes DIR/eval/ (`tempret_jax.evaluate`)
-  search                    the run's test clips best matching ``--query`` (`tempret_jax.search`;
-                            ``--config`` may be left out once the run has saved its config)
+  search                    the run's test clips best matching ``--query`` (`tempret_jax.search`)
+
+``--config`` may be left out once the run has saved its config (`tempret_jax.run_config`): the
+run is resumed, evaluated or searched from ``--workdir`` alone, overrides included, also after
+the folder was moved (the paths inside it are saved relative to it).
 
 Any config key can be overridden on the command line (``--config.optim.lr=1e-4``); a misspelt
 key is an error naming the nearest one. The config is validated before any work starts.
@@ -21,7 +24,6 @@ A config with a ``synthetic`` block (configs/synthetic.py) first generates Synth
 similarities on the EK-100 test split instead (the floor of every table).
 """
 
-import json
 import os
 import pathlib
 import re
@@ -33,7 +35,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import atomic, checkpoint, evaluate, lock, metrics, search, train
+from tempret_jax import atomic, checkpoint, evaluate, lock, metrics, run_config, search, train
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic, verify
 
@@ -111,8 +113,7 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
     with lock.WorkdirLock(workdir):  # before anything is written: data, config, checkpoints
         _find_dataset(config, workdir)
         # The resolved config beside the run: eval and search reopen the run from it.
-        atomic.write_json(workdir / config_lib.CONFIG_FILE,
-                          json.loads(config.to_json_best_effort()))
+        run_config.save(config, workdir / config_lib.CONFIG_FILE, workdir)
         if mode == "train":
             config.eval.every_steps = -1
         try:
@@ -177,11 +178,25 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
+def _with_run_config(argv: list[str]) -> list[str]:
+    """argv, with ``--config tempret_jax/run_config.py:WORKDIR`` added when it names no
+    ``--config`` and WORKDIR holds a saved config: a run is reopened (resumed, evaluated,
+    searched) from its folder alone, ``--config.key=value`` overrides included."""
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv
+    workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None)
+    if workdir is None and "--workdir" in argv[:-1]:
+        workdir = argv[argv.index("--workdir") + 1]
+    if workdir is None or not any((pathlib.Path(workdir) / n).is_file() for n in run_config.SAVED):
+        return argv
+    return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
+
+
 def _parse_flags(argv):
     """absl's flag parsing, with a bad flag or config override as one line, exit 2 (a
     misspelt ``--config.key`` raises from deep inside ml_collections)."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(_with_run_config(argv))
     except Exception as e:  # noqa: BLE001  flags.Error, or the AttributeError of an override
         if _debugging(argv):
             raise

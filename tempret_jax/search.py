@@ -24,7 +24,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from tempret_jax import atomic, embedding, evaluate, state
+from tempret_jax import atomic, embedding, run_config, state
 from tempret_jax import config as config_lib
 from tempret_jax import sharding as sharding_lib
 from tempret_jax.data import prepare
@@ -81,18 +81,14 @@ class Index:
 
 def load_config(workdir, config: ml_collections.ConfigDict | None = None
                 ) -> ml_collections.ConfigDict:
-    """``config``, else the one saved in the workdir by training, an evaluation or an index build."""
+    """``config``, else the one saved in the workdir by training, an evaluation or an index build
+    (`run_config.load`: its paths found again if the run was moved)."""
     if config is not None:
         return config
-    workdir = pathlib.Path(workdir)
-    for path in (workdir / config_lib.CONFIG_FILE,
-                 workdir / evaluate.EVAL_DIR / config_lib.CONFIG_FILE,
-                 workdir / INDEX_DIR / config_lib.CONFIG_FILE):
-        if path.is_file():
-            return ml_collections.ConfigDict(json.loads(path.read_text()))
-    raise SearchError(
-        f"{workdir} has no saved config (config.json, eval/config.json or search/config.json): "
-        f"pass the run's config (--config configs/X.py) once")
+    try:
+        return run_config.load(workdir)
+    except config_lib.ConfigError as e:
+        raise SearchError(str(e)) from None
 
 
 class Searcher:
@@ -120,7 +116,7 @@ class Searcher:
         if rebuilt:
             index = build_index(model, params, mesh, config, split, meta)
             index.save(folder)
-            atomic.write_text(folder / config_lib.CONFIG_FILE, config.to_json_best_effort(indent=2))
+            run_config.save(config, folder / config_lib.CONFIG_FILE, workdir)
         return cls(config, model, mesh, params, index, rebuilt)
 
     def embed_query(self, query: str) -> np.ndarray:

@@ -34,23 +34,33 @@ def _main(*args):
 
 
 def test_synthetic_job_generates_prepares_trains_and_evaluates(tmp_path):
-    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path))
+    workdir = tmp_path / "run"
+    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(workdir))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "devices:" in run.stdout and "parameters:" in run.stdout and "global batch" in run.stdout
-    result = json.loads((tmp_path / "metrics.json").read_text())
+    result = json.loads((workdir / "metrics.json").read_text())
     assert result["step"] == 4 and set(result["mAP"]) == {"v2t", "t2v", "avg"}
-    assert json.loads((tmp_path / "config.json").read_text())["name"] == "synthetic_tempret_info_nce_test"
-    # eval mode scores the saved checkpoint again: same numbers, in eval/.
-    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(tmp_path), "--mode", "eval")
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["name"] == "synthetic_tempret_info_nce_test"
+    assert saved["dataset_dir"] == "data/ek100_mir/frames4_short40/1.0.0"  # inside: relative
+    # The run folder moved: eval mode (its saved config, an override) scores it again, in eval/.
+    moved = tmp_path / "moved"
+    workdir.rename(moved)
+    run = _main("--workdir", str(moved), "--mode", "eval", "--config.eval.num_workers=0")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mAP"] == result["mAP"]
+    assert json.loads((moved / "eval" / "metrics.json").read_text())["mAP"] == result["mAP"]
     # search mode reopens the run from its saved config.
-    run = _main("--mode", "search", "--workdir", str(tmp_path), "--query", "open the red box",
+    run = _main("--mode", "search", "--workdir", str(moved), "--query", "open the red box",
                 "--top", "3")
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
     assert "step 4" in lines[-5] and "index built" in lines[-5]
     assert [line.split()[0] for line in lines[-3:]] == ["1", "2", "3"]
+    # and training resumes from it: already at its last step, it trains nothing.
+    run = _main("--workdir", str(moved))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "generated" not in run.stdout and "prepared" not in run.stdout  # its data found
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
 
 
 def test_eval_mode_without_a_checkpoint_is_a_clear_error(tmp_path):
