@@ -1,5 +1,6 @@
 """SynthKitchens -> preparation -> TFDS: what is written is what the CSVs and videos say."""
 
+import dataclasses
 import csv
 import io
 import json
@@ -376,3 +377,11 @@ def test_decoding_resumes_past_a_damaged_packet(tmp_path):
             == [int(np.floor(t * TINY.fps + 1e-6)) for i, t in enumerate(times) if i not in lost]
     with pytest.raises(av.InvalidDataError):  # without ``errors`` the error is raised
         decode.decode_video_at(video, times, seek_gap=100.0)
+
+
+def test_a_quiet_preparation_prints_no_progress_bars_of_tfds(tmp_path, capfd):
+    synthetic.generate(tmp_path / "src", dataclasses.replace(TINY, num_train_videos=1,
+                                                             num_test_videos=1))
+    _prepare(tmp_path / "src", tmp_path / "out")
+    err = capfd.readouterr().err
+    assert "Generating" not in err and "Shuffling" not in err, err[-500:]

@@ -284,9 +284,10 @@ def _run_tasks(todo: list[tasks.VideoTask], config: PrepareConfig) -> list[dict]
     return [results[t] for t in todo]
 
 
-def _assemble(builder, todo: list[tasks.VideoTask], results: list[dict]) -> None:
+def _assemble(builder, todo: list[tasks.VideoTask], results: list[dict], progress: bool) -> None:
     """Writes the TFDS data set, unless one made from exactly these records is already there:
-    the same rows (clip_index), each with the same shard key (its fields, frames, options)."""
+    the same rows (clip_index), each with the same shard key (its fields, frames, options).
+    TFDS's own progress bars show only with ``progress``."""
     import tensorflow_datasets as tfds
     made_from = tasks.digest([[t.split, c.row, c.narration_id, r["key"]]
                               for t, r in zip(todo, results) for written in [set(r["written"])]
@@ -295,6 +296,7 @@ def _assemble(builder, todo: list[tasks.VideoTask], results: list[dict]) -> None
     current = stamp.is_file() and stamp.read_text() == made_from
     mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if current
             else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
+    tfds.display_progress_bar(progress)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     if not current:
         atomic.write_text(stamp, made_from)
@@ -377,7 +379,7 @@ def prepare(config: PrepareConfig) -> dict:
             f"or allow the skipped clips (--allow_skipped) to write it without them")
 
     builder = _builder(config, tables, results)
-    _assemble(builder, todo, results)
+    _assemble(builder, todo, results, config.progress)
     target = pathlib.Path(builder.data_dir) / ANNOTATIONS
     for name in names:
         with atomic.path(target / name) as tmp:
