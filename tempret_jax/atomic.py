@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -42,6 +43,16 @@ def temporaries(folder: str | os.PathLike) -> list[pathlib.Path]:
         return []
     return sorted(p for p in folder.iterdir() if p.name.startswith(_PREFIX)
                   and p.name.endswith(_SUFFIX) and len(p.name.split(".")) >= 4)
+
+
+def remove(paths) -> None:
+    """Removes each file or folder of ``paths`` (what `temporaries` and other leftovers finders
+    return; the caller knows no one is writing them)."""
+    for p in paths:
+        if pathlib.Path(p).is_dir():
+            shutil.rmtree(p)
+        else:
+            pathlib.Path(p).unlink()
 
 
 @contextlib.contextmanager

@@ -32,7 +32,6 @@ import functools
 import json
 import math
 import pathlib
-import shutil
 import signal
 import threading
 import time
@@ -225,11 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir,
 def _remove_leftovers(workdir: pathlib.Path, say) -> None:
     """Removes the temporaries a killed run left (the workdir lock says no one writes them)."""
     found = checkpoint_lib.leftovers(workdir) + atomic.temporaries(workdir)
-    for path in found:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    atomic.remove(found)
     if found:
         say(f"removed {len(found)} leftover(s) of an interrupted run: "
             f"{', '.join(str(p.relative_to(workdir)) for p in found)}")

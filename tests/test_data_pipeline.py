@@ -8,6 +8,7 @@ from PIL import Image
 
 from tempret_jax import relevance
 from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
+from tiny_run import make_dataset
 
 TINY = synthetic.SynthConfig(num_train_videos=3, num_test_videos=2, num_participants=2,
                              clips_per_video=5, width=128, height=72, fps=20,
@@ -17,13 +18,7 @@ T, R = 4, 32
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("synth")
-    synthetic.generate(root, TINY)
-    summary = prepare.prepare(prepare.PrepareConfig(
-        annotation_dir=str(root / "annotations"), video_root=str(root),
-        output_dir=str(tmp_path_factory.mktemp("prepared")), num_frames=8, short_side=48,
-        num_workers=1, progress=False))
-    return pathlib.Path(summary["dataset_dir"])
+    return pathlib.Path(make_dataset(tmp_path_factory, TINY, num_frames=8, short_side=48))
 
 
 def _train(dataset, batch=4, **kw):

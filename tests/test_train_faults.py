@@ -113,11 +113,13 @@ def test_a_second_trainer_is_refused_until_the_first_is_gone(dataset, tmp_path, 
     assert (workdir / lock.LOCK_FILE).read_text() == ""  # released on exit
 
 
-def test_the_lock_is_reentrant_within_a_process(tmp_path):
-    with lock.WorkdirLock(tmp_path), lock.WorkdirLock(tmp_path):
-        pass
+def test_the_lock_is_reentrant_within_a_process_and_released_by_the_outermost_exit(tmp_path):
+    import os
     with lock.WorkdirLock(tmp_path):
-        pass
+        with lock.WorkdirLock(tmp_path):  # main holds it, the loop takes it again
+            assert lock.holder(tmp_path).startswith(f"pid {os.getpid()} on ")
+        assert lock.holder(tmp_path) is not None  # the inner exit keeps it
+    assert lock.holder(tmp_path) is None
 
 
 def _failing_at(steps, real=evaluators.run):

@@ -15,14 +15,16 @@ TINY = synthetic.SynthConfig(num_train_videos=2, num_test_videos=1, num_particip
 REPO = pathlib.Path(__file__).parent.parent
 
 
-def make_dataset(tmp_path_factory) -> str:
-    """Generates and prepares the tiny SynthKitchens; returns the data set's folder."""
+def make_dataset(tmp_path_factory, synth: synthetic.SynthConfig = TINY, num_frames: int = 4,
+                 short_side: int = 36) -> str:
+    """Generates and prepares a SynthKitchens (the tiny one by default); returns the data set's
+    folder."""
     root = tmp_path_factory.mktemp("synth")
-    synthetic.generate(root, TINY)
+    synthetic.generate(root, synth)
     summary = prepare.prepare(prepare.PrepareConfig(
         annotation_dir=str(root / "annotations"), video_root=str(root),
-        output_dir=str(tmp_path_factory.mktemp("prepared")), num_frames=4, short_side=36,
-        num_workers=1, progress=False))
+        output_dir=str(tmp_path_factory.mktemp("prepared")), num_frames=num_frames,
+        short_side=short_side, num_workers=1, progress=False))
     return summary["dataset_dir"]
 
 

@@ -77,16 +77,16 @@ class Drill:
                                                       REPO / "configs" / "synthetic.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        self._base = module.get_config("test")
-        self._base.eval.every_steps = -1
+        self.base = module.get_config("test")
+        self.base.eval.every_steps = -1
 
     @functools.cached_property
     def dataset(self) -> str:
         """The tiny SynthKitchens, generated and prepared on first use."""
-        return quiet(main.synthetic_dataset, self._base, self.root / "shared")
+        return quiet(main.synthetic_dataset, self.base, self.root / "shared")
 
     def config(self, **overrides):
-        c = self._base.copy_and_resolve_references()
+        c = self.base.copy_and_resolve_references()
         c.dataset_dir = self.dataset
         c.update(overrides)
         return c
@@ -128,6 +128,16 @@ class Drill:
 def trees_equal(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(host(a)),
                                                       jax.tree.leaves(host(b)), strict=True))
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str) -> str:
+    """Reads ``proc``'s stdout up to a line starting with ``prefix``; RuntimeError if it ends
+    first (the process died: its stderr says why)."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line
+    raise RuntimeError(f"the subprocess ended before printing {prefix!r}: "
+                       f"{proc.stderr.read()[-300:]}")
 
 
 def host(tree):
@@ -227,8 +237,7 @@ def non_finite_state(drill: Drill):
 def second_trainer(drill: Drill):
     workdir = drill.workdir("second_trainer")
     first = drill.spawn(drill.config(), workdir, step_sleep=1.0)
-    while not first.stdout.readline().startswith("STEP 1"):
-        pass
+    wait_for_line(first, "STEP 1")
     try:
         quiet(train.train_and_evaluate, drill.config(), workdir)
         refused = "not refused"
@@ -261,8 +270,7 @@ def eval_crash(drill: Drill):
 def early_sigterm(drill: Drill):
     workdir = drill.workdir("early_sigterm")
     proc = drill.spawn(drill.config(), workdir)
-    while not proc.stdout.readline().startswith("devices:"):  # printed during start-up
-        pass
+    wait_for_line(proc, "devices:")  # printed during start-up
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=600)
     done = out.split("DONE", 1)[-1].split()
@@ -305,20 +313,20 @@ def bad_torch_file(drill: Drill):
 # The accidents: data.
 
 
-def prepared_copy(drill: Drill, name: str, videos: pathlib.Path | None = None):
-    """(annotations, output, PrepareConfig) of a fresh preparation of the drill's SynthKitchens
-    from a copy of its annotation folder (so that it can be edited)."""
+def prepared_copy(drill: Drill, name: str):
+    """(annotations, output, data set, PrepareConfig) of a fresh preparation of the drill's
+    SynthKitchens from a copy of its annotation folder (so that it can be edited)."""
     drill.dataset  # noqa: B018  generates the SynthKitchens sources
     source = drill.root / "shared" / "synthkitchens"
     root = drill.workdir(f"data_{name}")
     annotations = root / "annotations"
     shutil.copytree(source / synthetic.ANNOTATION_DIR, annotations)
     config = prepare.PrepareConfig(
-        annotation_dir=str(annotations), video_root=str(videos or source),
-        output_dir=str(root / "out"), num_frames=drill._base.prepare.num_frames,
-        short_side=drill._base.prepare.short_side, num_workers=1, progress=False)
-    quiet(prepare.prepare, config)
-    return annotations, root / "out", config
+        annotation_dir=str(annotations), video_root=str(source),
+        output_dir=str(root / "out"), num_frames=drill.base.prepare.num_frames,
+        short_side=drill.base.prepare.short_side, num_workers=1, progress=False)
+    data = quiet(prepare.prepare, config)["dataset_dir"]
+    return annotations, root / "out", pathlib.Path(data), config
 
 
 def edit_first_narration(csv_file: pathlib.Path, text: str) -> str:
@@ -347,7 +355,7 @@ def record_narration(dataset_dir, split: str, narration_id: str) -> str:
 @accident("stale_annotation", "a narration is corrected in the train CSV after preparation, "
           "and the preparation is run again")
 def stale_annotation(drill: Drill):
-    annotations, out, config = prepared_copy(drill, "stale")
+    annotations, out, _, config = prepared_copy(drill, "stale")
     shards = shard_times(out)
     nid = edit_first_narration(annotations / ek100.TRAIN_CLIPS_FILE, "drill: a corrected text")
     summary = quiet(prepare.prepare, config)
@@ -360,8 +368,7 @@ def stale_annotation(drill: Drill):
 @accident("swapped_annotations", "the data set's annotation copy is replaced by another CSV, "
           "then training starts")
 def swapped_annotations(drill: Drill):
-    annotations, out, config = prepared_copy(drill, "swapped")
-    data = prepare.dataset_dir(out, config.num_frames, config.short_side)
+    annotations, _, data, _ = prepared_copy(drill, "swapped")
     edit_first_narration(annotations / ek100.TRAIN_CLIPS_FILE, "another text")
     shutil.copyfile(annotations / ek100.TRAIN_CLIPS_FILE,
                     data / prepare.ANNOTATIONS / ek100.TRAIN_CLIPS_FILE)
@@ -425,8 +432,7 @@ def truncated_video(drill: Drill):
 @accident("killed_preparation", "a preparation killed while assembling leaves TFDS's "
           "incomplete.* folder and a shard's temporary; it is run again")
 def killed_preparation(drill: Drill):
-    _, out, config = prepared_copy(drill, "killed")
-    data = prepare.dataset_dir(out, config.num_frames, config.short_side)
+    _, out, data, config = prepared_copy(drill, "killed")
     (data.parent / "incomplete.DRILL1_1.0.0").mkdir()
     shards = shard_times(out)
     shard = min(shards)
@@ -443,8 +449,7 @@ def killed_preparation(drill: Drill):
 @accident("planted_features_json", "a data set's features.json names a module "
           "(TFDS would import it)")
 def planted_features_json(drill: Drill):
-    _, out, config = prepared_copy(drill, "planted")
-    data = prepare.dataset_dir(out, config.num_frames, config.short_side)
+    _, _, data, _ = prepared_copy(drill, "planted")
     path = data / verify.FEATURES_FILE
     path.write_text(path.read_text().replace(
         "tensorflow_datasets.core.features.sequence_feature.Sequence", "os.system", 1))

@@ -312,11 +312,7 @@ def _remove_leftovers(config: PrepareConfig) -> None:
     for folder in (pathlib.Path(config.output_dir), data, data / ANNOTATIONS, *shards):
         found += atomic.temporaries(folder)
     found += [p for folder in shards for p in sorted(folder.glob("*.tmp.npz"))]
-    for path in found:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    atomic.remove(found)
     if found:
         print(f"prepare: removed {len(found)} leftover(s) of an interrupted run: "
               f"{', '.join(map(str, found))}", file=sys.stderr, flush=True)
