@@ -255,6 +255,12 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     for tower in ("vision", "text"):
         check(m[tower].mlp in layers.MLP_KINDS, f"{tower}.mlp", f"one of {layers.MLP_KINDS}",
               m[tower].mlp)
+        check(0 < m[tower].ln_eps < 1, f"{tower}.ln_eps", "a LayerNorm epsilon in (0, 1)",
+              m[tower].ln_eps)
+    check(m.vision.qkv_bias in layers.QKV_BIAS, "vision.qkv_bias", f"one of {layers.QKV_BIAS}",
+          m.vision.qkv_bias)
+    check(isinstance(m.vision.rope_grid, int) and m.vision.rope_grid >= 0, "vision.rope_grid",
+          "the RoPE pretraining grid in patches (0: the input grid)", m.vision.rope_grid)
     if "rope" in m.vision.pos_embed:
         check((m.vision.width // m.vision.heads) % 4 == 0, "vision.heads",
               "a head dim divisible by 4 for RoPE", m.vision.heads)

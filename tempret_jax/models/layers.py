@@ -26,8 +26,10 @@ Array = jax.Array
 Dtype = Any
 RopeTable = Tuple[Array, Array]
 
-LN_EPS = 1e-5  # CLIP's LayerNorm epsilon (flax defaults to 1e-6).
+LN_EPS = 1e-5  # CLIP's LayerNorm epsilon (flax defaults to 1e-6); AVION's and EVA02's vision
+# towers use 1e-6 (`StackSettings.ln_eps`).
 MLP_KINDS = ("quick_gelu", "gelu", "swiglu")
+QKV_BIAS = ("qkv", "qv")  # which input projections have a bias: all (CLIP) or q and v (EVA02)
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
 
 
@@ -36,9 +38,9 @@ def quick_gelu(x: Array) -> Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
-    """A LayerNorm with CLIP's epsilon and float32 parameters."""
-    return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+def layer_norm(name: str, dtype: Dtype, eps: float = LN_EPS) -> nn.LayerNorm:
+    """A LayerNorm with float32 parameters (default: CLIP's epsilon)."""
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def remat_policy(name: str):
@@ -123,8 +125,9 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array]
 class Attention(nn.Module):
     """Multi-head attention: self-attention, or cross-attention when `context` is given.
 
-    q/k/v kernels are (D_in, H, K) with (H, K) biases; `out` is (H, K, D). With `sub_ln`
-    (EVA02) a LayerNorm over the H*K concatenated heads precedes the output projection.
+    q/k/v kernels are (D_in, H, K) with (H, K) biases (`qkv_bias='qv'`, EVA02: k has none);
+    `out` is (H, K, D). With `sub_ln` (EVA02) a LayerNorm over the H*K concatenated heads
+    precedes the output projection.
     """
 
     num_heads: int
@@ -132,6 +135,8 @@ class Attention(nn.Module):
     implementation: Optional[str] = None
     sub_ln: bool = False
     causal: bool = False
+    qkv_bias: str = "qkv"  # one of QKV_BIAS
+    ln_eps: float = LN_EPS  # of the sub-LayerNorm
 
     @nn.compact
     def __call__(self, x: Array, context: Optional[Array] = None, *,
@@ -147,8 +152,10 @@ class Attention(nn.Module):
         proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim),
                                  dtype=self.dtype, param_dtype=jnp.float32)
         kv_input = x if context is None else context
+        if self.qkv_bias not in QKV_BIAS:
+            raise ValueError(f"qkv_bias: expected one of {QKV_BIAS}, got {self.qkv_bias!r}")
         q = proj(name="q")(x)
-        k = proj(name="k")(kv_input)
+        k = proj(name="k", use_bias=self.qkv_bias == "qkv")(kv_input)
         v = proj(name="v")(kv_input)
         if rope is not None:
             if context is not None:
@@ -158,7 +165,7 @@ class Attention(nn.Module):
         out = dot_product_attention(q, k, v, mask=mask, is_causal=self.causal,
                                     implementation=self.implementation)
         if self.sub_ln:
-            out = layer_norm("inner_attn_ln", self.dtype)(
+            out = layer_norm("inner_attn_ln", self.dtype, self.ln_eps)(
                 out.reshape(out.shape[:-2] + (width,))).reshape(out.shape)
         return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
                                name="out")(out)
@@ -176,6 +183,7 @@ class Mlp(nn.Module):
     kind: str = "quick_gelu"
     sub_ln: bool = False
     dtype: Dtype = jnp.float32
+    ln_eps: float = LN_EPS  # of the sub-LayerNorm
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -191,7 +199,7 @@ class Mlp(nn.Module):
             h = quick_gelu(h) if self.kind == "quick_gelu" else nn.gelu(h, approximate=False)
             out_name = "c_proj"
         if self.sub_ln:
-            h = layer_norm("ffn_ln", self.dtype)(h)
+            h = layer_norm("ffn_ln", self.dtype, self.ln_eps)(h)
         return dense(x.shape[-1], name=out_name)(h)
 
 
@@ -205,6 +213,8 @@ class StackSettings:
     mlp_ratio: float = 4.0  # MLP hidden width = int(D * mlp_ratio)
     mlp_kind: str = "quick_gelu"  # one of MLP_KINDS
     sub_ln: bool = False  # EVA02's sub-LayerNorms in attention and MLP
+    ln_eps: float = LN_EPS  # every LayerNorm of the blocks
+    qkv_bias: str = "qkv"  # one of QKV_BIAS
     dtype: Dtype = jnp.float32  # compute dtype; parameters stay float32
     attention_impl: Optional[str] = None  # one of ATTENTION_IMPLEMENTATIONS
     scan: bool = False  # nn.scan over the layers (one stacked parameter tree)
@@ -234,16 +244,18 @@ class ResidualAttentionBlock(nn.Module):
         """
         s = self.settings
         attn = functools.partial(Attention, num_heads=self.num_heads, dtype=s.dtype,
-                                 implementation=s.attention_impl, sub_ln=s.sub_ln)
+                                 implementation=s.attention_impl, sub_ln=s.sub_ln,
+                                 qkv_bias=s.qkv_bias, ln_eps=s.ln_eps)
         x = x + attn(causal=self.causal, name="attn")(
-            layer_norm("ln_1", s.dtype)(x), mask=mask, rope=rope)
+            layer_norm("ln_1", s.dtype, s.ln_eps)(x), mask=mask, rope=rope)
         if self.cross_attention:
             if context is None:
                 raise ValueError("a cross-attention block needs `context`")
             x = x + attn(name="cross_attn")(
-                layer_norm("ln_cross", s.dtype)(x), context, mask=context_mask)
-        mlp = Mlp(int(x.shape[-1] * s.mlp_ratio), s.mlp_kind, s.sub_ln, s.dtype, name="mlp")
-        x = x + mlp(layer_norm("ln_2", s.dtype)(x))
+                layer_norm("ln_cross", s.dtype, s.ln_eps)(x), context, mask=context_mask)
+        mlp = Mlp(int(x.shape[-1] * s.mlp_ratio), s.mlp_kind, s.sub_ln, s.dtype, s.ln_eps,
+                  name="mlp")
+        x = x + mlp(layer_norm("ln_2", s.dtype, s.ln_eps)(x))
         return (x, None) if self.scanned else x
 
 

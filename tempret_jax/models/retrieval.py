@@ -12,14 +12,16 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
     attention_impl       'auto' (einsum on CPU, else jax picks) | 'xla' | 'cudnn'
                          (jax.nn.dot_product_attention) | 'einsum' (layers.dot_product_attention)
     scan_layers, remat, remat_policy   layer stacks: nn.scan over layers, nn.remat + policy name
-    vision.{image_size, patch_size, width, layers, heads, mlp_ratio, mlp, sub_ln, num_frames,
-            frame_mode, pos_embed ('learned' | 'rope' | 'learned+rope'), rope_theta}
-    text.{vocab_size, context_length, width, layers, heads, mlp_ratio, mlp, sub_ln}
+    vision.{image_size, patch_size, width, layers, heads, mlp_ratio, mlp, sub_ln, ln_eps,
+            qkv_bias ('qkv' | 'qv'), ln_pre, patch_bias, proj_bias, num_frames, frame_mode,
+            pos_embed ('learned' | 'rope' | 'learned+rope'), rope_theta, rope_grid}
+    text.{vocab_size, context_length, width, layers, heads, mlp_ratio, mlp, sub_ln, ln_eps}
     temporal.{enabled, layers, heads, mlp_ratio, pool ('mean' | 'cls')}   needs vision.frame_mode
     refine.{enabled, heads, mlp_ratio}
     cross_encoder.{enabled, width, layers, heads, mlp_ratio, video_tokens ('patch' | 'frame')}
 
 `mlp` is 'quick_gelu' (CLIP) | 'gelu' | 'swiglu' (EVA02); `sub_ln` adds EVA02's sub-LayerNorms.
+`ARCHITECTURE` lists the keys a checkpoint's weights are tied to (`convert.check_fits`).
 """
 
 import dataclasses
@@ -39,24 +41,42 @@ from tempret_jax.models import text as text_lib
 from tempret_jax.models import video as video_lib
 
 Array = jax.Array
-PRESETS = ("tiny", "vit_b16", "vit_l14")
+PRESETS = ("tiny", "vit_b16", "vit_l14", "avion_b16", "avion_l14", "eva02_b16", "eva02_l14")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "einsum": "einsum"}
 VIDEO_TOKENS = ("patch", "frame")
 
 
-def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
-    """Model config with a preset's tower sizes; optional modules off (configs/ turn them on).
+ARCHITECTURE = tuple(
+    ["embed_dim"]
+    + [f"vision.{k}" for k in ("image_size", "patch_size", "width", "layers", "heads",
+                               "mlp_ratio", "mlp", "sub_ln", "ln_eps", "qkv_bias", "ln_pre",
+                               "patch_bias", "proj_bias", "rope_grid")]
+    + [f"text.{k}" for k in ("vocab_size", "context_length", "width", "layers", "heads",
+                             "mlp_ratio", "mlp", "sub_ln", "ln_eps")])
 
-    'vit_b16' / 'vit_l14': OpenAI CLIP ViT-B/16 / ViT-L/14 (AVION, EVA02-AT, TempRet backbones);
+
+def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
+    """Model config with a preset's architecture; optional modules off (configs/ turn them on).
+
+    'vit_b16' / 'vit_l14': OpenAI CLIP ViT-B/16 / ViT-L/14 (QuickGELU, LayerNorm eps 1e-5).
+    'avion_b16' / 'avion_l14': AVION's CLIP_VITB16 / CLIP_VITL14 (avion/models/model_clip.py):
+      the CLIP sizes with nn.GELU in both towers, eps 1e-6 in the vision tower and the
+      256-d projection of its LaViLa-pretrained releases (`project_embed_dim`); the starting
+      point of AVION, TempRet, CR-CLIP and SMS.
+    'eva02_b16' / 'eva02_l14': EVA02-CLIP-B-16 / -L-14 (EVA-CLIP's model_configs/*.json and
+      eva_vit_model.py): SwiGLU (ratio 2.6667) with sub-LayerNorms, q/v biases, a patch bias,
+      no ln_pre, eps 1e-6, a head with bias, 2D RoPE on the pretraining grid of 16 patches
+      ('learned+rope'), and a GELU text tower.
     'tiny': a few-thousand-parameter model for tests.
     """
     if preset not in PRESETS:
         raise ValueError(f"model preset: expected one of {PRESETS}, got {preset!r}")
+    family, _, size = preset.rpartition("_") if "_" in preset else ("", "", preset)
     # (embed_dim, image_size, patch, vision width/layers/heads, text width/layers/heads)
     sizes = {"tiny": (16, 32, 8, 32, 2, 4, 32, 2, 4),
-             "vit_b16": (512, 224, 16, 768, 12, 12, 512, 12, 8),
-             "vit_l14": (768, 224, 14, 1024, 24, 16, 768, 12, 12)}[preset]
+             "b16": (512, 224, 16, 768, 12, 12, 512, 12, 8),
+             "l14": (768, 224, 14, 1024, 24, 16, 768, 12, 12)}[size]
     embed, image, patch, v_w, v_l, v_h, t_w, t_l, t_h = sizes
     c = ml_collections.ConfigDict()
     c.embed_dim = embed
@@ -67,11 +87,21 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
     c.remat_policy = "nothing_saveable"
     c.vision = ml_collections.ConfigDict(dict(
         image_size=image, patch_size=patch, width=v_w, layers=v_l, heads=v_h, mlp_ratio=4.0,
-        mlp="quick_gelu", sub_ln=False, num_frames=4 if preset == "tiny" else 16,
-        frame_mode=False, pos_embed="learned", rope_theta=10000.0))
+        mlp="quick_gelu", sub_ln=False, ln_eps=layers.LN_EPS, qkv_bias="qkv", ln_pre=True,
+        patch_bias=False, proj_bias=False, num_frames=4 if preset == "tiny" else 16,
+        frame_mode=False, pos_embed="learned", rope_theta=10000.0, rope_grid=0))
     c.text = ml_collections.ConfigDict(dict(
         vocab_size=49408, context_length=77, width=t_w, layers=t_l, heads=t_h, mlp_ratio=4.0,
-        mlp="quick_gelu", sub_ln=False))
+        mlp="quick_gelu", sub_ln=False, ln_eps=layers.LN_EPS))
+    if family == "avion":
+        c.embed_dim = 256
+        c.vision.update(mlp="gelu", ln_eps=1e-6)
+        c.text.mlp = "gelu"
+    elif family == "eva02":
+        c.vision.update(mlp="swiglu", mlp_ratio=2.6667, sub_ln=True, ln_eps=1e-6, qkv_bias="qv",
+                        ln_pre=False, patch_bias=True, proj_bias=True, pos_embed="learned+rope",
+                        rope_grid=16)
+        c.text.mlp = "gelu"
     c.temporal = ml_collections.ConfigDict(dict(
         enabled=False, layers=1 if preset == "tiny" else 4, heads=2 if preset == "tiny" else 8,
         mlp_ratio=4.0, pool="mean"))
@@ -93,7 +123,8 @@ def _tower_stack(stack: layers.StackSettings,
                  tower: ml_collections.ConfigDict) -> layers.StackSettings:
     """`stack` with a tower config's block design (its `mlp_ratio`, `mlp`, `sub_ln` keys)."""
     return dataclasses.replace(stack, mlp_ratio=tower.mlp_ratio, mlp_kind=tower.mlp,
-                               sub_ln=tower.sub_ln)
+                               sub_ln=tower.sub_ln, ln_eps=tower.ln_eps,
+                               qkv_bias=tower.get("qkv_bias", "qkv"))
 
 
 def _identity_init(key, shape, dtype=jnp.float32):
@@ -126,7 +157,8 @@ class RetrievalModel(nn.Module):
             image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
             heads=v.heads, output_dim=c.embed_dim, num_frames=v.num_frames,
             pos_embed=v.pos_embed, rope_theta=v.rope_theta, frame_mode=v.frame_mode,
-            stack=_tower_stack(stack, v))
+            ln_pre=v.ln_pre, patch_bias=v.patch_bias, proj_bias=v.proj_bias,
+            rope_grid=v.rope_grid, stack=_tower_stack(stack, v))
         self.text = text_lib.TextTransformer(
             vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
             layers=t.layers, heads=t.heads, output_dim=c.embed_dim, stack=_tower_stack(stack, t))

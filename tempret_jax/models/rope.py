@@ -15,7 +15,7 @@ relative offset (dt, drow, dcol), never on absolute positions. The class token g
 every pair (identity), i.e. it is not rotated.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +30,14 @@ def pair_frequencies(num_pairs: int, theta: float) -> np.ndarray:
 
 
 def spatial_temporal_angles(num_frames: int, grid_h: int, grid_w: int, head_dim: int,
-                            theta: float = 10000.0) -> np.ndarray:
+                            theta: float = 10000.0, pretrain_grid: Optional[int] = None
+                            ) -> np.ndarray:
     """Rotation angle of every rotary pair of every patch token.
 
     Tokens are ordered frame-major, then row, then column (the ViT's patch order).
+    `pretrain_grid` G rescales the spatial positions to span G patches, row i at i * G / grid_h
+    (EVA-CLIP's `intp_freq`: positions `arange(ft) / ft * pt_hw_seq_len`, rope.py
+    VisionRotaryEmbeddingFast); None keeps the integer positions.
     Returns float32 (num_frames * grid_h * grid_w, head_dim // 2).
     """
     if head_dim % 4:
@@ -41,8 +45,13 @@ def spatial_temporal_angles(num_frames: int, grid_h: int, grid_w: int, head_dim:
     num_pairs = head_dim // 2
     w_s = pair_frequencies(num_pairs // 2, theta)
     w_t = pair_frequencies(num_pairs, theta)
-    rows = np.arange(grid_h, dtype=np.float64)[:, None, None] * w_s        # (h, 1, P/2)
-    cols = np.arange(grid_w, dtype=np.float64)[None, :, None] * w_s        # (1, w, P/2)
+    row_pos, col_pos = (np.arange(n, dtype=np.float64) for n in (grid_h, grid_w))
+    if pretrain_grid:
+        # The same float32 arithmetic as EVA-CLIP (arange / ft * pt): positions bit-equal.
+        row_pos, col_pos = (np.arange(n, dtype=np.float32) / np.float32(n)
+                            * np.float32(pretrain_grid) for n in (grid_h, grid_w))
+    rows = row_pos.astype(np.float64)[:, None, None] * w_s                # (h, 1, P/2)
+    cols = col_pos.astype(np.float64)[None, :, None] * w_s                # (1, w, P/2)
     spatial = np.concatenate(np.broadcast_arrays(rows, cols), axis=-1)     # (h, w, P)
     times = np.arange(num_frames, dtype=np.float64)[:, None, None, None] * w_t
     angles = spatial[None] + times                                         # (t, h, w, P)

@@ -34,7 +34,7 @@ class TextTransformer(nn.Module):
 
     Parameters (D width, E output_dim): token_embedding/embedding (vocab_size, D);
     positional_embedding (context_length, D); transformer/...; ln_final; text_projection (D, E).
-    `stack` configures the (causal) transformer; its dtype is every layer's.
+    `stack` configures the (causal) transformer; its dtype and ln_eps are every layer's.
     """
 
     vocab_size: int = 49408  # CLIP's BPE vocabulary, end-of-text (49407) last
@@ -64,7 +64,7 @@ class TextTransformer(nn.Module):
         x = x + pos[: ids.shape[1]].astype(x.dtype)
         x = layers.Transformer(self.layers, self.heads, self.stack, causal=True,
                                name="transformer")(x)
-        x = layers.layer_norm("ln_final", dtype)(x)
+        x = layers.layer_norm("ln_final", dtype, self.stack.ln_eps)(x)
         proj = self.param("text_projection", nn.initializers.normal(self.width ** -0.5),
                           (self.width, self.output_dim))
         eot = jnp.take_along_axis(x, end_of_text_index(ids)[:, None, None], axis=1)[:, 0]

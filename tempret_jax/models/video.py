@@ -39,9 +39,14 @@ class VisionTransformer(nn.Module):
     """Video ViT. Sizes: ViT-B/16 (768, 12 layers, 12 heads, out 512), ViT-L/14 (1024, 24, 16, 768).
 
     Parameters (D width, E output_dim, p patch_size, N = (image_size / p)^2):
-      conv1/kernel (p, p, 3, D); class_embedding (D,); positional_embedding (N + 1, D);
-      temporal_embedding (num_frames, D) [joint mode, learned]; ln_pre; transformer/...;
-      ln_post; proj (D, E). `stack` configures the transformer; its dtype is every layer's.
+      conv1/kernel (p, p, 3, D) [conv1/bias (D,): patch_bias]; class_embedding (D,);
+      positional_embedding (N + 1, D); temporal_embedding (num_frames, D) [joint mode,
+      learned]; ln_pre [ln_pre]; transformer/...; ln_post; proj (D, E) [proj_bias (E,)].
+      `stack` configures the transformer; its dtype and ln_eps are every layer's.
+
+    CLIP / AVION: ln_pre, no patch or projection bias. EVA02 (EVA-CLIP's EVAVisionTransformer):
+    no ln_pre, a patch-embedding bias, its final `norm` is ln_post and its `head` Linear is
+    proj + proj_bias; its RoPE positions are rescaled to the pretraining grid (`rope_grid`).
     """
 
     image_size: int = 224  # frame side in pixels that the learned position embedding fits
@@ -54,6 +59,11 @@ class VisionTransformer(nn.Module):
     pos_embed: str = "learned"  # one of POS_EMBED_KINDS
     rope_theta: float = 10000.0  # RoPE base of the angle frequencies
     frame_mode: bool = False  # TempRet: every frame encoded on its own
+    ln_pre: bool = True  # a LayerNorm before the transformer (CLIP, AVION; not EVA02)
+    patch_bias: bool = False  # conv1 has a bias (EVA02)
+    proj_bias: bool = False  # the output projection has a bias (EVA02's head)
+    rope_grid: int = 0  # RoPE positions span this many patches per side (EVA-CLIP's
+    # pt_hw_seq_len: 16 for EVA02-CLIP-B/16 on a 14 x 14 grid); 0: the input grid, unscaled
     stack: StackSettings = StackSettings()
 
     @nn.compact
@@ -82,7 +92,7 @@ class VisionTransformer(nn.Module):
             video = video.reshape((batch * num_frames, 1) + video.shape[2:])
         clips, clip_len = video.shape[:2]
 
-        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=self.patch_bias,
                     dtype=dtype, param_dtype=jnp.float32, name="conv1")(
                         video.reshape((clips * clip_len, height, width, 3)))
         x = x.reshape(clips, clip_len * num_patches, self.width)
@@ -111,18 +121,24 @@ class VisionTransformer(nn.Module):
                 patch_pos = patch_pos + jnp.repeat(temporal, num_patches, axis=0)
             x = x + patch_pos.astype(x.dtype)
         x = jnp.concatenate([cls, x], axis=1)                                  # (B', 1+T'N, D)
-        x = layers.layer_norm("ln_pre", dtype)(x)
+        eps = self.stack.ln_eps
+        if self.ln_pre:
+            x = layers.layer_norm("ln_pre", dtype, eps)(x)
 
         rope = None
         if "rope" in self.pos_embed:
             rope = rope_lib.rope_table(rope_lib.spatial_temporal_angles(
-                clip_len, grid_h, grid_w, self.width // self.heads, self.rope_theta))
+                clip_len, grid_h, grid_w, self.width // self.heads, self.rope_theta,
+                pretrain_grid=self.rope_grid or None))
         x = layers.Transformer(self.layers, self.heads, self.stack, name="transformer")(
             x, rope=rope)
-        x = layers.layer_norm("ln_post", dtype)(x)
+        x = layers.layer_norm("ln_post", dtype, eps)(x)
 
         proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.output_dim))
         embedding = x[:, 0] @ proj.astype(x.dtype)
+        if self.proj_bias:
+            embedding = embedding + self.param("proj_bias", nn.initializers.zeros,
+                                               (self.output_dim,)).astype(x.dtype)
         patch_tokens = x[:, 1:].reshape(batch, num_frames * num_patches, self.width)
         if self.frame_mode:
             embedding = embedding.reshape(batch, num_frames, self.output_dim)
