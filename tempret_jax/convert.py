@@ -1,23 +1,32 @@
-"""Checkpoint import: PyTorch CLIP / AVION / LaViLa weights -> a params-only orbax checkpoint.
+"""Checkpoint import: published PyTorch weights -> a params-only orbax checkpoint that knows its
+model.
 
-Sources (`load_state_dict` reads them; `torch.load(weights_only=True)` only, safetensors via the
-`safetensors` package):
-  hf      HF transformers `CLIPModel`: a folder with config.json and model.safetensors or
-          pytorch_model.bin, or one of those files;
-  openai  OpenAI CLIP / open_clip state dicts (`visual.*`, `transformer.*`, ...);
-  avion   AVION and LaViLa training checkpoints: the state dict nested under 'state_dict' (or
-          'model'), keys prefixed 'module.' (DDP), the text tower under 'textual.' (AVION) or at
-          the top level (LaViLa), projections 'visual.image_projection' / 'image_projection',
-          flash-attn names (attn.Wqkv, mlp.fc1/fc2), the linear 'fast conv1' patch embedding,
-          and the learned temporal embedding (T, D) or (1, T, D).
-Every format is renamed to the OpenAI layout and converted by `models.hf_import` (its docstring
-has the name table). LaViLa's TimeSformer video tower (divided space-time attention) has no
-counterpart in the joint-attention ViT and is refused.
+Sources (read by `torch_files.read`: tensors, plain containers and argparse.Namespace only):
+  hf        HF transformers `CLIPModel`: a folder with config.json and model.safetensors or
+            pytorch_model.bin, or one of those files;
+  openai    OpenAI CLIP / open_clip state dicts (`visual.*`, `transformer.*`, ...);
+  avion     AVION training checkpoints as its scripts save them (main_lavila_pretrain.py,
+            main_lavila_finetune_mir.py; also SMS-Loss's, which is AVION's code): {'epoch',
+            'state_dict' ('module.' keys), 'optimizer', 'scaler', 'best_acc1', 'args'}; the
+            text tower under 'textual.', projections 'visual.image_projection' (LaViLa:
+            top-level 'image_projection'), flash-attn names (attn.Wqkv, mlp.fc1/fc2), the
+            linear 'fast conv1' patch embedding, the learned temporal embedding;
+  eva_clip  EVA-CLIP's EVA02-CLIP state dicts (EVA02_CLIP_{B_psz16,L_psz14}_s*.pt; also nested
+            under 'state_dict' / 'module' as its training code saves them).
+The format is detected from the keys (`detect_format`). The architecture comes from the file:
+sizes from the shapes, the block design from the names (SwiGLU, sub-LN, ln_pre, biases),
+LayerNorm epsilon and activation from the family's code (`FAMILY_SETTINGS`: AVION's vision
+tower uses eps 1e-6 and nn.GELU, EVA02's eps 1e-6 and a GELU text tower; CLIP eps 1e-5 and
+QuickGELU), and a saved `args` (AVION: model name, causal text) is checked. A flag is needed only
+where the file cannot say: open_clip LAION weights use GELU (`hidden_act='gelu'`).
+LaViLa's TimeSformer video tower (divided space-time attention) is refused.
 
-Output (`save_converted`): a params-only checkpoint as `checkpoint.save_params` writes it (so
-`config.init_from.path` can point at it directly) holding {'visual', 'text', 'logit_scale'},
-plus `model_config.json` inside it: the `models.retrieval.model_config` whose tower sizes the
-parameters have (`read_model_config`). `state.load_params` reads the parameters.
+Output (`save_converted`): a params-only checkpoint as `checkpoint.save_params` writes it
+(unrolled layers; `state.load_params` stacks them for scanned models and inflates the temporal
+embedding to the model's frames) holding {'visual', 'text', 'logit_scale'}, plus
+`model_config.json` inside it: the model config of the weights (`read_model_config`).
+`check_fits` is the rule every run applies to a converted `init_from.path` / `--checkpoint`:
+the config's architecture (`retrieval.ARCHITECTURE`) must equal the checkpoint's.
 
 Checks: unknown source keys, missing keys, layers whose shapes disagree with layer 0, and any
 parameter whose shape differs from what the model config initialises, each named with shapes.
@@ -26,29 +35,44 @@ parameter whose shape differs from what the model config initialises, each named
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 import pathlib
 import re
-import zipfile
 from collections.abc import Mapping
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from tempret_jax import atomic
 from tempret_jax import checkpoint as checkpoint_lib
 from tempret_jax import config as config_lib
+from tempret_jax import torch_files
 from tempret_jax.models import hf_import
 from tempret_jax.models import retrieval
 
-FORMATS = ("hf", "openai", "avion")
+FORMATS = ("hf", "openai", "avion", "eva_clip")
 CONFIG_FILE = "model_config.json"
 # Buffers and metadata that carry no parameters.
 _IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|"
-                      r"vocab_size)$")
+                      r"vocab_size)$|^visual\.rope\.freqs_(cos|sin)$")
+# What the file's family fixes that shapes cannot show: (vision, text) tower settings.
+FAMILY_SETTINGS = {
+    "clip": ({"mlp": "quick_gelu", "ln_eps": 1e-5}, {"mlp": "quick_gelu", "ln_eps": 1e-5}),
+    # avion/models/transformer.py: VisionTransformer norm_layer partial(nn.LayerNorm, eps=1e-6),
+    # act_layer nn.GELU in both towers (also when it loads OpenAI's QuickGELU weights).
+    "avion": ({"mlp": "gelu", "ln_eps": 1e-6}, {"mlp": "gelu", "ln_eps": 1e-5}),
+    # eva_clip/model.py _build_vision_tower: partial(LayerNorm, eps=1e-6), qkv_bias (q, v);
+    # _build_text_tower: nn.GELU (quick_gelu False in the EVA02 configs), LayerNorm eps 1e-5.
+    "eva_clip": ({"mlp": "swiglu", "ln_eps": 1e-6, "qkv_bias": "qv", "proj_bias": True,
+                  "pos_embed": "learned+rope"}, {"mlp": "gelu", "ln_eps": 1e-5}),
+}
+EVA_RoPE_GRID = 16  # EVA02-CLIP model_configs/*.json pt_hw_seq_len (B/16 and L/14 alike)
+# AVION's model builders (avion/models/model_clip.py) and their head counts (vision, text).
+AVION_MODELS = {"CLIP_VITB16": (12, 8), "CLIP_VITL14": (16, 12), "CLIP_VITL14_336PX": (16, 12)}
 _AVION_RENAMES = (  # (pattern, replacement) applied in order
     (r"^textual\.", ""),
     (r"^visual\.image_projection$", "visual.proj"),
@@ -67,64 +91,36 @@ class ConversionError(ValueError):
 # Reading source files.
 
 
-def _is_torchscript(path: pathlib.Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A checkpoint as read: state_dict {name: tensor}, hf_config (config.json beside HF
+    weights, else {}), args (the training script's saved `args` as a dict, else {})."""
+
+    state_dict: dict[str, Any]
+    hf_config: dict[str, Any]
+    args: dict[str, Any]
 
 
-def _read_file(path: pathlib.Path) -> Mapping[str, Any]:
-    """The file's contents; anything unreadable is a ConversionError naming it (one line)."""
-    import pickle
-    try:
-        return _load(path)
-    except pickle.UnpicklingError as e:  # the safe loader met a pickled object it does not allow
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f"{found[1]} is not allowed" if found else _first_line(e)
-        raise ConversionError(f"{path}: holds pickled objects the safe loader refuses "
-                              f"({what})") from None
-    except ConversionError:
-        raise
-    except Exception as e:  # noqa: BLE001  torch's unpickler fails on garbage in many ways
-        raise ConversionError(f"{path}: not a readable {path.suffix or 'torch'} checkpoint "
-                              f"(truncated or another format? {type(e).__name__}: "
-                              f"{_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
-
-
-def _load(path: pathlib.Path) -> Mapping[str, Any]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # torch: bfloat16 has no numpy dtype
-        return load_file(str(path))
-    if _is_torchscript(path):
-        raise ConversionError(
-            f"{path} is a TorchScript archive (OpenAI's clip.load download); it is not read "
-            f"here. Save its weights first: torch.save(torch.jit.load(path).state_dict(), "
-            f"'weights.pt')")
-    import torch
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _unwrap(obj: Any, source: str) -> Mapping[str, Any]:
-    """Training checkpoints nest the weights: {'state_dict': ...} / {'model': ...}."""
+def _unwrap(obj: Any, source: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """Training checkpoints nest the weights: {'state_dict': ...} / {'model': ...}; returns
+    (the weights, the saved args)."""
+    args = {}
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            args = args or torch_files.plain_args(obj.get("args"))
             obj = obj[key]
     if not isinstance(obj, Mapping) or not obj:
         raise ConversionError(f"{source}: expected a state dict (a mapping of names to tensors), "
                               f"got {type(obj).__name__}")
-    return obj
+    tensors = [k for k, v in obj.items() if not hasattr(v, "shape")]
+    if tensors:
+        raise ConversionError(f"{source}: expected a state dict of tensors; {tensors[0]!r} is "
+                              f"a {type(obj[tensors[0]]).__name__}")
+    return obj, args
 
 
-def load_state_dict(path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Reads a checkpoint file or an HF model folder.
-
-    Returns (state dict {name: tensor}, HF config.json dict or {} when there is none).
-    """
+def load_checkpoint(path) -> Source:
+    """Reads a checkpoint file or an HF model folder (module docstring)."""
     path = pathlib.Path(path)
     if not path.exists():
         raise ConversionError(f"checkpoint {path} does not exist")
@@ -138,7 +134,18 @@ def load_state_dict(path) -> tuple[dict[str, Any], dict[str, Any]]:
         path = files[0]
     elif (path.parent / "config.json").exists():
         hf_config = json.loads((path.parent / "config.json").read_text())
-    return dict(_unwrap(_read_file(path), str(path))), hf_config
+    try:
+        contents = torch_files.read(path)
+    except torch_files.UnreadableCheckpoint as e:
+        raise ConversionError(str(e)) from None
+    state_dict, args = _unwrap(contents, str(path))
+    return Source(dict(state_dict), hf_config, args)
+
+
+def load_state_dict(path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict, HF config.json dict or {}) of a checkpoint (`load_checkpoint`)."""
+    source = load_checkpoint(path)
+    return source.state_dict, source.hf_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,17 +153,20 @@ def load_state_dict(path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def detect_format(state_dict: Mapping[str, Any]) -> str:
-    """'hf' | 'openai' | 'avion' from the key names, after any 'module.' prefix."""
+    """'hf' | 'openai' | 'avion' | 'eva_clip' from the key names, after any 'module.' prefix."""
     keys = [k.removeprefix("module.") for k in state_dict]
     if any(k.startswith("vision_model.") for k in keys):
         return "hf"
     if any(k.startswith(("textual.", "image_projection", "visual.image_projection"))
            or ".attn.Wqkv." in k or ".timeattn." in k for k in keys):
-        return "avion"
+        return "avion"  # also LaViLa's TimeSformer ('timeattn'), which avion_to_openai refuses
+    if any(k.startswith(("visual.blocks.", "visual.patch_embed.")) for k in keys):
+        return "eva_clip"
     if any(k.startswith("visual.") for k in keys):
         return "openai"
     raise ConversionError(f"cannot tell the checkpoint format from its keys (first: "
-                          f"{keys[:5]}); expected HF CLIPModel, OpenAI CLIP or AVION/LaViLa names")
+                          f"{keys[:5]}); expected HF CLIPModel, OpenAI CLIP, AVION/LaViLa or "
+                          f"EVA-CLIP names")
 
 
 def avion_to_openai(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,7 +223,8 @@ def _check_layer_shapes(state_dict: Mapping[str, Any]) -> None:
 
 def _tower_widths(state_dict: Mapping[str, Any], fmt: str) -> tuple[int, int]:
     keys = {"hf": ("vision_model.embeddings.class_embedding", "text_model.final_layer_norm.weight"),
-            "openai": ("visual.class_embedding", "ln_final.weight")}[fmt]
+            "openai": ("visual.class_embedding", "ln_final.weight"),
+            "eva_clip": ("visual.patch_embed.proj.weight", "ln_final.weight")}[fmt]
     missing = [k for k in keys if k not in state_dict]
     if missing:
         raise ConversionError(f"{fmt} state dict: missing key {missing[0]!r}")
@@ -224,44 +235,65 @@ def _layer_count(tower: Mapping[str, Any]) -> int:
     return sum(1 for k in tower["transformer"] if k.startswith("resblocks_"))
 
 
+def _mlp_ratio(hidden: int, width: int) -> float:
+    """A ratio r with int(width * r) == hidden (the Mlp's rule), as round as possible: EVA02's
+    2048 / 768 gives 2.6667 (its config's value), not 2.666...6 whose product truncates to
+    2047."""
+    for ratio in (hidden / width, round(hidden / width, 4), (hidden + 0.5) / width):
+        if int(width * ratio) == hidden:
+            return ratio
+    raise ConversionError(f"no MLP ratio gives {hidden} hidden units at width {width}")
+
+
 def infer_model_config(params: Mapping[str, Any], *, vision_heads: int, text_heads: int,
-                       num_frames: int, hidden_act: str = "quick_gelu",
+                       num_frames: int, family: str = "clip", hidden_act: Optional[str] = None,
                        base: Optional[ml_collections.ConfigDict] = None
                        ) -> ml_collections.ConfigDict:
-    """The model config whose towers have these (unrolled) parameters' sizes.
+    """The model config of these (unrolled) parameters.
 
-    `base` (default: the 'vit_b16' preset) supplies everything not recoverable from shapes
-    (optional modules, dtype, layer-stack options). num_frames applies when the parameters
-    have no temporal embedding (a CLIP image checkpoint).
+    Sizes and the block design come from the tree (SwiGLU / sub-LN / ln_pre / biases are
+    parameters); epsilon and activation from `FAMILY_SETTINGS[family]` (`hidden_act`
+    overrides the activation of GELU-family towers). `base` (default: the 'vit_b16' preset)
+    supplies everything else (optional modules, dtype, layer-stack options). num_frames
+    applies when the parameters have no temporal embedding (an image checkpoint).
     """
     c = copy.deepcopy(base) if base is not None else retrieval.model_config("vit_b16")
+    vision_family, text_family = copy.deepcopy(FAMILY_SETTINGS[family])
+    if hidden_act is not None:
+        for settings in (vision_family, text_family):
+            if settings["mlp"] != "swiglu":
+                settings["mlp"] = hidden_act
     visual, text = params["visual"], params["text"]
     patch, _, _, v_width = visual["conv1"]["kernel"].shape
     grid = int(round((visual["positional_embedding"].shape[0] - 1) ** 0.5))
-    v_mlp = visual["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"].shape[1]
+    v_mlp = visual["transformer"]["resblocks_0"]["mlp"]
+    v_hidden = (v_mlp["w1"] if "w1" in v_mlp else v_mlp["c_fc"])["kernel"].shape[1]
     t_vocab, t_width = text["token_embedding"]["embedding"].shape
-    t_mlp = text["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"].shape[1]
+    t_hidden = text["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"].shape[1]
     embed, text_embed = visual["proj"].shape[1], text["text_projection"].shape[1]
     if embed != text_embed:
         raise ConversionError(f"visual/proj gives an embedding of {embed} but "
                               f"text/text_projection {text_embed}")
     c.embed_dim = int(embed)
-    c.vision.update(image_size=int(grid * patch), patch_size=int(patch), width=int(v_width),
-                    layers=_layer_count(visual), heads=vision_heads, mlp_ratio=v_mlp / v_width,
-                    mlp=hidden_act, frame_mode=False)
-    if "temporal_embedding" in visual:
-        c.vision.num_frames = int(visual["temporal_embedding"].shape[0])
-    else:
-        c.vision.num_frames = num_frames
+    c.vision.update(
+        image_size=int(grid * patch), patch_size=int(patch), width=int(v_width),
+        layers=_layer_count(visual), heads=vision_heads, mlp_ratio=_mlp_ratio(v_hidden, v_width),
+        sub_ln="ffn_ln" in v_mlp, ln_pre="ln_pre" in visual, qkv_bias="qkv",
+        patch_bias="bias" in visual["conv1"], proj_bias="proj_bias" in visual,
+        frame_mode=False, pos_embed="learned", rope_grid=0)
+    c.vision.update(vision_family)
+    if "rope" in c.vision.pos_embed:
+        c.vision.rope_grid = EVA_RoPE_GRID
+    c.vision.num_frames = int(visual["temporal_embedding"].shape[0]
+                              if "temporal_embedding" in visual else num_frames)
     c.text.update(vocab_size=int(t_vocab), context_length=int(text["positional_embedding"].shape[0]),
                   width=int(t_width), layers=_layer_count(text), heads=text_heads,
-                  mlp_ratio=t_mlp / t_width, mlp=hidden_act)
+                  mlp_ratio=_mlp_ratio(t_hidden, t_width), sub_ln=False, **text_family)
     return c
 
 
 def _check_against_model(params: Mapping[str, Any], config: ml_collections.ConfigDict) -> None:
-    """Names every parameter that is missing, extra, or shaped differently from the model's
-    (params unrolled: compared before `_relayout`)."""
+    """Names every parameter that is missing, extra, or shaped differently from the model's."""
     config = copy.deepcopy(config)
     config.scan_layers = False
     model = retrieval.RetrievalModel.from_config(config)
@@ -281,35 +313,44 @@ def _check_against_model(params: Mapping[str, Any], config: ml_collections.Confi
                               + "\n  ".join(lines))
 
 
-def _relayout(params: dict, scan_layers: bool) -> dict:
-    if not scan_layers:
-        return params
-    for tower in ("visual", "text"):
-        blocks = params[tower]["transformer"]
-        stacked = [blocks[f"resblocks_{i}"] for i in range(len(blocks))]
-        params[tower]["transformer"] = {"resblocks": jax.tree.map(lambda *xs: np.stack(xs),
-                                                                  *stacked)}
-    return params
+def _check_args(args: Mapping[str, Any], heads: dict[str, Optional[int]]) -> dict[str, int]:
+    """AVION's saved args: a known model builder (its head counts) and a causal text tower."""
+    if not args:
+        return {}
+    if args.get("use_bidirectional_lm"):
+        raise ConversionError("args.use_bidirectional_lm is True: the text tower was trained "
+                              "without its causal mask, which this model always applies")
+    model = args.get("model")
+    if model is None:
+        return {}
+    if model not in AVION_MODELS:
+        raise ConversionError(f"args.model {model!r}: expected one of AVION's joint-attention "
+                              f"CLIP models {sorted(AVION_MODELS)}")
+    vision, text = AVION_MODELS[model]
+    return {"vision_heads": heads["vision_heads"] or vision,
+            "text_heads": heads["text_heads"] or text}
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
                        vision_heads: Optional[int] = None, text_heads: Optional[int] = None,
                        num_frames: int = 16, hidden_act: Optional[str] = None,
+                       args: Optional[Mapping[str, Any]] = None,
                        base_config: Optional[ml_collections.ConfigDict] = None,
                        ) -> tuple[dict, ml_collections.ConfigDict]:
-    """A torch state dict -> (params {'visual', 'text', 'logit_scale'} as numpy float32, config).
+    """A torch state dict -> (params {'visual', 'text', 'logit_scale'} as numpy float32 with
+    unrolled layers, the model config of those weights).
 
     Args:
       state_dict: names -> tensors (or arrays), any of FORMATS.
       fmt: one of FORMATS or 'auto' (`detect_format`).
-      vision_heads, text_heads: head counts (not recoverable from weights); default
-        width // 64, CLIP's rule for every released size.
+      vision_heads, text_heads: head counts (not recoverable from weights); default: the
+        saved AVION args' model, else width // 64, the rule of every released CLIP / EVA02.
       num_frames: frames of the joint video tower when the checkpoint has no temporal
-        embedding (it starts at zeros); an AVION checkpoint's own embedding sets it.
-      hidden_act: MLP activation ('quick_gelu' | 'gelu'); default 'quick_gelu' (CLIP), but
-        'gelu' for AVION, whose towers use nn.GELU.
-      base_config: non-size settings of the returned config (default: 'vit_b16' preset), whose
-        `scan_layers` also chooses the parameter layout.
+        embedding (it starts at zeros); a checkpoint's own embedding sets it.
+      hidden_act: the MLP activation where the file cannot say ('quick_gelu' | 'gelu'; open_clip
+        LAION weights: 'gelu'); default: the family's (module docstring).
+      args: the training script's saved args (`Source.args`), checked (`_check_args`).
+      base_config: non-architecture settings of the returned config (default: 'vit_b16').
 
     Raises ConversionError for unknown keys, missing keys, and shape mismatches.
     """
@@ -317,20 +358,22 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
     fmt = detect_format(state_dict) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise ConversionError(f"format: expected one of {FORMATS} or 'auto', got {fmt!r}")
-    if hidden_act is None:
-        hidden_act = "gelu" if fmt == "avion" else "quick_gelu"
+    family = {"avion": "avion", "eva_clip": "eva_clip"}.get(fmt, "clip")
     if fmt == "avion":
         state_dict, fmt = avion_to_openai(state_dict), "openai"
     state_dict = _Recorder({k: v for k, v in state_dict.items() if not _IGNORED.search(k)})
     _check_layer_shapes(state_dict)
     v_width, t_width = _tower_widths(state_dict, fmt)
-    heads = dict(vision_heads=vision_heads or max(v_width // 64, 1),
-                 text_heads=text_heads or max(t_width // 64, 1))
+    heads = dict(vision_heads=vision_heads, text_heads=text_heads)
+    heads.update(_check_args(args or {}, heads))
+    heads = dict(vision_heads=heads["vision_heads"] or max(v_width // 64, 1),
+                 text_heads=heads["text_heads"] or max(t_width // 64, 1))
     for name, count in heads.items():
         width = v_width if name.startswith("vision") else t_width
         if width % count:
             raise ConversionError(f"{name}={count} does not divide the tower width {width}")
-    convert = hf_import.params_from_hf_clip if fmt == "hf" else hf_import.params_from_openai_clip
+    convert = {"hf": hf_import.params_from_hf_clip, "openai": hf_import.params_from_openai_clip,
+               "eva_clip": hf_import.params_from_eva_clip}[fmt]
     try:
         params = convert(state_dict, **heads, num_frames=num_frames)
     except KeyError as e:
@@ -339,10 +382,10 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
     if unknown:
         raise ConversionError(f"{len(unknown)} unknown key(s) in the {fmt} state dict (no "
                               f"parameter of the model takes them): {', '.join(unknown)}")
-    config = infer_model_config(params, **heads, num_frames=num_frames, hidden_act=hidden_act,
-                                base=base_config)
+    config = infer_model_config(params, **heads, num_frames=num_frames, family=family,
+                                hidden_act=hidden_act, base=base_config)
     _check_against_model(params, config)
-    return _relayout(params, config.scan_layers), config
+    return params, config
 
 
 def hf_settings(hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,17 +401,22 @@ def hf_settings(hf_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def convert_checkpoint(path, **kwargs) -> tuple[dict, ml_collections.ConfigDict]:
-    """`load_state_dict(path)` then `convert_state_dict`; an HF config.json next to the weights
-    supplies head counts and activation unless given in kwargs."""
-    state_dict, hf_config = load_state_dict(path)
-    if hf_config:
-        settings = hf_settings(hf_config)
+    """`load_checkpoint(path)` then `convert_state_dict`; an HF config.json next to the weights
+    supplies head counts and activation, a training checkpoint its saved args, unless given in
+    kwargs."""
+    source = load_checkpoint(path)
+    if source.hf_config:
+        settings = hf_settings(source.hf_config)
         kwargs = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
-    return convert_state_dict(state_dict, **kwargs)
+    kwargs.setdefault("args", source.args)
+    try:
+        return convert_state_dict(source.state_dict, **kwargs)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving and loading.
+# Saving, loading and fitting a run's config.
 
 
 def save_converted(path, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> None:
@@ -380,6 +428,11 @@ def save_converted(path, params: Mapping[str, Any], config: ml_collections.Confi
     atomic.write_text(path / CONFIG_FILE, config.to_json(indent=2) + "\n")
 
 
+def is_converted(path) -> bool:
+    """Whether `path` is a converted checkpoint (it holds a model config)."""
+    return bool(path) and (pathlib.Path(path) / CONFIG_FILE).is_file()
+
+
 def read_model_config(path) -> ml_collections.ConfigDict:
     """The model config `save_converted` wrote beside the parameters (validated); the
     parameters themselves load with `state.load_params` like any other checkpoint."""
@@ -389,4 +442,31 @@ def read_model_config(path) -> ml_collections.ConfigDict:
         raise ConversionError(f"{path}: no {CONFIG_FILE}; not a converted checkpoint")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     config_lib.validate_model(config)
+    return config
+
+
+def _same(key: str, a: Any, b: Any, config: ml_collections.ConfigDict) -> bool:
+    if key.endswith("mlp_ratio"):  # the hidden width is what the weights fix
+        width = config[key.split(".")[0]].width
+        return int(width * a) == int(width * b)
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def check_fits(model: ml_collections.ConfigDict, path) -> None:
+    """Raises config.ConfigError naming the first `retrieval.ARCHITECTURE` key whose value in
+    `model` (a run's config.model) differs from the converted checkpoint's at `path`."""
+    saved = read_model_config(path)
+    for key in retrieval.ARCHITECTURE:
+        ours, theirs = _get(model, key), _get(saved, key)
+        if not _same(key, ours, theirs, model):
+            raise config_lib.ConfigError(
+                f"config: model.{key}={ours!r} contradicts the checkpoint {path} "
+                f"({CONFIG_FILE}: {theirs!r}); use its value or another checkpoint")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config[part]
     return config

@@ -8,8 +8,10 @@ state leaf whose path ends with a parameter's path (Adam's mu / nu) is sharded l
 
 `load_params` is the one way from anything saved to parameters: a run (its workdir, its
 checkpoints/ folder or one step folder; the latest step unless ``step``) or a params-only
-checkpoint (`checkpoint.save_params`, what tools/convert_checkpoint.py writes). The values
-land in the shardings of the parameters they replace. Training, evaluation, search and tools
+checkpoint (`checkpoint.save_params`, what tools/convert_checkpoint.py writes), in the
+layout of the model (`param_layout.adapt`: scanned or unrolled layers, the temporal embedding
+inflated to the model's frames). The values land in the shardings of the parameters they
+replace. Training, evaluation, search and tools
 all load through it. Where a run's state comes from, in order (docs/design.md, Checkpoints):
 its own latest checkpoint (resume), else a fresh init with ``init_from`` loaded over it.
 """
@@ -30,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 from tempret_jax import checkpoint
 from tempret_jax import config as config_lib
 from tempret_jax import optim
+from tempret_jax import param_layout
 from tempret_jax import sharding
 from tempret_jax.models import retrieval
 
@@ -168,8 +171,9 @@ def load_params(target, source, *, step: int | None = None, key: str = "params",
             f"{expect_config!r}: pass the config it was trained with")
     if target is None:
         return saved.params, saved.step
-    return (_merge(target, checkpoint.flatten(saved.params), include, exclude, str(saved.path)),
-            saved.step)
+    target_shapes = {k: tuple(v.shape) for k, v in checkpoint.flatten(target).items()}
+    source = param_layout.adapt(checkpoint.flatten(saved.params), target_shapes)
+    return _merge(target, source, include, exclude, str(saved.path)), saved.step
 
 
 def _merge(target, source: Mapping[str, np.ndarray], include: str, exclude: str,

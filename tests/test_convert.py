@@ -96,18 +96,37 @@ def test_avion_checkpoint_converts_with_its_temporal_embedding(clip, tmp_path):
     expected = jax.tree.map(lambda x: x, expected)
     del expected["visual"]["temporal_embedding"]
     assert_trees_equal(params, expected)
-    # The checkpoint's embedding sets the frame count; AVION's towers use exact GELU.
+    # The checkpoint's embedding sets the frame count; AVION's towers use exact GELU and its
+    # vision tower LayerNorm eps 1e-6.
     assert (config.vision.num_frames, config.vision.mlp, config.text.mlp) == (4, "gelu", "gelu")
+    assert (config.vision.ln_eps, config.text.ln_eps) == (1e-6, 1e-5)
 
 
-def test_scan_layout_stacks_the_layers(clip):
+def test_saved_args_are_read_and_checked(clip, tmp_path):
+    import argparse
     _, sd, _ = clip
-    base = convert.retrieval.model_config("tiny")
-    base.scan_layers = True
-    params, config = convert.convert_state_dict(sd, **HEADS, num_frames=FRAMES, base_config=base)
+    ckpt = avion_checkpoint(openai_state_dict(sd), torch.zeros(FRAMES, 48))
+    ckpt["args"] = argparse.Namespace(model="CLIP_VITB16", use_bidirectional_lm=True)
+    torch.save(ckpt, tmp_path / "bidirectional.pt")
+    with pytest.raises(convert.ConversionError, match="bidirectional.pt: args.use_bidirect"):
+        convert.convert_checkpoint(tmp_path / "bidirectional.pt", **HEADS)
+    ckpt["args"] = argparse.Namespace(model="TIMESFORMER_BASE")
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(convert.ConversionError, match="args.model 'TIMESFORMER_BASE'"):
+        convert.convert_checkpoint(tmp_path / "other.pt", **HEADS)
+
+
+def test_a_converted_checkpoint_loads_into_a_scanned_model(clip, tmp_path):
+    _, sd, _ = clip
+    params, config = convert.convert_state_dict(sd, **HEADS, num_frames=FRAMES)
+    convert.save_converted(tmp_path / "out", params, config)
+    config.scan_layers = True
+    model = RetrievalModel.from_config(config)
+    video = jnp.zeros((1, FRAMES, 32, 32, 3))
+    target = jax.eval_shape(model.init, jax.random.key(0), video, jnp.zeros((1, 77), jnp.int32))
+    loaded, _ = state.load_params(target["params"], tmp_path / "out")
     expected = hf_import.params_from_hf_clip(sd, **HEADS, num_frames=FRAMES, scan_layers=True)
-    assert_trees_equal(params, expected)
-    assert config.scan_layers
+    assert_trees_equal(loaded, expected)
 
 
 def test_saved_checkpoint_round_trips_and_runs(clip, tmp_path):
@@ -194,12 +213,10 @@ def test_cli_writes_the_checkpoint_and_reports_errors(clip, tmp_path, capsys):
 
     model, sd, expected = clip
     model.save_pretrained(tmp_path / "hf")
-    assert cli.main([str(tmp_path / "hf"), str(tmp_path / "out"), "--num_frames", "2",
-                     "--scan_layers"]) == 0
+    assert cli.main([str(tmp_path / "hf"), str(tmp_path / "out"), "--num_frames", "2"]) == 0
     params, _ = state.load_params(None, tmp_path / "out")
-    assert convert.read_model_config(tmp_path / "out").scan_layers
-    assert_trees_equal(params, hf_import.params_from_hf_clip(sd, **HEADS, num_frames=FRAMES,
-                                                             scan_layers=True))
+    assert convert.read_model_config(tmp_path / "out").vision.num_frames == 2
+    assert_trees_equal(params, expected)
     torch.save(without(sd, "logit_scale"), tmp_path / "bad.bin")
     assert cli.main([str(tmp_path / "bad.bin"), str(tmp_path / "out2"), "--vision_heads", "4",
                      "--text_heads", "4"]) == 1
@@ -213,7 +230,10 @@ def _truncated(sd, path):
 
 def _pickled_object(sd, path):
     import argparse
-    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1.0)}, path)
+    import pathlib
+    # argparse.Namespace is allowed (AVION saves its args); a Path inside it is not.
+    torch.save({"state_dict": sd, "args": argparse.Namespace(out=pathlib.PurePosixPath("x"))},
+               path)
 
 
 def _not_a_checkpoint(sd, path):
@@ -222,7 +242,7 @@ def _not_a_checkpoint(sd, path):
 
 @pytest.mark.parametrize("write, expected", [
     (_truncated, r"bad\.pt: not a readable \.pt checkpoint \(truncated or another format"),
-    (_pickled_object, r"bad\.pt: holds pickled objects the safe loader refuses \(.*Namespace"),
+    (_pickled_object, r"bad\.pt: holds pickled objects the safe loader refuses \(pathlib"),
     (_not_a_checkpoint, r"bad\.pt: not a readable \.pt checkpoint"),
 ])
 def test_unreadable_files_are_one_line_naming_the_file(clip, tmp_path, capsys, write, expected):

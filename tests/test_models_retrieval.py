@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from tempret_jax import config as config_lib
+from tempret_jax import param_layout
 from tempret_jax.models import layers, video
 from tempret_jax.models.retrieval import RetrievalModel, model_config
 
@@ -209,16 +210,6 @@ def test_scanned_and_rematerialised_stack_equals_unrolled():
                  g_scanned, stack_layers(dict(g_unrolled), 3))
 
 
-def test_resample_temporal_embedding_matches_torch_linear_interpolation():
-    emb = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
-    ours = video.resample_temporal_embedding(emb, 16)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(emb.T)[None], size=16,
-                                          mode="linear", align_corners=False)[0].T
-    assert ours.shape == (16, 8)
-    np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(video.resample_temporal_embedding(emb, 4), emb, atol=1e-6)
-
-
 def test_resample_spatial_position_embedding():
     emb = np.random.default_rng(1).normal(size=(1 + 7 * 7, 8)).astype(np.float32)
     linear = video.resample_spatial_position_embedding(emb, (14, 14), method="linear")
@@ -237,10 +228,10 @@ def test_resampled_embeddings_load_into_a_longer_model():
     short = video.VisionTransformer(image_size=16, patch_size=8, width=16, layers=1, heads=2,
                                     output_dim=8, num_frames=4)
     params = jax.jit(short.init)(jax.random.key(0), jnp.zeros((1, 4, 16, 16, 3)))["params"]
-    params = dict(params, temporal_embedding=video.resample_temporal_embedding(
+    params = dict(params, temporal_embedding=param_layout.inflate_temporal_embedding(
         params["temporal_embedding"], 16))
     long = short.clone(num_frames=16)
     out = jax.jit(long.apply)({"params": params}, jnp.zeros((1, 16, 16, 16, 3)))
     assert out["embedding"].shape == (1, 8)
-    with pytest.raises(ValueError, match="resample it with resample_temporal_embedding"):
+    with pytest.raises(ValueError, match="load the parameters into a model of num_frames=8"):
         short.apply({"params": params}, jnp.zeros((1, 8, 16, 16, 3)))

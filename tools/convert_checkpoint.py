@@ -1,20 +1,22 @@
-"""Converts PyTorch CLIP / AVION / LaViLa weights into a params-only orbax checkpoint.
+"""Converts published PyTorch weights (CLIP, AVION, EVA02-CLIP) into a checkpoint of this project.
 
-    python tools/convert_checkpoint.py SOURCE OUT [--format auto|hf|openai|avion]
+    python tools/convert_checkpoint.py SOURCE OUT [--format auto|hf|openai|avion|eva_clip]
         [--vision_heads H] [--text_heads H] [--num_frames T] [--hidden_act quick_gelu|gelu]
-        [--scan_layers] [--preset vit_b16]
 
 SOURCE: an HF CLIPModel folder (config.json + model.safetensors / pytorch_model.bin), or a
-.safetensors / .bin / .pt / .pth file (OpenAI / open_clip state dict, AVION / LaViLa training
-checkpoint). OUT: a new folder; train with `config.init_from.path=OUT` and the model sizes of
-OUT/model_config.json (printed at the end). See `tempret_jax.convert` for the formats.
+.safetensors / .bin / .pt / .pth file (OpenAI / open_clip state dict, AVION training
+checkpoint as its scripts save it, EVA02-CLIP state dict). The architecture is read from the
+file; flags are for what it cannot say (open_clip LAION weights: --hidden_act gelu). OUT: a
+new folder holding the weights and their model config (printed at the end); train from it
+with `--config.init_from.path=OUT`, evaluate it zero-shot with
+`python -m tempret_jax.main --mode eval --checkpoint OUT --workdir DIR --config.dataset_dir=D`.
+See `tempret_jax.convert` for the formats. Errors are one line, exit 1.
 """
 
 import argparse
 import sys
 
 from tempret_jax import convert
-from tempret_jax.models import retrieval
 
 
 def main(argv=None) -> int:
@@ -28,21 +30,14 @@ def main(argv=None) -> int:
     parser.add_argument("--num_frames", type=int, default=16,
                         help="frames of the video tower when the source has no temporal embedding")
     parser.add_argument("--hidden_act", default=None, choices=("quick_gelu", "gelu"),
-                        help="default: quick_gelu (CLIP), gelu for AVION; open_clip LAION "
-                             "weights need gelu")
-    parser.add_argument("--scan_layers", action="store_true",
-                        help="stack layers for nn.scan (model config scan_layers=True)")
-    parser.add_argument("--preset", default="vit_b16", choices=retrieval.PRESETS,
-                        help="non-size settings of the written model config")
+                        help="default: the family's (CLIP quick_gelu; AVION, EVA02 text: gelu); "
+                             "open_clip LAION weights need gelu")
     args = parser.parse_args(argv)
 
-    base = retrieval.model_config(args.preset)
-    base.scan_layers = args.scan_layers
     try:
         params, config = convert.convert_checkpoint(
             args.source, fmt=args.format, vision_heads=args.vision_heads,
-            text_heads=args.text_heads, num_frames=args.num_frames, hidden_act=args.hidden_act,
-            base_config=base)
+            text_heads=args.text_heads, num_frames=args.num_frames, hidden_act=args.hidden_act)
         convert.save_converted(args.out, params, config)
     except convert.ConversionError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""CLIP weights (HF transformers `CLIPModel` or OpenAI CLIP state dicts) -> our tower parameters.
+"""CLIP-family weights (HF transformers `CLIPModel`, OpenAI CLIP, EVA-CLIP state dicts) -> our
+tower parameters.
 
 Our tree (unrolled layers; `scan_layers=True` stacks them under `resblocks` with a leading layer
 axis, as `layers.Transformer(scan=True)` expects). D width, H heads, K = D / H; torch Linear
@@ -29,6 +30,13 @@ logit_scale ()                     logit_scale                        logit_scal
   attn/{q,k,v}/bias (H, K)           self_attn.{q,k,v}_proj.bias        attn.in_proj_bias, split
   attn/out/kernel (H, K, D), bias    self_attn.out_proj ^T              attn.out_proj ^T
   mlp/c_fc (D, 4D), c_proj (4D, D)   mlp.fc1 ^T, mlp.fc2 ^T             mlp.c_fc ^T, mlp.c_proj ^T
+
+EVA02-CLIP (EVA-CLIP/rei/eva_clip/eva_vit_model.py; the text tower has OpenAI's names):
+visual.patch_embed.proj.{weight,bias} -> conv1/{kernel,bias}; visual.cls_token (1, 1, D) ->
+class_embedding; visual.pos_embed (1, N+1, D) -> positional_embedding; visual.norm -> ln_post;
+visual.head.{weight ^T, bias} -> proj, proj_bias; visual.blocks.i.: norm1, norm2 -> ln_1, ln_2;
+attn.{q,k,v}_proj.weight ^T -> attn/{q,k,v}/kernel, attn.q_bias / v_bias -> attn/{q,v}/bias (k has
+none); attn.inner_attn_ln; attn.proj -> attn/out; mlp.{w1,w2,w3,ffn_ln} keep their names.
 
 LayerNorm: weight -> scale, bias -> bias. The temporal transformer, refinement and cross-encoder
 have no CLIP counterpart: take them from `RetrievalModel.init` and merge.
@@ -196,7 +204,6 @@ def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
     if key_map is not None:
         state_dict = {key_map(k): val for k, val in state_dict.items()}
     sd = _StateDict(state_dict, "OpenAI CLIP")
-    blocks = functools.partial(_blocks, sd, qkv=_openai_qkv, modules=OPENAI_LAYER_MODULES)
     conv = sd("visual.conv1.weight")
     if conv.ndim == 5:  # AVION's Conv3d kernel (D, 3, 1, p, p)
         conv = conv[:, :, 0]
@@ -211,16 +218,77 @@ def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
         "positional_embedding": sd("visual.positional_embedding"),
         **temporal,
         "ln_pre": _layer_norm(sd("visual.ln_pre.weight"), sd("visual.ln_pre.bias")),
-        "transformer": _transformer(blocks("visual.transformer.resblocks.", vision_heads),
-                                    scan_layers),
+        "transformer": _transformer(
+            _blocks(sd, "visual.transformer.resblocks.", vision_heads, qkv=_openai_qkv,
+                    modules=OPENAI_LAYER_MODULES), scan_layers),
         "ln_post": _layer_norm(sd("visual.ln_post.weight"), sd("visual.ln_post.bias")),
         "proj": sd("visual.proj"),
     }
-    text = {
+    return {"visual": visual, "text": _openai_text(sd, text_heads, scan_layers),
+            "logit_scale": sd("logit_scale").reshape(())}
+
+
+def _openai_text(sd: _StateDict, num_heads: int, scan_layers: bool) -> Params:
+    """The text tower in OpenAI's names (also AVION's, LaViLa's and EVA-CLIP's)."""
+    blocks = _blocks(sd, "transformer.resblocks.", num_heads, qkv=_openai_qkv,
+                     modules=OPENAI_LAYER_MODULES)
+    return {
         "token_embedding": {"embedding": sd("token_embedding.weight")},
         "positional_embedding": sd("positional_embedding"),
-        "transformer": _transformer(blocks("transformer.resblocks.", text_heads), scan_layers),
+        "transformer": _transformer(blocks, scan_layers),
         "ln_final": _layer_norm(sd("ln_final.weight"), sd("ln_final.bias")),
         "text_projection": sd("text_projection"),
     }
-    return {"visual": visual, "text": text, "logit_scale": sd("logit_scale").reshape(())}
+
+
+def _eva_block(sd: _StateDict, layer: str, num_heads: int) -> Params:
+    """One EVA02 block (eva_vit_model.py Block with subln and naiveswiglu): separate q/k/v
+    projections without bias plus q_bias and v_bias (k has none), inner_attn_ln before the
+    output projection `proj`, SwiGLU w1/w2 -> ffn_ln -> w3."""
+    width = sd(f"{layer}attn.q_proj.weight").shape[1]
+    head_dim = width // num_heads
+
+    def head_proj(name, bias):
+        out = {"kernel": sd(f"{layer}attn.{name}_proj.weight").T.reshape(width, num_heads,
+                                                                        head_dim)}
+        if bias:
+            out["bias"] = sd(f"{layer}attn.{name}_bias").reshape(num_heads, head_dim)
+        return out
+
+    pair = lambda name: (sd(f"{layer}{name}.weight"), sd(f"{layer}{name}.bias"))  # noqa: E731
+    out_w, out_b = pair("attn.proj")
+    return {
+        "ln_1": _layer_norm(*pair("norm1")),
+        "attn": {"q": head_proj("q", True), "k": head_proj("k", False),
+                 "v": head_proj("v", True), "inner_attn_ln": _layer_norm(*pair("attn.inner_attn_ln")),
+                 "out": {"kernel": out_w.T.reshape(num_heads, head_dim, width), "bias": out_b}},
+        "ln_2": _layer_norm(*pair("norm2")),
+        "mlp": {"w1": _linear(*pair("mlp.w1")), "w2": _linear(*pair("mlp.w2")),
+                "ffn_ln": _layer_norm(*pair("mlp.ffn_ln")), "w3": _linear(*pair("mlp.w3"))},
+    }
+
+
+def params_from_eva_clip(state_dict: Mapping[str, Any], *, vision_heads: int, text_heads: int,
+                         num_frames: Optional[int] = None, scan_layers: bool = False) -> Params:
+    """EVA02-CLIP (EVA-CLIP's `CLIP.state_dict()`: EVAVisionTransformer + OpenAI-named text
+    tower) -> our tower params. The image tower's `norm` is our ln_post and its `head`
+    Linear our proj + proj_bias; `num_frames` adds a zero temporal embedding as in
+    `params_from_hf_clip`. Rope buffers (`visual.rope.freqs_*`) carry no parameters."""
+    sd = _StateDict(state_dict, "EVA-CLIP")
+    conv = sd("visual.patch_embed.proj.weight")                             # (D, 3, p, p)
+    width = conv.shape[0]
+    blocks = [_eva_block(sd, f"visual.blocks.{i}.", vision_heads)
+              for i in range(sd.count_layers("visual.blocks."))]
+    head = sd("visual.head.weight")                                          # (E, D)
+    visual = {
+        "conv1": {"kernel": conv.transpose(2, 3, 1, 0), "bias": sd("visual.patch_embed.proj.bias")},
+        "class_embedding": sd("visual.cls_token").reshape(width),
+        "positional_embedding": sd("visual.pos_embed").reshape(-1, width),
+        **_temporal(num_frames, width),
+        "transformer": _transformer(blocks, scan_layers),
+        "ln_post": _layer_norm(sd("visual.norm.weight"), sd("visual.norm.bias")),
+        "proj": head.T,
+        "proj_bias": sd("visual.head.bias"),
+    }
+    return {"visual": visual, "text": _openai_text(sd, text_heads, scan_layers),
+            "logit_scale": sd("logit_scale").reshape(())}

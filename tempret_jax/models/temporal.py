@@ -37,8 +37,7 @@ class TemporalTransformer(nn.Module):
         batch, num_frames, dim = frames.shape
         if num_frames != self.num_frames:
             raise ValueError(f"temporal transformer built for {self.num_frames} frames, got "
-                             f"{num_frames}; resample temporal_embedding with "
-                             f"video.resample_temporal_embedding")
+                             f"{num_frames}")
         pos = self.param("temporal_embedding", nn.initializers.normal(0.02), (num_frames, dim))
         dtype = self.stack.dtype
         x = (frames + pos).astype(dtype)

@@ -115,7 +115,8 @@ class VisionTransformer(nn.Module):
                 if clip_len != self.num_frames:
                     raise ValueError(
                         f"video has {clip_len} frames but the temporal embedding has "
-                        f"{self.num_frames}; resample it with resample_temporal_embedding")
+                        f"{self.num_frames}; load the parameters into a model of "
+                        f"num_frames={clip_len} (state.load_params inflates it)")
                 temporal = self.param("temporal_embedding", nn.initializers.zeros,
                                       (self.num_frames, self.width))
                 patch_pos = patch_pos + jnp.repeat(temporal, num_patches, axis=0)
@@ -148,17 +149,6 @@ class VisionTransformer(nn.Module):
                 batch, num_frames, num_patches, self.width).mean(axis=2)
         return {"embedding": embedding, "patch_tokens": patch_tokens,
                 "frame_tokens": frame_tokens}
-
-
-def resample_temporal_embedding(embedding: Array, num_frames: int) -> Array:
-    """Linear interpolation of a temporal embedding to a new number of frames (e.g. 4 -> 16).
-
-    embedding (T0, D) -> (num_frames, D). Half-pixel sample centres without antialiasing, i.e.
-    torch `F.interpolate(mode='linear', align_corners=False)` as AVION uses when inflating.
-    """
-    embedding = jnp.asarray(embedding)
-    return jax.image.resize(embedding, (num_frames, embedding.shape[1]), "linear",
-                            antialias=False).astype(embedding.dtype)
 
 
 def resample_spatial_position_embedding(embedding: Array, grid: Sequence[int],

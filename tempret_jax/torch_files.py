@@ -1,0 +1,93 @@
+"""Reading PyTorch checkpoint files without running anything they contain.
+
+`read(path)` returns a file's contents: a safetensors file via the `safetensors` package, any
+other file through `torch.load(weights_only=True)`, whose unpickler builds only tensors and
+plain containers (dict, list, tuple, OrderedDict, str, numbers), plus the allow-list
+`ALLOWED_GLOBALS`: `argparse.Namespace`, the `args` that AVION's, LaViLa's and SMS's training
+scripts save beside the weights (built empty, then filled with plain values), and numpy scalars
+and dtypes (an accuracy saved as a numpy float). Anything else a pickle names is refused
+before it is built, and named; a truncated or foreign file is one line naming the file.
+TorchScript archives (OpenAI's `clip.load` downloads) are refused with the command that
+extracts their weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import pickle
+import re
+import zipfile
+from typing import Any
+
+
+class UnreadableCheckpoint(ValueError):
+    """The file is missing, truncated, of another format or holds objects not allowed."""
+
+
+def _allowed_globals() -> list:
+    import numpy as np
+    allowed = [argparse.Namespace, np.dtype]
+    # numpy scalars pickle as numpy.core.multiarray.scalar (numpy 2: numpy._core...) + a dtype
+    # class; both are data, not code.
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            allowed.append(__import__(module, fromlist=["scalar"]).scalar)
+        except (ImportError, AttributeError):
+            pass
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return allowed
+
+
+def _is_torchscript(path: pathlib.Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _load(path: pathlib.Path) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # torch: bfloat16 has no numpy dtype
+        return load_file(str(path))
+    if _is_torchscript(path):
+        raise UnreadableCheckpoint(
+            f"{path} is a TorchScript archive (OpenAI's clip.load download); it is not read "
+            f"here. Save its weights first: torch.save(torch.jit.load(path).state_dict(), "
+            f"'weights.pt')")
+    import torch
+    with torch.serialization.safe_globals(_allowed_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read(path) -> Any:
+    """The contents of a checkpoint file (module docstring); raises UnreadableCheckpoint."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UnreadableCheckpoint(f"checkpoint {path} does not exist")
+    try:
+        return _load(path)
+    except pickle.UnpicklingError as e:  # the safe loader met a pickled object it does not allow
+        found = re.findall(r"GLOBAL (\S+)", str(e))
+        what = (f"{', '.join(dict.fromkeys(found))} is not allowed" if found
+                else _first_line(e))
+        raise UnreadableCheckpoint(f"{path}: holds pickled objects the safe loader refuses "
+                                   f"({what}; allowed: tensors, plain containers, "
+                                   f"argparse.Namespace, numpy scalars)") from None
+    except UnreadableCheckpoint:
+        raise
+    except Exception as e:  # noqa: BLE001  torch's unpickler fails on garbage in many ways
+        raise UnreadableCheckpoint(
+            f"{path}: not a readable {path.suffix or 'torch'} checkpoint (truncated or another "
+            f"format? {type(e).__name__}: {_first_line(e)})") from None
+
+
+def plain_args(obj: Any) -> dict[str, Any]:
+    """A saved `args` entry (argparse.Namespace or dict) as a dict; {} when there is none."""
+    if isinstance(obj, argparse.Namespace):
+        return dict(vars(obj))
+    return dict(obj) if isinstance(obj, dict) else {}
