@@ -46,6 +46,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from tempret_jax import atomic
 from tempret_jax import checkpoint as checkpoint_lib
@@ -58,7 +59,7 @@ FORMATS = ("hf", "openai", "avion", "eva_clip")
 CONFIG_FILE = "model_config.json"
 # Buffers and metadata that carry no parameters.
 _IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|"
-                      r"vocab_size)$|^visual\.rope\.freqs_(cos|sin)$")
+                      r"vocab_size)$|(^|\.)rope\.freqs_(cos|sin)$")
 # What the file's family fixes that shapes cannot show: (vision, text) tower settings.
 FAMILY_SETTINGS = {
     "clip": ({"mlp": "quick_gelu", "ln_eps": 1e-5}, {"mlp": "quick_gelu", "ln_eps": 1e-5}),
@@ -361,6 +362,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
     family = {"avion": "avion", "eva_clip": "eva_clip"}.get(fmt, "clip")
     if fmt == "avion":
         state_dict, fmt = avion_to_openai(state_dict), "openai"
+    rope_grid = None
+    if fmt == "eva_clip":
+        # CustomCLIP (EVA-CLIP's force_custom_clip) keeps the text tower under 'text.'.
+        state_dict = {k.removeprefix("text."): v for k, v in state_dict.items()}
+        rope_grid = _eva_rope_grid(state_dict)
     state_dict = _Recorder({k: v for k, v in state_dict.items() if not _IGNORED.search(k)})
     _check_layer_shapes(state_dict)
     v_width, t_width = _tower_widths(state_dict, fmt)
@@ -384,8 +390,26 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
                               f"parameter of the model takes them): {', '.join(unknown)}")
     config = infer_model_config(params, **heads, num_frames=num_frames, family=family,
                                 hidden_act=hidden_act, base=base_config)
+    if rope_grid is not None:
+        config.vision.rope_grid = rope_grid
     _check_against_model(params, config)
     return params, config
+
+
+def _eva_rope_grid(state_dict: Mapping[str, Any]) -> int:
+    """EVA-CLIP's pt_hw_seq_len, read back from the saved RoPE table when there is one.
+
+    visual.rope.freqs_cos / freqs_sin (grid^2, K): row 1 is the patch at (row 0, column 1),
+    whose first column-half pair (index K / 2) turned by position (1 / grid) * pt at
+    frequency 1, so pt = grid * angle. Without the buffers: EVA02-CLIP's 16.
+    """
+    cos, sin = (state_dict.get(f"visual.rope.freqs_{n}") for n in ("cos", "sin"))
+    if cos is None or sin is None:
+        return EVA_RoPE_GRID
+    cos, sin = (np.asarray(hf_import.to_numpy(x), np.float64) for x in (cos, sin))
+    grid = int(round(cos.shape[0] ** 0.5))
+    angle = math.atan2(sin[1, cos.shape[1] // 2], cos[1, cos.shape[1] // 2])
+    return int(round(grid * angle))
 
 
 def hf_settings(hf_config: Mapping[str, Any]) -> dict[str, Any]:

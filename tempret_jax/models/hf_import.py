@@ -50,7 +50,7 @@ import numpy as np
 Params = Dict[str, Any]
 
 
-def _numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
     """A torch tensor or array-like -> float32 numpy array."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().float().numpy()
@@ -70,7 +70,7 @@ class _StateDict:
     def __call__(self, key: str) -> np.ndarray:
         if key not in self._sd:
             raise KeyError(f"{self._source} state dict: missing key {key!r}")
-        return _numpy(self._sd[key])
+        return to_numpy(self._sd[key])
 
     def count_layers(self, prefix: str) -> int:
         """Number of consecutive layers `prefix{i}.` present."""

@@ -1,0 +1,101 @@
+"""Embeddings from a converted checkpoint in a few lines: the project's public scripting API.
+
+    from tempret_jax import pretrained
+    m = pretrained.load("converted/avion_b16")          # tools/convert_checkpoint.py output
+    v = m.embed_video(frames)   # frames float32 (B, T, H, W, 3) -> (B, E) unit rows
+    t = m.embed_text(ids)       # ids int (B, L), tempret_jax.data.tokenizer -> (B, E)
+    similarity = v @ t.T
+
+Frames are RGB in [0, 1], normalised as every model here expects: (x - CLIP_MEAN) / CLIP_STD,
+channel-wise, with `tempret_jax.data.crops.CLIP_MEAN` / `CLIP_STD` (OpenAI CLIP's constants;
+AVION and EVA-CLIP use the same), `normalize_frames` does it; H = W = the model's image_size,
+T = its num_frames (or what `load(num_frames=...)` sets: the temporal embedding is inflated
+on load). Token ids are CLIP BPE sequences: <start> tokens <end> then zeros
+(`tempret_jax.data.tokenizer.tokenize`).
+
+`encode_video` / `encode_text` return the projected, unnormalised features (what the authors'
+`encode_image` / `encode_text` return); `embed_video` / `embed_text` the L2-normalised
+embeddings that retrieval scores with (models with refinement need each other's gallery:
+use the evaluators for those).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tempret_jax import convert, state
+from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
+from tempret_jax.models import retrieval
+
+
+def normalize_frames(frames: np.ndarray) -> np.ndarray:
+    """RGB frames in [0, 1], (..., 3) -> (frames - CLIP_MEAN) / CLIP_STD float32."""
+    frames = np.asarray(frames, np.float32)
+    return (frames - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A model config, its `RetrievalModel` and parameters (see `load`)."""
+
+    config: ml_collections.ConfigDict
+    model: retrieval.RetrievalModel
+    params: Any
+
+    @functools.cached_property
+    def _apply(self):
+        def features(params, x, method):
+            return self.model.apply({"params": params}, x, method=method)["features"]
+        return jax.jit(features, static_argnums=2)
+
+    def encode_video(self, frames) -> jax.Array:
+        """frames float32 (B, T, H, W, 3), normalised -> (B, E) unnormalised features."""
+        frames = jnp.asarray(frames, jnp.float32)
+        v = self.config.vision
+        expected = (v.num_frames, v.image_size, v.image_size, 3)
+        if frames.ndim != 5 or frames.shape[1:] != expected:
+            raise ValueError(f"frames: expected (B, {', '.join(map(str, expected))}), got "
+                             f"{frames.shape}")
+        return self._apply(self.params, frames, retrieval.RetrievalModel.encode_video)
+
+    def encode_text(self, ids) -> jax.Array:
+        """ids int (B, L), L <= context_length -> (B, E) unnormalised features."""
+        ids = jnp.asarray(ids, jnp.int32)
+        return self._apply(self.params, ids, retrieval.RetrievalModel.encode_text)
+
+    def embed_video(self, frames) -> jax.Array:
+        """frames (B, T, H, W, 3) -> (B, E) L2-normalised float32."""
+        return retrieval.l2_normalize(self.encode_video(frames))
+
+    def embed_text(self, ids) -> jax.Array:
+        """ids (B, L) -> (B, E) L2-normalised float32."""
+        return retrieval.l2_normalize(self.encode_text(ids))
+
+
+def load(path, *, num_frames: Optional[int] = None, dtype: str = "float32") -> Pretrained:
+    """The converted checkpoint at `path` (tools/convert_checkpoint.py output) as a Pretrained.
+
+    num_frames: frames of the video tower (default the checkpoint's); dtype: compute dtype
+    ('float32' | 'bfloat16'; parameters stay float32).
+    """
+    path = pathlib.Path(path)
+    config = convert.read_model_config(path)
+    config.dtype = dtype
+    if num_frames is not None:
+        config.vision.num_frames = num_frames
+    model = retrieval.RetrievalModel.from_config(config)
+    v = config.vision
+    video = jax.ShapeDtypeStruct((1, v.num_frames, v.image_size, v.image_size, 3), jnp.float32)
+    ids = jax.ShapeDtypeStruct((1, config.text.context_length), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), video, ids)["params"]
+    params, _ = state.load_params(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract),
+                                  path)
+    return Pretrained(config, model, jax.device_put(params))
