@@ -12,7 +12,12 @@ Sources (read by `torch_files.read`: tensors, plain containers and argparse.Name
             top-level 'image_projection'), flash-attn names (attn.Wqkv, mlp.fc1/fc2), the
             linear 'fast conv1' patch embedding, the learned temporal embedding;
   eva_clip  EVA-CLIP's EVA02-CLIP state dicts (EVA02_CLIP_{B_psz16,L_psz14}_s*.pt; also nested
-            under 'state_dict' / 'module' as its training code saves them).
+            under 'state_dict' / 'module' as its training code saves them; CustomCLIP's 'text.');
+  eva02at   EVA02-AT video towers as the authors' code (SMS-Loss, avion/models/eva.py, released
+            only as bytecode) names them: timm's Eva (q_proj/k_proj/v_proj with q and v biases,
+            attn.norm, SwiGLU fc1_g/fc1_x/norm/fc2, a Linear `conv1` with bias over
+            (c, ph, pw) patches, `temporal_embed`) under 'visual.', in AVION's training
+            checkpoint ('module.', 'textual.' text tower).
 The format is detected from the keys (`detect_format`). The architecture comes from the file:
 sizes from the shapes, the block design from the names (SwiGLU, sub-LN, ln_pre, biases),
 LayerNorm epsilon and activation from the family's code (`FAMILY_SETTINGS`: AVION's vision
@@ -55,7 +60,7 @@ from tempret_jax import torch_files
 from tempret_jax.models import hf_import
 from tempret_jax.models import retrieval
 
-FORMATS = ("hf", "openai", "avion", "eva_clip")
+FORMATS = ("hf", "openai", "avion", "eva_clip", "eva02at")
 CONFIG_FILE = "model_config.json"
 # Buffers and metadata that carry no parameters.
 _IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|"
@@ -74,6 +79,17 @@ FAMILY_SETTINGS = {
 EVA_RoPE_GRID = 16  # EVA02-CLIP model_configs/*.json pt_hw_seq_len (B/16 and L/14 alike)
 # AVION's model builders (avion/models/model_clip.py) and their head counts (vision, text).
 AVION_MODELS = {"CLIP_VITB16": (12, 8), "CLIP_VITL14": (16, 12), "CLIP_VITL14_336PX": (16, 12)}
+_EVA02AT_RENAMES = (  # timm Eva names (EVA02-AT) -> EVA-CLIP's
+    (r"^textual\.", ""),
+    (r"^visual\.conv1\.", "visual.patch_embed.proj."),
+    (r"^visual\.temporal_embed$", "visual.temporal_embedding"),
+    (r"\.attn\.([qv])_proj\.bias$", r".attn.\1_bias"),
+    (r"\.attn\.norm\.", ".attn.inner_attn_ln."),
+    (r"\.mlp\.fc1_g\.", ".mlp.w1."),
+    (r"\.mlp\.fc1_x\.", ".mlp.w2."),
+    (r"\.mlp\.norm\.", ".mlp.ffn_ln."),
+    (r"\.mlp\.fc2\.", ".mlp.w3."),
+)
 _AVION_RENAMES = (  # (pattern, replacement) applied in order
     (r"^textual\.", ""),
     (r"^visual\.image_projection$", "visual.proj"),
@@ -158,6 +174,8 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
     keys = [k.removeprefix("module.") for k in state_dict]
     if any(k.startswith("vision_model.") for k in keys):
         return "hf"
+    if any(".mlp.fc1_g." in k or k == "visual.temporal_embed" for k in keys):
+        return "eva02at"
     if any(k.startswith(("textual.", "image_projection", "visual.image_projection"))
            or ".attn.Wqkv." in k or ".timeattn." in k for k in keys):
         return "avion"  # also LaViLa's TimeSformer ('timeattn'), which avion_to_openai refuses
@@ -168,6 +186,28 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
     raise ConversionError(f"cannot tell the checkpoint format from its keys (first: "
                           f"{keys[:5]}); expected HF CLIPModel, OpenAI CLIP, AVION/LaViLa or "
                           f"EVA-CLIP names")
+
+
+def _unflatten_patches(conv, key: str):
+    """A linear patch embedding (D, 3 * p * p) over (c, ph, pw) patches -> (D, 3, p, p)."""
+    p = int(round((conv.shape[1] / 3) ** 0.5))
+    if 3 * p * p != conv.shape[1]:
+        raise ConversionError(f"{key}: a linear patch embedding needs 3 * p * p inputs, got "
+                              f"shape {tuple(conv.shape)}")
+    return conv.reshape(conv.shape[0], 3, p, p)
+
+
+def eva02at_to_eva_clip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """EVA02-AT names (timm Eva, see the module docstring) -> EVA-CLIP's."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _EVA02AT_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    conv = out.get("visual.patch_embed.proj.weight")
+    if conv is not None and conv.ndim == 2:
+        out["visual.patch_embed.proj.weight"] = _unflatten_patches(conv, "visual.conv1.weight")
+    return out
 
 
 def avion_to_openai(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,11 +223,7 @@ def avion_to_openai(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = value
     conv = out.get("visual.conv1.weight")
     if conv is not None and conv.ndim == 2:  # fast conv1: Linear over (c, ph, pw) patches
-        p = int(round((conv.shape[1] / 3) ** 0.5))
-        if 3 * p * p != conv.shape[1]:
-            raise ConversionError(f"visual.conv1.weight: a linear patch embedding needs "
-                                  f"3 * p * p inputs, got shape {tuple(conv.shape)}")
-        out["visual.conv1.weight"] = conv.reshape(conv.shape[0], 3, p, p)
+        out["visual.conv1.weight"] = _unflatten_patches(conv, "visual.conv1.weight")
     return out
 
 
@@ -359,9 +395,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
     fmt = detect_format(state_dict) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise ConversionError(f"format: expected one of {FORMATS} or 'auto', got {fmt!r}")
-    family = {"avion": "avion", "eva_clip": "eva_clip"}.get(fmt, "clip")
+    family = {"avion": "avion", "eva_clip": "eva_clip", "eva02at": "eva_clip"}.get(fmt, "clip")
     if fmt == "avion":
         state_dict, fmt = avion_to_openai(state_dict), "openai"
+    if fmt == "eva02at":
+        state_dict, fmt = eva02at_to_eva_clip(state_dict), "eva_clip"
     rope_grid = None
     if fmt == "eva_clip":
         # CustomCLIP (EVA-CLIP's force_custom_clip) keeps the text tower under 'text.'.

@@ -272,8 +272,9 @@ def params_from_eva_clip(state_dict: Mapping[str, Any], *, vision_heads: int, te
                          num_frames: Optional[int] = None, scan_layers: bool = False) -> Params:
     """EVA02-CLIP (EVA-CLIP's `CLIP.state_dict()`: EVAVisionTransformer + OpenAI-named text
     tower) -> our tower params. The image tower's `norm` is our ln_post and its `head`
-    Linear our proj + proj_bias; `num_frames` adds a zero temporal embedding as in
-    `params_from_hf_clip`. Rope buffers (`visual.rope.freqs_*`) carry no parameters."""
+    Linear our proj + proj_bias; a video tower's `visual.temporal_embedding` (T, D) (EVA02-AT)
+    is kept, else `num_frames` adds zeros as in `params_from_hf_clip`. Rope buffers
+    (`visual.rope.freqs_*`) carry no parameters."""
     sd = _StateDict(state_dict, "EVA-CLIP")
     conv = sd("visual.patch_embed.proj.weight")                             # (D, 3, p, p)
     width = conv.shape[0]
@@ -284,7 +285,8 @@ def params_from_eva_clip(state_dict: Mapping[str, Any], *, vision_heads: int, te
         "conv1": {"kernel": conv.transpose(2, 3, 1, 0), "bias": sd("visual.patch_embed.proj.bias")},
         "class_embedding": sd("visual.cls_token").reshape(width),
         "positional_embedding": sd("visual.pos_embed").reshape(-1, width),
-        **_temporal(num_frames, width),
+        **({"temporal_embedding": sd("visual.temporal_embedding")}  # EVA02-AT's own
+           if "visual.temporal_embedding" in sd else _temporal(num_frames, width)),
         "transformer": _transformer(blocks, scan_layers),
         "ln_post": _layer_norm(sd("visual.norm.weight"), sd("visual.norm.bias")),
         "proj": head.T,
