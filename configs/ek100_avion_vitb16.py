@@ -6,7 +6,7 @@ margin 0.2 (AVION's MaxMarginRankingLoss). Paper: 51.0 avg mAP / 64.2 avg nDCG (
 LaViLa pretraining).
 
     python -m tempret_jax.main --config configs/ek100_avion_vitb16.py --workdir runs/avion_b \
-      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_CLIP
+      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_AVION
 """
 
 from tempret_jax import recipes
@@ -14,7 +14,7 @@ from tempret_jax import recipes
 
 def get_config(arg=None):
     del arg
-    c = recipes.ek100_finetune("vit_b16", "ek100_avion_vitb16")
+    c = recipes.ek100_finetune("avion_b16", "ek100_avion_vitb16")
     c.loss.name = "mi_mm"
     c.loss.hparams = {"margin": 0.2}  # AVION
     return c

@@ -7,7 +7,7 @@ horizontally flipped and 0.875 / 1.125-scaled views (test-time augmentation). Pa
 mAP / 82.1 avg nDCG.
 
     python -m tempret_jax.main --config configs/ek100_crclip_vitl14.py --workdir runs/crclip_l \
-      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_CLIP
+      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_AVION
 """
 
 from tempret_jax import recipes
@@ -15,7 +15,7 @@ from tempret_jax import recipes
 
 def get_config(arg=None):
     del arg
-    c = recipes.ek100_finetune("vit_l14", "ek100_crclip_vitl14")
+    c = recipes.ek100_finetune("avion_l14", "ek100_crclip_vitl14")
     c.model.refine.enabled = True
     recipes.use_sms(c)
     c.eval.tta = True  # flip + multi-scale, features averaged

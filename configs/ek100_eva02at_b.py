@@ -1,13 +1,19 @@
-"""EVA02-AT-B (Wang et al. 2025): spatial-temporal RoPE over the whole head dim + SMS loss.
+"""EVA02-AT-B (Wang et al. 2025) EK-100 MIR fine-tuning: EVA02 video tower with joint space-time
+attention, learned spatial + temporal embeddings and spatial-temporal RoPE, SMS loss.
 
-The video tower uses joint space-time attention with EVA02-AT's RoPE on q and k of the patch
-tokens (2D spatial on the first/second half of the rotary pairs, 1D temporal on all pairs,
-composed) on top of the learned spatial embedding ('learned+rope'), EVA02 blocks (SwiGLU MLP,
-sub-LayerNorm), and SMS (gamma 0.6, tau 0.1, eps 1.1/240). Paper: 63.5 / 74.2 is the L model;
-this is the B size. Start from a converted EVA02-CLIP-B/16 or CLIP ViT-B/16 checkpoint.
+The model is EVA02-CLIP-B/16 as EVA-CLIP's code defines it (preset 'eva02_b16': SwiGLU with
+sub-LayerNorms, q/v biases, patch bias, no ln_pre, eps 1e-6, 2D RoPE positions on the
+16-patch pretraining grid, GELU text tower) with EVA02-AT's video additions (the authors'
+avion/models/eva.py, committed as bytecode to SMS-Loss): a temporal embedding and a 1D
+temporal RoPE over the whole head dimension composed with the spatial one ('learned+rope'),
+and the 256-d embedding space of the paper's implementation details. SMS with gamma 0.6,
+tau 0.1, eps 1.1/240. Start from an EVA02-AT Ego4D-pretrained checkpoint (4 frames, inflated
+to 16 on load) or an EVA02-CLIP-B/16 one converted with tools/convert_checkpoint.py; an
+EVA02-CLIP image checkpoint has a 512-d head, so add --config.init_from.architecture=checkpoint
+to fine-tune from it directly.
 
     python -m tempret_jax.main --config configs/ek100_eva02at_b.py --workdir runs/eva02at_b \
-      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_CLIP
+      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_EVA02AT
 """
 
 from tempret_jax import recipes
@@ -15,7 +21,4 @@ from tempret_jax import recipes
 
 def get_config(arg=None):
     del arg
-    c = recipes.ek100_finetune("vit_b16", "ek100_eva02at_b")
-    c.model.vision.update(pos_embed="learned+rope", mlp="swiglu", sub_ln=True)
-    recipes.use_sms(c)
-    return c
+    return recipes.eva02at("eva02_b16", "ek100_eva02at_b")

@@ -5,7 +5,7 @@ tau 0.1, eps 1.1/240 (docs/design.md, Losses; as the authors' released training 
 relevance exact from class ids.
 
     python -m tempret_jax.main --config configs/ek100_sms_vitb16.py --workdir runs/sms_b \
-      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_CLIP
+      --config.dataset_dir=DATA --config.init_from.path=CONVERTED_AVION
 """
 
 from tempret_jax import recipes
@@ -13,4 +13,4 @@ from tempret_jax import recipes
 
 def get_config(arg=None):
     del arg
-    return recipes.ek100_sms("vit_b16", "ek100_sms_vitb16")
+    return recipes.ek100_sms("avion_b16", "ek100_sms_vitb16")

@@ -7,4 +7,4 @@ from tempret_jax import recipes
 
 def get_config(arg=None):
     del arg
-    return recipes.ek100_sms("vit_l14", "ek100_sms_vitl14")
+    return recipes.ek100_sms("avion_l14", "ek100_sms_vitl14")

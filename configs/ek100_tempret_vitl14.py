@@ -6,4 +6,4 @@ from tempret_jax import recipes
 
 
 def get_config(arg=None):
-    return recipes.tempret("vit_l14", "ek100_tempret_vitl14", arg)
+    return recipes.tempret("avion_l14", "ek100_tempret_vitl14", arg)

@@ -116,6 +116,9 @@ def default_config() -> ml_collections.ConfigDict:
         step=-1,  # its step (-1: the latest)
         include=".*",  # regex of the parameters to load
         exclude="",  # regex of the parameters not to load
+        # A converted checkpoint's architecture (model.ARCHITECTURE keys): 'check' (it must
+        # equal the config's, else an error naming both) | 'checkpoint' (the config takes it).
+        architecture="check",
     ))
     c.log_every = 10  # steps between train_metrics.jsonl / TensorBoard records
     return c
@@ -189,6 +192,8 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
     for key in ("include", "exclude"):
         _check(_is_regex(c.init_from[key]), f"init_from.{key}", "a regular expression",
                c.init_from[key])
+    _check(c.init_from.architecture in ("check", "checkpoint"), "init_from.architecture",
+           "'check' or 'checkpoint'", c.init_from.architecture)
     ck = c.checkpoint
     _check(ck.every_steps >= 1, "checkpoint.every_steps", ">= 1", ck.every_steps)
     _check(ck.keep >= 1, "checkpoint.keep", ">= 1 (the latest checkpoint is what a run resumes "

@@ -18,9 +18,9 @@ Sources (read by `torch_files.read`: tensors, plain containers and argparse.Name
             attn.norm, SwiGLU fc1_g/fc1_x/norm/fc2, a Linear `conv1` with bias over
             (c, ph, pw) patches, `temporal_embed`) under 'visual.', in AVION's training
             checkpoint ('module.', 'textual.' text tower).
-The format is detected from the keys (`detect_format`). The architecture comes from the file:
+The format is detected from the keys (`formats.detect_format`). The architecture comes from the file:
 sizes from the shapes, the block design from the names (SwiGLU, sub-LN, ln_pre, biases),
-LayerNorm epsilon and activation from the family's code (`FAMILY_SETTINGS`: AVION's vision
+LayerNorm epsilon and activation from the family's code (`formats.FAMILY_SETTINGS`: AVION's vision
 tower uses eps 1e-6 and nn.GELU, EVA02's eps 1e-6 and a GELU text tower; CLIP eps 1e-5 and
 QuickGELU), and a saved `args` (AVION: model name, causal text) is checked. A flag is needed only
 where the file cannot say: open_clip LAION weights use GELU (`hidden_act='gelu'`).
@@ -51,57 +51,18 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from tempret_jax import atomic
 from tempret_jax import checkpoint as checkpoint_lib
 from tempret_jax import config as config_lib
+from tempret_jax import formats
 from tempret_jax import torch_files
 from tempret_jax.models import hf_import
 from tempret_jax.models import retrieval
 
-FORMATS = ("hf", "openai", "avion", "eva_clip", "eva02at")
 CONFIG_FILE = "model_config.json"
-# Buffers and metadata that carry no parameters.
-_IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|"
-                      r"vocab_size)$|(^|\.)rope\.freqs_(cos|sin)$")
-# What the file's family fixes that shapes cannot show: (vision, text) tower settings.
-FAMILY_SETTINGS = {
-    "clip": ({"mlp": "quick_gelu", "ln_eps": 1e-5}, {"mlp": "quick_gelu", "ln_eps": 1e-5}),
-    # avion/models/transformer.py: VisionTransformer norm_layer partial(nn.LayerNorm, eps=1e-6),
-    # act_layer nn.GELU in both towers (also when it loads OpenAI's QuickGELU weights).
-    "avion": ({"mlp": "gelu", "ln_eps": 1e-6}, {"mlp": "gelu", "ln_eps": 1e-5}),
-    # eva_clip/model.py _build_vision_tower: partial(LayerNorm, eps=1e-6), qkv_bias (q, v);
-    # _build_text_tower: nn.GELU (quick_gelu False in the EVA02 configs), LayerNorm eps 1e-5.
-    "eva_clip": ({"mlp": "swiglu", "ln_eps": 1e-6, "qkv_bias": "qv", "proj_bias": True,
-                  "pos_embed": "learned+rope"}, {"mlp": "gelu", "ln_eps": 1e-5}),
-}
-EVA_RoPE_GRID = 16  # EVA02-CLIP model_configs/*.json pt_hw_seq_len (B/16 and L/14 alike)
-# AVION's model builders (avion/models/model_clip.py) and their head counts (vision, text).
-AVION_MODELS = {"CLIP_VITB16": (12, 8), "CLIP_VITL14": (16, 12), "CLIP_VITL14_336PX": (16, 12)}
-_EVA02AT_RENAMES = (  # timm Eva names (EVA02-AT) -> EVA-CLIP's
-    (r"^textual\.", ""),
-    (r"^visual\.conv1\.", "visual.patch_embed.proj."),
-    (r"^visual\.temporal_embed$", "visual.temporal_embedding"),
-    (r"\.attn\.([qv])_proj\.bias$", r".attn.\1_bias"),
-    (r"\.attn\.norm\.", ".attn.inner_attn_ln."),
-    (r"\.mlp\.fc1_g\.", ".mlp.w1."),
-    (r"\.mlp\.fc1_x\.", ".mlp.w2."),
-    (r"\.mlp\.norm\.", ".mlp.ffn_ln."),
-    (r"\.mlp\.fc2\.", ".mlp.w3."),
-)
-_AVION_RENAMES = (  # (pattern, replacement) applied in order
-    (r"^textual\.", ""),
-    (r"^visual\.image_projection$", "visual.proj"),
-    (r"^image_projection$", "visual.proj"),
-    (r"\.attn\.Wqkv\.", ".attn.in_proj_"),
-    (r"\.mlp\.fc1\.", ".mlp.c_fc."),
-    (r"\.mlp\.fc2\.", ".mlp.c_proj."),
-)
-
-
-class ConversionError(ValueError):
-    """The source weights cannot be converted (unknown/missing keys, shape mismatches)."""
+ConversionError = formats.ConversionError
+FORMATS = formats.FORMATS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,68 +124,6 @@ def load_state_dict(path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state dict, HF config.json dict or {}) of a checkpoint (`load_checkpoint`)."""
     source = load_checkpoint(path)
     return source.state_dict, source.hf_config
-
-
-# ---------------------------------------------------------------------------------------------
-# Formats and renaming.
-
-
-def detect_format(state_dict: Mapping[str, Any]) -> str:
-    """'hf' | 'openai' | 'avion' | 'eva_clip' from the key names, after any 'module.' prefix."""
-    keys = [k.removeprefix("module.") for k in state_dict]
-    if any(k.startswith("vision_model.") for k in keys):
-        return "hf"
-    if any(".mlp.fc1_g." in k or k == "visual.temporal_embed" for k in keys):
-        return "eva02at"
-    if any(k.startswith(("textual.", "image_projection", "visual.image_projection"))
-           or ".attn.Wqkv." in k or ".timeattn." in k for k in keys):
-        return "avion"  # also LaViLa's TimeSformer ('timeattn'), which avion_to_openai refuses
-    if any(k.startswith(("visual.blocks.", "visual.patch_embed.")) for k in keys):
-        return "eva_clip"
-    if any(k.startswith("visual.") for k in keys):
-        return "openai"
-    raise ConversionError(f"cannot tell the checkpoint format from its keys (first: "
-                          f"{keys[:5]}); expected HF CLIPModel, OpenAI CLIP, AVION/LaViLa or "
-                          f"EVA-CLIP names")
-
-
-def _unflatten_patches(conv, key: str):
-    """A linear patch embedding (D, 3 * p * p) over (c, ph, pw) patches -> (D, 3, p, p)."""
-    p = int(round((conv.shape[1] / 3) ** 0.5))
-    if 3 * p * p != conv.shape[1]:
-        raise ConversionError(f"{key}: a linear patch embedding needs 3 * p * p inputs, got "
-                              f"shape {tuple(conv.shape)}")
-    return conv.reshape(conv.shape[0], 3, p, p)
-
-
-def eva02at_to_eva_clip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """EVA02-AT names (timm Eva, see the module docstring) -> EVA-CLIP's."""
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _EVA02AT_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    conv = out.get("visual.patch_embed.proj.weight")
-    if conv is not None and conv.ndim == 2:
-        out["visual.patch_embed.proj.weight"] = _unflatten_patches(conv, "visual.conv1.weight")
-    return out
-
-
-def avion_to_openai(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """AVION / LaViLa names and layouts -> OpenAI CLIP's (see the module docstring)."""
-    if any(".timeattn." in k for k in state_dict):
-        raise ConversionError(
-            "the video tower is a TimeSformer (divided space-time attention: 'timeattn' keys, "
-            "LaViLa's SpaceTimeTransformer); only AVION's joint-attention ViT converts")
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _AVION_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    conv = out.get("visual.conv1.weight")
-    if conv is not None and conv.ndim == 2:  # fast conv1: Linear over (c, ph, pw) patches
-        out["visual.conv1.weight"] = _unflatten_patches(conv, "visual.conv1.weight")
-    return out
 
 
 class _Recorder(dict):
@@ -295,7 +194,7 @@ def infer_model_config(params: Mapping[str, Any], *, vision_heads: int, text_hea
     applies when the parameters have no temporal embedding (an image checkpoint).
     """
     c = copy.deepcopy(base) if base is not None else retrieval.model_config("vit_b16")
-    vision_family, text_family = copy.deepcopy(FAMILY_SETTINGS[family])
+    vision_family, text_family = copy.deepcopy(formats.FAMILY_SETTINGS[family])
     if hidden_act is not None:
         for settings in (vision_family, text_family):
             if settings["mlp"] != "swiglu":
@@ -320,7 +219,7 @@ def infer_model_config(params: Mapping[str, Any], *, vision_heads: int, text_hea
         frame_mode=False, pos_embed="learned", rope_grid=0)
     c.vision.update(vision_family)
     if "rope" in c.vision.pos_embed:
-        c.vision.rope_grid = EVA_RoPE_GRID
+        c.vision.rope_grid = formats.EVA_RoPE_GRID
     c.vision.num_frames = int(visual["temporal_embedding"].shape[0]
                               if "temporal_embedding" in visual else num_frames)
     c.text.update(vocab_size=int(t_vocab), context_length=int(text["positional_embedding"].shape[0]),
@@ -360,10 +259,10 @@ def _check_args(args: Mapping[str, Any], heads: dict[str, Optional[int]]) -> dic
     model = args.get("model")
     if model is None:
         return {}
-    if model not in AVION_MODELS:
+    if model not in formats.AVION_MODELS:
         raise ConversionError(f"args.model {model!r}: expected one of AVION's joint-attention "
-                              f"CLIP models {sorted(AVION_MODELS)}")
-    vision, text = AVION_MODELS[model]
+                              f"CLIP models {sorted(formats.AVION_MODELS)}")
+    vision, text = formats.AVION_MODELS[model]
     return {"vision_heads": heads["vision_heads"] or vision,
             "text_heads": heads["text_heads"] or text}
 
@@ -379,7 +278,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
 
     Args:
       state_dict: names -> tensors (or arrays), any of FORMATS.
-      fmt: one of FORMATS or 'auto' (`detect_format`).
+      fmt: one of FORMATS or 'auto' (`formats.detect_format`).
       vision_heads, text_heads: head counts (not recoverable from weights); default: the
         saved AVION args' model, else width // 64, the rule of every released CLIP / EVA02.
       num_frames: frames of the joint video tower when the checkpoint has no temporal
@@ -391,21 +290,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
 
     Raises ConversionError for unknown keys, missing keys, and shape mismatches.
     """
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DDP
-    fmt = detect_format(state_dict) if fmt == "auto" else fmt
-    if fmt not in FORMATS:
-        raise ConversionError(f"format: expected one of {FORMATS} or 'auto', got {fmt!r}")
-    family = {"avion": "avion", "eva_clip": "eva_clip", "eva02at": "eva_clip"}.get(fmt, "clip")
-    if fmt == "avion":
-        state_dict, fmt = avion_to_openai(state_dict), "openai"
-    if fmt == "eva02at":
-        state_dict, fmt = eva02at_to_eva_clip(state_dict), "eva_clip"
-    rope_grid = None
-    if fmt == "eva_clip":
-        # CustomCLIP (EVA-CLIP's force_custom_clip) keeps the text tower under 'text.'.
-        state_dict = {k.removeprefix("text."): v for k, v in state_dict.items()}
-        rope_grid = _eva_rope_grid(state_dict)
-    state_dict = _Recorder({k: v for k, v in state_dict.items() if not _IGNORED.search(k)})
+    state_dict, fmt, family, rope_grid = formats.canonical(state_dict, fmt)
+    state_dict = _Recorder({k: v for k, v in state_dict.items()
+                            if not formats.IGNORED.search(k)})
     _check_layer_shapes(state_dict)
     v_width, t_width = _tower_widths(state_dict, fmt)
     heads = dict(vision_heads=vision_heads, text_heads=text_heads)
@@ -432,22 +319,6 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
         config.vision.rope_grid = rope_grid
     _check_against_model(params, config)
     return params, config
-
-
-def _eva_rope_grid(state_dict: Mapping[str, Any]) -> int:
-    """EVA-CLIP's pt_hw_seq_len, read back from the saved RoPE table when there is one.
-
-    visual.rope.freqs_cos / freqs_sin (grid^2, K): row 1 is the patch at (row 0, column 1),
-    whose first column-half pair (index K / 2) turned by position (1 / grid) * pt at
-    frequency 1, so pt = grid * angle. Without the buffers: EVA02-CLIP's 16.
-    """
-    cos, sin = (state_dict.get(f"visual.rope.freqs_{n}") for n in ("cos", "sin"))
-    if cos is None or sin is None:
-        return EVA_RoPE_GRID
-    cos, sin = (np.asarray(hf_import.to_numpy(x), np.float64) for x in (cos, sin))
-    grid = int(round(cos.shape[0] ** 0.5))
-    angle = math.atan2(sin[1, cos.shape[1] // 2], cos[1, cos.shape[1] // 2])
-    return int(round(grid * angle))
 
 
 def hf_settings(hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -526,6 +397,21 @@ def check_fits(model: ml_collections.ConfigDict, path) -> None:
             raise config_lib.ConfigError(
                 f"config: model.{key}={ours!r} contradicts the checkpoint {path} "
                 f"({CONFIG_FILE}: {theirs!r}); use its value or another checkpoint")
+
+
+def adopt_architecture(model: ml_collections.ConfigDict, path) -> None:
+    """Sets `model`'s `retrieval.ARCHITECTURE` keys to the converted checkpoint's at `path`
+    (`init_from.architecture='checkpoint'`); everything else (frames, optional modules,
+    dtype, layer stacking) stays the config's."""
+    saved = read_model_config(path)
+    for key in retrieval.ARCHITECTURE:
+        *blocks, name = key.split(".")
+        node = model
+        for block in blocks:
+            node = node[block]
+        node[name] = _get(saved, key)
+    if "rope" in model.vision.pos_embed or "rope" in saved.vision.pos_embed:
+        model.vision.pos_embed = saved.vision.pos_embed  # the RoPE the weights learned with
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -10,7 +10,9 @@ Modes:
 
 ``--config`` may be left out once the run has saved its config (`tempret_jax.run_config`): the
 run is resumed, evaluated or searched from ``--workdir`` alone, overrides included, also after
-the folder was moved (the paths inside it are saved relative to it).
+the folder was moved (the paths inside it are saved relative to it). ``--mode eval --checkpoint
+CONVERTED`` without it is the zero-shot evaluation of a converted checkpoint
+(`tempret_jax.zero_shot`: its own model config, the EK-100 eval recipe).
 
 Any config key can be overridden on the command line (``--config.optim.lr=1e-4``); a misspelt
 key is an error naming the nearest one. The config is validated before any work starts.
@@ -35,7 +37,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import atomic, checkpoint, evaluate, lock, metrics, run_config, search, train
+from tempret_jax import (atomic, checkpoint, convert, evaluate, lock, metrics, run_config, search,
+                         train, zero_shot)
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic, verify
 
@@ -105,6 +108,9 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
     if config.get("job") == "random_baseline":
         random_baseline(config, workdir)
         return 0
+    if config.init_from.architecture == "checkpoint" and convert.is_converted(
+            config.init_from.path):
+        convert.adopt_architecture(config.model, config.init_from.path)
     config_lib.validate(config, jax.device_count(), jax.process_count())
     if mode == "eval":
         _find_dataset(config, workdir)
@@ -154,6 +160,7 @@ def main(argv) -> None:
         code = run(_CONFIG.value, workdir, _MODE.value, step=step,
                    checkpoint_path=_CHECKPOINT.value)
     except (config_lib.ConfigError, checkpoint.CheckpointError, search.SearchError,
+            convert.ConversionError,
             lock.WorkdirBusyError, verify.DatasetError, ek100.AnnotationError,
             prepare.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -178,18 +185,28 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name=V`` / ``--name V`` in argv (None when absent)."""
+    value = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+    if value is None and f"--{name}" in argv[:-1]:
+        value = argv[argv.index(f"--{name}") + 1]
+    return value
+
+
 def _with_run_config(argv: list[str]) -> list[str]:
-    """argv, with ``--config tempret_jax/run_config.py:WORKDIR`` added when it names no
-    ``--config`` and WORKDIR holds a saved config: a run is reopened (resumed, evaluated,
-    searched) from its folder alone, ``--config.key=value`` overrides included."""
+    """argv, with a ``--config`` added when it names none: ``tempret_jax/run_config.py:WORKDIR``
+    when WORKDIR holds a saved config (a run is reopened: resumed, evaluated, searched, from
+    its folder alone), else ``tempret_jax/zero_shot.py:CKPT`` when ``--checkpoint CKPT`` is a
+    converted checkpoint (zero-shot evaluation); ``--config.key=value`` overrides included."""
     if any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
-    workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None)
-    if workdir is None and "--workdir" in argv[:-1]:
-        workdir = argv[argv.index("--workdir") + 1]
-    if workdir is None or not any((pathlib.Path(workdir) / n).is_file() for n in run_config.SAVED):
-        return argv
-    return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
+    workdir, ckpt = _flag_value(argv, "workdir"), _flag_value(argv, "checkpoint")
+    if workdir is not None and any((pathlib.Path(workdir) / n).is_file()
+                                   for n in run_config.SAVED):
+        return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
+    if ckpt and convert.is_converted(ckpt):
+        return [argv[0], f"--config={zero_shot.__file__}:{ckpt}", *argv[1:]]
+    return argv
 
 
 def _parse_flags(argv):

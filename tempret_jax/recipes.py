@@ -32,10 +32,13 @@ def use_sms(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def ek100_finetune(preset: str, name: str) -> ml_collections.ConfigDict:
-    """The common EK-100 MIR config on a CLIP backbone ('vit_b16' | 'vit_l14').
+    """The common EK-100 MIR config on a backbone preset (`retrieval.PRESETS`: the papers start
+    from AVION's 'avion_b16' / 'avion_l14' or EVA02's 'eva02_b16' / 'eva02_l14').
 
-    The prepared data set and the converted CLIP / AVION checkpoint come from the command line:
+    The prepared data set and the converted checkpoint come from the command line:
     --config.dataset_dir=<tools/prepare_ek100.py output> --config.init_from.path=<tools/convert_checkpoint.py output>.
+    The checkpoint's architecture must be the preset's (`convert.check_fits`), or be adopted
+    with --config.init_from.architecture=checkpoint.
     """
     c = config_lib.default_config()
     c.name = name
@@ -43,7 +46,7 @@ def ek100_finetune(preset: str, name: str) -> ml_collections.ConfigDict:
     c.model = retrieval.model_config(preset)
     c.model.dtype = "bfloat16"  # params stay float32 (AVION: torch.cuda.amp)
     c.model.scan_layers = True
-    c.model.remat = preset == "vit_l14"  # ViT-L with 16 frames needs activation checkpointing
+    c.model.remat = preset.endswith("l14")  # ViT-L with 16 frames needs activation checkpointing
     c.model.vision.num_frames = 16
     c.data.update(num_frames=16, resolution=224, crop_scale=(0.5, 1.0), num_workers=8,
                   dtype="bfloat16")
@@ -54,9 +57,24 @@ def ek100_finetune(preset: str, name: str) -> ml_collections.ConfigDict:
     c.loss.name = "mi_mm"
     c.eval.update(every_steps=5 * STEPS_PER_EPOCH, batch_size=128, tta=False, num_workers=8)
     c.checkpoint.update(every_steps=STEPS_PER_EPOCH, keep=2, keep_best=1)
-    c.init_from.path = ""  # a converted CLIP (OpenAI / HF) or AVION / LaViLa checkpoint
+    c.init_from.path = ""  # a converted AVION / EVA02 / CLIP checkpoint of the preset's design
     c.log_every = 50
     return c
+
+
+def eva02at(preset: str, name: str) -> ml_collections.ConfigDict:
+    """EVA02-AT (2025): an EVA02 preset ('eva02_b16' | 'eva02_l14') as a video tower, SMS.
+
+    EVA02-AT keeps EVA02-CLIP's design and adds the learned temporal embedding and the temporal
+    RoPE ('learned+rope', the paper's best in its Table IV) to joint space-time attention; its
+    feature space is 256-d (the paper's implementation details; the authors' factory
+    eva02_base_patch16_clip_224 sets output_dim 256). Fine-tuning follows AVION's recipe, as
+    the paper builds on AVION: peak lr 2e-5 after a 1-epoch warmup from 1e-6, 100 epochs.
+    """
+    c = ek100_finetune(preset, name)
+    c.model.embed_dim = 256
+    c.optim.update(lr=2e-5, start_lr=1e-6)
+    return use_sms(c)
 
 
 def ek100_sms(preset: str, name: str) -> ml_collections.ConfigDict:

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from tempret_jax import checkpoint
 from tempret_jax import config as config_lib
+from tempret_jax import convert
 from tempret_jax import optim
 from tempret_jax import param_layout
 from tempret_jax import sharding
@@ -64,6 +65,8 @@ class TrainSetup:
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
         mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp) if mesh is None else mesh
         config_lib.validate(config, mesh.size, jax.process_count())
+        if convert.is_converted(config.init_from.path):
+            convert.check_fits(config.model, config.init_from.path)
         self.config, self.mesh = config, mesh
         self.model = retrieval.RetrievalModel.from_config(config.model)
         optim_config = ml_collections.ConfigDict(config.optim.to_dict())
@@ -119,6 +122,8 @@ class TrainSetup:
                          ) -> tuple[Any, int]:
         """The parameters to evaluate from ``source`` (a run's EMA copy when the config keeps
         one), in their shardings. Returns (params, step; -1 for a params-only checkpoint)."""
+        if convert.is_converted(source):
+            convert.check_fits(self.config.model, source)
         abstract = self.abstract_state()
         key = "params" if abstract.ema_params is None else "ema_params"
         return load_params(abstract.params, source, step=step, key=key,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tempret_jax import config as config_lib
+from tempret_jax.models import retrieval
 from tempret_jax import state, step
 from tempret_jax.data import synthetic
 
@@ -26,7 +27,7 @@ def load(name: str, arg=None):
 
 def test_every_method_has_its_config():
     assert EK100 == ["ek100_avion_vitb16.py", "ek100_crclip_vitl14.py", "ek100_eva02at_b.py",
-                     "ek100_sms_vitb16.py", "ek100_sms_vitl14.py", "ek100_tempret_vitb16.py",
+                     "ek100_eva02at_l.py", "ek100_sms_vitb16.py", "ek100_sms_vitl14.py", "ek100_tempret_vitb16.py",
                      "ek100_tempret_vitl14.py"]
 
 
@@ -37,20 +38,24 @@ def test_ek100_configs_validate_and_follow_their_paper(name, arg):
     config_lib.validate(c, num_devices=8, process_count=1)
     assert c.dataset_dir == "" and c.data.num_frames == c.model.vision.num_frames == 16
     assert c.data.resolution == 224 and tuple(c.data.crop_scale) == (0.5, 1.0)
-    assert (c.optim.lr, c.optim.weight_decay) == (3e-5, 0.01) or c.stage == 2
+    lr = 2e-5 if "eva02at" in name else 3e-5  # EVA02-AT's paper: peak 2e-5; AVION's: 3e-5
+    assert (c.optim.lr, c.optim.weight_decay) == (lr, 0.01) or c.stage == 2
     assert c.loss.name == ("mi_mm" if "avion" in name else "sms")
     if c.loss.name == "sms":
         assert dict(c.loss.hparams) == {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}  # EVA02-AT
-    width = {"vitb16": 768, "eva02at_b": 768, "vitl14": 1024}
+    width = {"vitb16": 768, "eva02at_b": 768, "vitl14": 1024, "eva02at_l": 1024}
     assert c.model.vision.width == next(w for k, w in width.items() if k in name)
     assert c.model.vision.frame_mode == ("tempret" in name) == c.model.temporal.enabled
     assert c.model.refine.enabled == ("crclip" in name) == c.eval.tta
     assert c.model.cross_encoder.enabled == (arg == "stage2") == (c.stage == 2)
 
 
-def test_eva02at_uses_st_rope_and_eva02_blocks():
-    v = load("ek100_eva02at_b.py").model.vision
-    assert (v.pos_embed, v.mlp, v.sub_ln) == ("learned+rope", "swiglu", True)
+@pytest.mark.parametrize("name, size", [("ek100_eva02at_b.py", (768, 12, 12, 2048)),
+                                        ("ek100_eva02at_l.py", (1024, 24, 16, 2730))])
+def test_eva02at_uses_st_rope_and_eva02_blocks(name, size):
+    v = load(name).model.vision
+    assert (v.pos_embed, v.mlp, v.sub_ln, v.rope_grid) == ("learned+rope", "swiglu", True, 16)
+    assert (v.width, v.layers, v.heads, int(v.width * v.mlp_ratio)) == size
 
 
 def test_a_bad_variant_is_named():
@@ -135,3 +140,20 @@ def test_a_saved_config_read_back_from_json_validates():
     c = load("ek100_tempret_vitb16.py", "stage2")
     again = ml_collections.ConfigDict(json.loads(c.to_json_best_effort()))  # tuples -> lists
     config_lib.validate(again, num_devices=8)
+
+
+@pytest.mark.parametrize("name, preset", [
+    ("ek100_avion_vitb16.py", "avion_b16"), ("ek100_sms_vitb16.py", "avion_b16"),
+    ("ek100_sms_vitl14.py", "avion_l14"), ("ek100_tempret_vitb16.py", "avion_b16"),
+    ("ek100_tempret_vitl14.py", "avion_l14"), ("ek100_crclip_vitl14.py", "avion_l14"),
+    ("ek100_eva02at_b.py", "eva02_b16"), ("ek100_eva02at_l.py", "eva02_l14")])
+def test_each_config_has_the_architecture_its_paper_starts_from(name, preset):
+    # TempRet, CR-CLIP and SMS fine-tune AVION's Ego4D-pretrained dual encoders; EVA02-AT
+    # EVA02-CLIP's towers (256-d feature space, paper's implementation details).
+    c, arch = load(name), retrieval.model_config(preset)
+    for key in retrieval.ARCHITECTURE:
+        ours, theirs = c.model, arch
+        for part in key.split("."):
+            ours, theirs = ours[part], theirs[part]
+        assert ours == theirs or (key == "embed_dim" and ours == 256), key
+    assert c.model.embed_dim == 256

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tempret_jax import convert, state
+from tempret_jax import convert, formats, state
 from tempret_jax.models import hf_import
 from tempret_jax.models.retrieval import RetrievalModel
 from test_models_towers import (TINY_TEXT, TINY_VISION, hf_clip, hf_features, openai_state_dict,
@@ -82,7 +82,7 @@ def test_openai_state_dict_converts_to_hf_import_params(clip, tmp_path, suffix):
     path = tmp_path / f"clip{suffix}"
     torch.save(openai_sd, path) if suffix == ".pt" else save_file(openai_sd, path)
     params, config = convert.convert_checkpoint(path, **HEADS, num_frames=FRAMES)
-    assert convert.detect_format(openai_sd) == "openai"
+    assert formats.detect_format(openai_sd) == "openai"
     assert_trees_equal(params, expected)
     assert config.vision.mlp == "quick_gelu"
 
@@ -240,10 +240,20 @@ def _not_a_checkpoint(sd, path):
     path.write_text("epoch,loss\n1,0.5\n")
 
 
+def _a_list(sd, path):
+    torch.save([torch.zeros(2)], path)
+
+
+def _not_tensors(sd, path):
+    torch.save({"state_dict": {"visual.proj": [1.0, 2.0]}}, path)
+
+
 @pytest.mark.parametrize("write, expected", [
     (_truncated, r"bad\.pt: not a readable \.pt checkpoint \(truncated or another format"),
     (_pickled_object, r"bad\.pt: holds pickled objects the safe loader refuses \(pathlib"),
     (_not_a_checkpoint, r"bad\.pt: not a readable \.pt checkpoint"),
+    (_a_list, r"bad\.pt: expected a state dict \(a mapping of names to tensors\), got list"),
+    (_not_tensors, r"bad\.pt: expected a state dict of tensors; 'visual.proj' is a list"),
 ])
 def test_unreadable_files_are_one_line_naming_the_file(clip, tmp_path, capsys, write, expected):
     from tools import convert_checkpoint as cli

@@ -82,6 +82,28 @@ Then::
 
 Everything is seeded; rerunning gives identical tensors (and, with the same
 torch version, identical files).
+
+Full-size layouts (--layouts)
+-----------------------------
+With ``--layouts`` the script writes, instead of the files above, the key ->
+shape tables of the full-size fine-tune checkpoints (``ckpt['state_dict']`` of
+scripts/main_lavila_finetune_mir.py: 'module.' keys, as avion_finetune_tiny.pt)::
+
+    layout_b16.json, layout_l14.json              plain naming
+    layout_b16_flash.json, layout_l14_flash.json  --use-flash-attn --use-fast-conv1
+                                                  naming (flash_layout, as the tiny
+                                                  flash file)
+
+Each is ``{"upstream", "model", "note", "state_dict": {key: [shape...]}}``,
+keys in state-dict order. The models are assembled with model_clip.CLIP_VITB16 /
+CLIP_VITL14's sizes (``FULL_SIZES``; the builders themselves end in clip.load),
+16 frames, project_embed_dim 256 (the LaViLa-pretrained releases), on torch's
+meta device (no memory; AVION's inits need no workaround there). When the tiny
+avion_finetune[_flash]_tiny.pt files are in --out, the same meta route is first
+checked against their key/shape tables::
+
+    /work/golden/venv-avion/bin/python tools/golden/make_avion_golden.py \\
+        --avion /work/golden/AVION --out tests/data/golden/avion --layouts
 """
 
 import argparse
@@ -285,7 +307,8 @@ def save_like_script(state, path):
         shutil.move(os.path.join(d, "checkpoint.pt"), path)
 
 
-def flash_layout(state_dict):
+def flash_layout(state_dict, v_layers=V_LAYERS, t_layers=T_LAYERS, context=CONTEXT,
+                 vocab=VOCAB):
     """Rename a plain AVION state dict to the --use-flash-attn --use-fast-conv1 layout.
 
     Uses AVION's own avion.models.utils.remap_keys_from_open_clip_to_vit, which
@@ -310,8 +333,8 @@ def flash_layout(state_dict):
     from avion.models.utils import remap_keys_from_open_clip_to_vit
     stripped = OrderedDict((k.replace('module.', ''), v) for k, v in state_dict.items())
     remapped = remap_keys_from_open_clip_to_vit(
-        stripped, visual_transformer_layers=V_LAYERS, textual_transformer_layers=T_LAYERS,
-        context_length=CONTEXT, vocab_size=VOCAB, use_fast_conv1=True, use_flash_attn=True)
+        stripped, visual_transformer_layers=v_layers, textual_transformer_layers=t_layers,
+        context_length=context, vocab_size=vocab, use_fast_conv1=True, use_flash_attn=True)
     kept = [k for k in stripped if k != 'logit_scale']
     assert len(kept) == len(remapped), (len(kept), len(remapped))
     pairs = iter(zip(kept, remapped.items()))
@@ -324,6 +347,119 @@ def flash_layout(state_dict):
         assert src == k
         out['module.' + dst] = w
     return out
+
+
+# ---- --layouts: full-size key -> shape tables ------------------------------
+# The sizes model_clip.CLIP_VITB16 / CLIP_VITL14 hard-code (read at the commit
+# above); those builders end in clip.load / torch.load, so the towers are
+# assembled here directly, exactly as the builders do before loading.
+FULL_SIZES = {
+    'b16': dict(name='CLIP_VITB16', vision=(224, 16, 768, 12, 12, 4),
+                text=dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12)),
+    'l14': dict(name='CLIP_VITL14', vision=(224, 14, 1024, 24, 16, 4),
+                text=dict(context_length=77, vocab_size=49408, width=768, heads=12, layers=12)),
+}
+LAYOUT_FRAMES = 16       # the EK-100 fine-tune clip length
+LAYOUT_EMBED = 256       # --project-embed-dim of the LaViLa-pretrained releases
+
+
+def build_full_clip(size, num_frames=LAYOUT_FRAMES, embed_dim=LAYOUT_EMBED, use_fast_conv1=False):
+    """CLIP_VITB16 / CLIP_VITL14's assembly (defaults: causal text, no grad checkpointing).
+
+    freeze_temperature=True as main_lavila_finetune_mir.py builds it (it only
+    changes requires_grad, not the state dict).
+    """
+    from avion.models.model_clip import CLIP
+    from avion.models.transformer import TextTransformer, VisionTransformer
+    from avion.models.utils import enable_grad_checkpointing
+    cfg = FULL_SIZES[size]
+    vision = VisionTransformer(*cfg['vision'], output_dim=embed_dim, patch_dropout=0.,
+                               drop_path_rate=0., num_frames=num_frames,
+                               use_fast_conv1=use_fast_conv1, use_flash_attn=False)
+    text = TextTransformer(**cfg['text'], output_dim=embed_dim, causal_mask=True)
+    enable_grad_checkpointing(vision, False)
+    enable_grad_checkpointing(text, False)
+    return CLIP(embed_dim=embed_dim, vision_model=vision, text_model=text, freeze_temperature=True)
+
+
+def shape_table(state_dict):
+    return OrderedDict((k, list(v.shape)) for k, v in state_dict.items())
+
+
+def dump_layout(path, layout):
+    """JSON with one state-dict entry per line (small, diffable)."""
+    lines = ['{'] + [f' {json.dumps(k)}: {json.dumps(v)},' for k, v in layout.items()
+                     if k != 'state_dict']
+    entries = [f'  {json.dumps(k)}: {json.dumps(v)}' for k, v in layout['state_dict'].items()]
+    lines += [' "state_dict": {', ',\n'.join(entries), ' }', '}']
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    with open(path) as f:
+        assert json.load(f) == layout
+
+
+def write_layouts(out, commit):
+    """layout_{b16,l14}[_flash].json: the fine-tune checkpoint's state_dict names and shapes.
+
+    Built on torch's meta device (no memory, no values). AVION's inits
+    (torch.randn/empty/zeros, nn.init.normal_, timm's trunc_normal_, the causal
+    mask's fill_/triu_) all run on meta tensors unchanged, so no workaround is
+    needed. The 'module.' prefix is what DDP(model).state_dict() adds (DDP
+    cannot wrap a meta model; it prepends 'module.' to model.state_dict() in
+    the same order, as the tiny avion_finetune_tiny.pt shows). The flash
+    tables go through flash_layout, the same remap as avion_finetune_flash_tiny.pt.
+    """
+    import torch
+    tiny_path = os.path.join(out, 'avion_finetune_tiny.pt')
+    with torch.device('meta'):
+        # Self-check first: the meta route reproduces the tiny files' key tables.
+        if os.path.exists(tiny_path):
+            tiny = build_clip(FINETUNE_FRAMES, freeze_temperature=True)
+            sd = OrderedDict(('module.' + k, v) for k, v in tiny.state_dict().items())
+            saved = torch.load(tiny_path, map_location='cpu', weights_only=False)['state_dict']
+            assert shape_table(sd) == shape_table(saved), 'meta tiny layout != ' + tiny_path
+            flash_path = os.path.join(out, 'avion_finetune_flash_tiny.pt')
+            if os.path.exists(flash_path):
+                saved = torch.load(flash_path, map_location='cpu', weights_only=False)['state_dict']
+                assert shape_table(flash_layout(sd)) == shape_table(saved), 'meta != ' + flash_path
+            print('meta-built tiny layout matches', tiny_path)
+        for size, cfg in FULL_SIZES.items():
+            model = build_full_clip(size)
+            sd = OrderedDict(('module.' + k, v) for k, v in model.state_dict().items())
+            n_params = sum(p.numel() for p in model.parameters())
+            n_buffers = len(sd) - len(list(model.parameters()))
+            assert n_buffers == 0  # the causal attn_mask is non-persistent
+            image, patch, width, layers, heads, _ = cfg['vision']
+            t = cfg['text']
+            model_line = (
+                f"AVION {cfg['name']} assembly fine-tuned for EK-100 MIR: VisionTransformer "
+                f"{image}px patch {patch} width {width} x {layers} layers {heads} heads, "
+                f"{LAYOUT_FRAMES} frames, projection {LAYOUT_EMBED}; TextTransformer width "
+                f"{t['width']} x {t['layers']} layers {t['heads']} heads, vocab {t['vocab_size']}, "
+                f"context {t['context_length']}, projection {LAYOUT_EMBED}")
+            note = (f"ckpt['state_dict'] of scripts/main_lavila_finetune_mir.py (DDP, 'module.' "
+                    f"prefix), as avion_finetune_tiny.pt; built on the meta device with the sizes "
+                    f"model_clip.{cfg['name']} hard-codes (project_embed_dim {LAYOUT_EMBED} as in "
+                    f"the LaViLa-pretrained releases); {n_params} parameters, no buffers")
+            tables = {f'layout_{size}.json': (sd, note)}
+            flash_sd = flash_layout(sd, v_layers=layers, t_layers=t['layers'],
+                                    context=t['context_length'], vocab=t['vocab_size'])
+            tables[f'layout_{size}_flash.json'] = (flash_sd, note + (
+                "; --use-flash-attn --use-fast-conv1 naming: the plain table renamed by "
+                "avion.models.utils.remap_keys_from_open_clip_to_vit (use_flash_attn=True, "
+                "use_fast_conv1=True; logit_scale and 'module.' restored), as "
+                "avion_finetune_flash_tiny.pt"))
+            for name, (table_sd, table_note) in tables.items():
+                assert sum(v.numel() for v in table_sd.values()) == n_params
+                layout = {'upstream': f'{AVION_REPO} {commit}',
+                          'model': model_line + (' (flash-attn + fast-conv1 naming)'
+                                                 if 'flash' in name else ''),
+                          'note': table_note, 'state_dict': shape_table(table_sd)}
+                dump_layout(os.path.join(out, name), layout)
+                vis = {k.split('.')[4] for k in table_sd if k.startswith('module.visual.transformer.resblocks.')}
+                txt = {k.split('.')[4] for k in table_sd if k.startswith('module.textual.transformer.resblocks.')}
+                print(f'{name}: {len(table_sd)} keys, {n_params} parameters, '
+                      f'{len(vis)} vision / {len(txt)} text blocks')
 
 
 def unflash(flash_sd):
@@ -420,6 +556,9 @@ def main():
                     help='commit of the work tree, recorded when it has no .git')
     ap.add_argument('--stubs', default=None, help='where to write the flash_attn/clip stubs '
                     '(default: a temporary directory)')
+    ap.add_argument('--layouts', action='store_true',
+                    help='instead of the tiny golden files, write layout_{b16,l14}[_flash].json: '
+                    'the full-size fine-tune state_dict key -> shape tables (meta device)')
     opts = ap.parse_args()
 
     stub_dir = opts.stubs or tempfile.mkdtemp(prefix='avion_stubs_')
@@ -433,6 +572,10 @@ def main():
     from avion.losses.losses import ClipLoss, MaxMarginRankingLoss
     from avion.models.utils import inflate_positional_embeds
     assert os.path.abspath(list(avion.__path__)[0]).startswith(os.path.abspath(opts.avion)), avion.__path__
+    if opts.layouts:
+        os.makedirs(opts.out, exist_ok=True)
+        write_layouts(opts.out, upstream_commit(opts.avion, opts.avion_commit))
+        return
 
     torch.set_num_threads(1)  # bit-stable CPU reductions
     os.makedirs(opts.out, exist_ok=True)

@@ -75,6 +75,28 @@ Rerun
 
 Python must be 3.12 (the bytecode's magic number is checked). Everything is
 seeded; rerunning gives identical tensors.
+
+Full-size layouts (--layouts)
+-----------------------------
+With ``--layouts`` the script writes, instead of the files above, the key ->
+shape tables of full-size towers in eva02at_tiny.pt's naming
+('module.visual.' prefix), built with the bytecode's classes on torch's meta
+device (the drop-path schedule's ``.item()`` needs a CPU ``torch.linspace``
+during construction; see ``write_layouts``):
+
+* ``layout_b16.json``  ``eva02_base_patch16_clip_224()`` (its defaults: 16
+  frames, output_dim 256);
+* ``layout_l14.json``  the same factory with EVA02-L/14 sizes (``LAYOUT_L14``:
+  img 224, patch 14, width 1024, depth 24, heads 16, mlp_ratio
+  2.6666666666666665, 16 frames, output 256; ref_feat_shape (16, 16) is
+  hard-coded by the factory) -- the authors' code has no L factory.
+
+Each is ``{"upstream", "model", "note", "state_dict": {key: [shape...]}}``,
+keys in state-dict order; the meta route is first checked against
+eva02at_tiny.pt when that file is in --out::
+
+    /work/golden/venv-eva02at/bin/python tools/golden/make_eva02at_golden.py \\
+        --sms /work/golden/SMS --out tests/data/golden/eva02at --layouts
 """
 
 import argparse
@@ -121,6 +143,14 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def sms_commit_of(sms):
+    try:
+        return subprocess.check_output(["git", "-C", sms, "rev-parse", "HEAD"],
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return SMS_COMMIT  # an exported (git archive) tree has no .git
 
 
 def prepare_imports(sms, work):
@@ -348,10 +378,104 @@ FORMULAS = {
 }
 
 
+# --layouts: full-size key -> shape tables.
+# L/14: the authors' code has no L factory; these are eva02_base_patch16_clip_224's
+# arguments with EVA02-L/14 sizes (the factory hard-codes ref_feat_shape=(16, 16)).
+LAYOUT_L14 = dict(img_size=224, patch_size=14, embed_dim=1024, depth=24, num_heads=16,
+                  mlp_ratio=2.6666666666666665, num_frames=16, output_dim=256)
+
+
+def dump_layout(path, layout):
+    """JSON with one state-dict entry per line (small, diffable)."""
+    lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in layout.items()
+                     if k != "state_dict"]
+    entries = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in layout["state_dict"].items()]
+    lines += [' "state_dict": {', ",\n".join(entries), " }", "}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(path) as f:
+        assert json.load(f) == layout
+
+
+def write_layouts(eva_mod, out, commit):
+    """layout_{b16,l14}.json: the full-size towers' checkpoint names and shapes.
+
+    Built with the bytecode's own factory on torch's meta device (no memory, no
+    values), keys prefixed 'module.visual.' as in eva02at_tiny.pt. Eva's inits
+    (trunc_normal_, the RoPE tables, fix_init_weight, the head scaling) run on meta
+    tensors unchanged except the timm-style drop-path schedule
+    ``[x.item() for x in torch.linspace(0, drop_path_rate, depth)]`` (.item() cannot
+    read a meta tensor): during construction torch.linspace is made to return a
+    (tiny) CPU tensor; it holds no weights and only feeds DropPath rates (all 0).
+    """
+    import torch
+    linspace = torch.linspace
+
+    def cpu_linspace(*args, **kwargs):  # see the docstring: the drop-path rates' .item()
+        return linspace(*args, **{**kwargs, "device": "cpu"})
+    torch.linspace = cpu_linspace
+    try:
+        _write_layouts(eva_mod, out, commit)
+    finally:
+        torch.linspace = linspace
+
+
+def _write_layouts(eva_mod, out, commit):
+    import torch
+    tiny_path = os.path.join(out, "eva02at_tiny.pt")
+    factory = eva_mod.eva02_base_patch16_clip_224
+    with torch.device("meta"):
+        if os.path.exists(tiny_path):  # self-check: the meta route gives the tiny file's table
+            saved = torch.load(tiny_path, map_location="cpu", weights_only=True)["state_dict"]
+            tiny = build(eva_mod)
+            assert ([(KEY_PREFIX + k, list(v.shape)) for k, v in tiny.state_dict().items()]
+                    == [(k, list(v.shape)) for k, v in saved.items()]), tiny_path
+            print("meta-built tiny layout matches", tiny_path)
+        towers = {
+            "b16": (factory(), "eva02_base_patch16_clip_224() with its defaults (img 224, "
+                    "patch 16, width 768, depth 12, heads 12, mlp_ratio 2.6666666666666665, "
+                    "num_frames 16, output_dim 256)", None),
+            "l14": (factory(**LAYOUT_L14), "eva02_base_patch16_clip_224(" + ", ".join(
+                f"{k}={v}" for k, v in LAYOUT_L14.items()) + ")",
+                "the authors' code has no L factory: these are eva02_base_patch16_clip_224's "
+                "arguments (and its hard-coded settings, ref_feat_shape (16, 16) included) "
+                "with EVA02-L/14 sizes"),
+        }
+        for size, (model, call, extra) in towers.items():
+            sd = model.state_dict()
+            params = dict(model.named_parameters())
+            assert list(sd) == list(params), "unexpected persistent buffers"
+            n_params = sum(p.numel() for p in params.values())
+            depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+            width = sd["cls_token"].shape[-1]
+            note = (f"ckpt['state_dict'] naming of eva02at_tiny.pt ('module.' from DDP, 'visual.' "
+                    f"inferred from AVION's CLIP wrapper); built on the meta device with {call}; "
+                    f"{n_params} parameters, no buffers (the RoPE tables rope.pos_embed / "
+                    f"rope.temporal_embed are non-persistent)")
+            if extra:
+                note = extra + "; " + note
+            layout = {"upstream": f"{SMS_REPO} {commit} (avion/models/__pycache__/"
+                                  "eva.cpython-312.pyc, rope.cpython-312.pyc)",
+                      "model": (f"EVA02-AT video tower (authors' Eva class from their bytecode), "
+                                f"{size.upper()}: width {width} x {depth} blocks, "
+                                f"{sd['temporal_embed'].shape[0]} frames, "
+                                f"{sd['pos_embed'].shape[0] - 1} patches per frame, "
+                                f"head {list(sd['head.weight'].shape)}"),
+                      "note": note,
+                      "state_dict": {KEY_PREFIX + k: list(v.shape) for k, v in sd.items()}}
+            path = os.path.join(out, f"layout_{size}.json")
+            dump_layout(path, layout)
+            print(f"{os.path.basename(path)}: {len(sd)} keys, {n_params} parameters, "
+                  f"{depth} blocks")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sms", required=True, help="exported SMS-Loss tree (contains avion/)")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--layouts", action="store_true",
+                    help="instead of the tiny golden files, write layout_{b16,l14}.json: the "
+                         "full-size state_dict key -> shape tables (meta device)")
     opts = ap.parse_args()
 
     import einops
@@ -362,6 +486,10 @@ def main():
     try:
         prepare_imports(opts.sms, work)
         import avion.models.eva as eva_mod
+        if opts.layouts:
+            os.makedirs(opts.out, exist_ok=True)
+            write_layouts(eva_mod, opts.out, sms_commit_of(opts.sms))
+            return
         save_on_master = load_save_on_master(opts.sms)
 
         model = randomise(build(eva_mod))
@@ -426,11 +554,7 @@ def main():
                  rope_spatial_sin_cos=rope_sp,
                  rope_temporal_sin_cos=rope_tp)
 
-        try:
-            sms_commit = subprocess.check_output(["git", "-C", opts.sms, "rev-parse", "HEAD"],
-                                                 stderr=subprocess.DEVNULL, text=True).strip()
-        except (OSError, subprocess.CalledProcessError):
-            sms_commit = SMS_COMMIT  # an exported (git archive) tree has no .git
+        sms_commit = sms_commit_of(opts.sms)
         info = {
             "what": "tiny EVA02-AT video tower (authors' Eva class, run from their committed "
                     "CPython 3.12 bytecode) with randomised weights",

@@ -62,6 +62,18 @@ Rerun (outside the repository; the venv is throwaway):
       --eva /work/golden/EVA/EVA-CLIP/rei --out tests/data/golden/eva02_clip
 
 The output is deterministic (CPU, fixed seeds); rerunning rewrites identical arrays.
+
+Full-size layouts (--layouts): instead of the files above, write layout_b16.json and
+layout_l14.json, the key -> shape tables of CLIP.state_dict() (eva02_clip_tiny.pt's naming,
+persistent RoPE buffers included) for model_configs/EVA02-CLIP-B-16.json and
+EVA02-CLIP-L-14.json exactly, xattn/fusedLN false (same parameters), built on torch's meta
+device (the drop-path schedule's .item() needs a CPU torch.linspace during construction;
+see write_layouts). Each is {"upstream", "model", "note", "state_dict": {key: [shape...]}},
+keys in state-dict order; the meta route is first checked against eva02_clip_tiny.pt when
+that file is in --out:
+
+  /work/golden/venv-eva/bin/python tools/golden/make_eva_clip_golden.py \\
+      --eva /work/golden/EVA/EVA-CLIP/rei --out tests/data/golden/eva02_clip --layouts
 """
 import argparse
 import copy
@@ -274,15 +286,112 @@ def rope_table(net):
     return rope.freqs_cos.numpy().copy(), rope.freqs_sin.numpy().copy()
 
 
+# --layouts: full-size key -> shape tables, from upstream's own model configs.
+LAYOUT_CONFIGS = {"b16": "EVA02-CLIP-B-16", "l14": "EVA02-CLIP-L-14"}
+
+
+def dump_layout(path, layout):
+    """JSON with one state-dict entry per line (small, diffable)."""
+    lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in layout.items()
+                     if k != "state_dict"]
+    entries = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in layout["state_dict"].items()]
+    lines += [' "state_dict": {', ",\n".join(entries), " }", "}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(path) as f:
+        assert json.load(f) == layout
+
+
+def write_layouts(model_mod, factory, out):
+    """layout_{b16,l14}.json: CLIP.state_dict() names and shapes of the released sizes.
+
+    The configs are model_configs/EVA02-CLIP-{B-16,L-14}.json as factory.get_model_config
+    returns them, with every xattn / fusedLN set False (xformers attention and apex
+    FusedLayerNorm hold the same parameters under the same names as the math path and
+    LayerNorm); built as create_model builds them (CLIP(**model_cfg)), on torch's meta
+    device: no memory, no values. Upstream's inits (trunc_normal_, the RoPE tables'
+    arange/einsum/cos/sin, fix_init_weight's div_) run on meta tensors unchanged; the one
+    exception is EVAVisionTransformer's drop-path schedule, ``[x.item() for x in
+    torch.linspace(0, drop_path_rate, depth)]`` (.item() cannot read a meta tensor), so
+    during construction torch.linspace is made to return a (tiny) CPU tensor; it holds no
+    weights and only feeds DropPath rates (all 0 here). Naming is eva02_clip_tiny.pt's (bare CLIP state dict, text tower
+    at top level), persistent RoPE buffers included.
+    """
+    tiny_path = os.path.join(out, "eva02_clip_tiny.pt")
+    linspace = torch.linspace
+
+    def cpu_linspace(*args, **kwargs):  # see the docstring: the drop-path rates' .item()
+        return linspace(*args, **{**kwargs, "device": "cpu"})
+    torch.linspace = cpu_linspace
+    try:
+        _write_layouts(model_mod, factory, out, tiny_path)
+    finally:
+        torch.linspace = linspace
+
+
+def _write_layouts(model_mod, factory, out, tiny_path):
+    with torch.device("meta"):
+        if os.path.exists(tiny_path):  # self-check: the meta route gives the tiny file's table
+            tiny = build(model_mod, "CLIP", seed=0)
+            saved = torch.load(tiny_path, map_location="cpu", weights_only=True)
+            assert ([(k, list(v.shape)) for k, v in tiny.state_dict().items()]
+                    == [(k, list(v.shape)) for k, v in saved.items()]), tiny_path
+            print("meta-built tiny layout matches", tiny_path)
+        for size, name in LAYOUT_CONFIGS.items():
+            cfg = factory.get_model_config(name)
+            assert cfg is not None, name
+            for tower in ("vision_cfg", "text_cfg"):
+                cfg[tower]["xattn"] = False
+                cfg[tower]["fusedLN"] = False
+            net = model_mod.CLIP(**cfg)
+            sd = net.state_dict()
+            params = dict(net.named_parameters())
+            buffers = [k for k in sd if k not in params]
+            assert all(k.endswith(("rope.freqs_cos", "rope.freqs_sin")) for k in buffers), buffers
+            n_params = sum(p.numel() for p in params.values())
+            v, t = cfg["vision_cfg"], cfg["text_cfg"]
+            blocks = {k.split(".")[2] for k in sd if k.startswith("visual.blocks.")}
+            assert len(blocks) == v["layers"]
+            grid = v["image_size"] // v["patch_size"]
+            layout = {
+                "upstream": f"https://github.com/{UPSTREAM_REPO} {UPSTREAM_COMMIT} (EVA-CLIP/rei)",
+                "model": (f"EVA-CLIP {name} (eva_clip.model.CLIP from model_configs/{name}.json): "
+                          f"EVAVisionTransformer {v['image_size']}px patch {v['patch_size']} width "
+                          f"{v['width']} x {v['layers']} layers, head width {v['head_width']}, "
+                          f"SwiGLU mlp_ratio {v['mlp_ratio']}, RoPE pt_hw_seq_len "
+                          f"{v['pt_hw_seq_len']}; TextTransformer width {t['width']} x "
+                          f"{t['layers']} layers {t['heads']} heads, vocab {t['vocab_size']}, "
+                          f"context {t['context_length']}; embed_dim {cfg['embed_dim']}"),
+                "note": (f"torch.save(CLIP.state_dict()) naming, as eva02_clip_tiny.pt; config "
+                         f"exactly as {name}.json except xattn/fusedLN false (same parameters); "
+                         f"built on the meta device; {n_params} parameters plus {len(buffers)} "
+                         f"persistent RoPE buffers ({grid}*{grid}, head_width) "
+                         f"(visual.rope.freqs_cos/sin and the same shared tables under every "
+                         f"visual.blocks.N.attn.rope), which upstream's loader deletes and "
+                         f"recomputes"),
+                "state_dict": {k: list(x.shape) for k, x in sd.items()},
+            }
+            path = os.path.join(out, f"layout_{size}.json")
+            dump_layout(path, layout)
+            print(f"{os.path.basename(path)}: {len(sd)} keys ({len(buffers)} buffers), "
+                  f"{n_params} parameters, {len(blocks)} vision blocks")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--eva", required=True, help="path to an export of EVA-CLIP/rei")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--layouts", action="store_true",
+                    help="instead of the tiny golden files, write layout_{b16,l14}.json: the "
+                         "full-size state dict key -> shape tables (meta device)")
     a = ap.parse_args()
     eva_path, out = os.path.abspath(a.eva), os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(1)  # one thread: the same reduction order on every machine
     model_mod, factory, loss_mod = import_upstream(eva_path)
+    if a.layouts:
+        write_layouts(model_mod, factory, out)
+        return
 
     # 1. the model (B-like: pt 6 != grid 4) and its reference outputs
     net = build(model_mod, "CLIP", seed=0)
