@@ -6,7 +6,8 @@ Modes:
   eval                      score the run's checkpoint (``--step``, default the latest) or a
                             converted one (``--checkpoint``) with every evaluator of
                             ``config.evals``; writes DIR/eval/ (`tempret_jax.evaluate`)
-  search                    the run's test clips best matching ``--query`` (`tempret_jax.search`)
+  search                    the run's test clips best matching ``--query`` (`tempret_jax.search`);
+                            with ``--checkpoint``, a converted checkpoint's
 
 ``--config`` may be left out once the run has saved its config (`tempret_jax.run_config`): the
 run is resumed, evaluated or searched from ``--workdir`` alone, overrides included, also after
@@ -47,8 +48,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", MODES, "What to run (see the module doc).")
 _STEP = flags.DEFINE_integer("step", -1, "eval / search: the checkpoint step (-1: the latest).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval: a converted / params-only checkpoint "
-                                  "to score instead of the run's own.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval / search: a converted / params-only "
+                                  "checkpoint to use instead of the run's own.")
 _QUERY = flags.DEFINE_string("query", "", "search: the text to search for.")
 _TOP = flags.DEFINE_integer("top", 10, "search: how many clips to print.")
 flags.DEFINE_bool("debug", False, "Print the traceback of an error (also: TEMPRET_DEBUG=1).")
@@ -133,9 +134,10 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
 
 
 def print_search(workdir: pathlib.Path, query: str, top: int, config=None,
-                 step: int | None = None) -> None:
-    """Prints the ``top`` clips of the run in ``workdir`` for ``query``."""
-    searcher = search.Searcher.open(workdir, config, step=step)
+                 step: int | None = None, checkpoint_path: str = "") -> None:
+    """Prints the ``top`` clips of the run in ``workdir`` (or of a converted checkpoint) for
+    ``query``."""
+    searcher = search.Searcher.open(workdir, config, step=step, checkpoint=checkpoint_path)
     hits = searcher.search(query, top)
     meta = searcher.index.meta
     print(f"{meta['config']} step {meta['step']}, {meta['split']} split "
@@ -153,7 +155,8 @@ def main(argv) -> None:
     workdir, step = pathlib.Path(_WORKDIR.value), _STEP.value if _STEP.value >= 0 else None
     try:
         if _MODE.value == "search":
-            print_search(workdir, _QUERY.value, _TOP.value, _CONFIG.value, step)
+            print_search(workdir, _QUERY.value, _TOP.value, _CONFIG.value, step,
+                         _CHECKPOINT.value)
             return
         if _CONFIG.value is None:
             raise app.UsageError(f"--config is required for --mode {_MODE.value}")

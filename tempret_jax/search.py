@@ -100,17 +100,22 @@ class Searcher:
 
     @classmethod
     def open(cls, workdir, config: ml_collections.ConfigDict | None = None, *,
-             step: int | None = None, split: str | None = None) -> Searcher:
-        """Loads the run's checkpoint (latest or ``step``) and its index of ``split`` (default
-        the config's eval split), building the index if it is missing or stale."""
+             step: int | None = None, split: str | None = None,
+             checkpoint: str = "") -> Searcher:
+        """Loads the run's checkpoint (latest or ``step``), or a converted one (``checkpoint``:
+        zero-shot search), and its index of ``split`` (default the config's eval split) kept in
+        ``workdir``, building the index if it is missing or stale."""
         workdir = pathlib.Path(workdir)
         config = load_config(workdir, config)
         setup = state.TrainSetup(config)
         model, mesh = setup.model, setup.mesh
-        params, number = setup.load_eval_params(workdir, step, expect_config=config.name)
+        params, number = setup.load_eval_params(checkpoint or workdir, step,
+                                                expect_config=None if checkpoint else config.name)
         split = split or config.eval.split
         folder = workdir / INDEX_DIR
         meta = {"config": config.name, "step": number, "split": split}
+        if checkpoint:
+            meta["checkpoint"] = str(pathlib.Path(checkpoint).absolute())
         index = Index.load(folder)
         rebuilt = index is None or index.meta != meta
         if rebuilt:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tempret_jax import config as config_lib
-from tempret_jax import convert, main, state, zero_shot
+from tempret_jax import convert, main, search, state, zero_shot
 from tempret_jax.models import retrieval
 from tiny_run import REPO, make_dataset, tiny_config
 
@@ -81,3 +81,14 @@ def test_the_checkpoints_architecture_can_be_adopted(dataset, tmp_path):
     loaded = setup.with_init_from(setup.init_state())
     saved, _ = state.load_params(None, converted)
     np.testing.assert_array_equal(loaded.params["visual"]["proj"], saved["visual"]["proj"])
+
+
+def test_a_converted_checkpoint_can_be_searched(dataset, tmp_path):
+    converted = str(_converted(tmp_path / "converted"))
+    c = zero_shot.get_config(converted)
+    c.update(dataset_dir=dataset)
+    c.data.num_frames = c.model.vision.num_frames = 4
+    c.eval.num_workers = 0
+    searcher = search.Searcher.open(tmp_path / "zs", c, checkpoint=converted)
+    assert searcher.index.meta["checkpoint"] == converted and searcher.index.meta["step"] == -1
+    assert len(searcher.search("cut the onion", 3)) == 3
