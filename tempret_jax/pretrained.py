@@ -1,7 +1,7 @@
 """Embeddings from a converted checkpoint in a few lines: the project's public scripting API.
 
     from tempret_jax import pretrained
-    m = pretrained.load("converted/avion_b16")          # tools/convert_checkpoint.py output
+    m = pretrained.load("converted/avion_b16")   # tools/convert_checkpoint.py output, or a run
     v = m.embed_video(frames)   # frames float32 (B, T, H, W, 3) -> (B, E) unit rows
     t = m.embed_text(ids)       # ids int (B, L), tempret_jax.data.tokenizer -> (B, E)
     similarity = v @ t.T
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tempret_jax import convert, state
+from tempret_jax import convert, run_config, state
 from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
 from tempret_jax.models import retrieval
 
@@ -80,14 +80,21 @@ class Pretrained:
         return retrieval.l2_normalize(self.encode_text(ids))
 
 
-def load(path, *, num_frames: Optional[int] = None, dtype: str = "float32") -> Pretrained:
-    """The converted checkpoint at `path` (tools/convert_checkpoint.py output) as a Pretrained.
+def load(path, *, num_frames: Optional[int] = None, dtype: str = "float32",
+         step: Optional[int] = None) -> Pretrained:
+    """A converted checkpoint (tools/convert_checkpoint.py output) or a trained run's workdir
+    (its latest checkpoint, or `step`; the EMA copy when the run keeps one) as a Pretrained.
 
     num_frames: frames of the video tower (default the checkpoint's); dtype: compute dtype
     ('float32' | 'bfloat16'; parameters stay float32).
     """
     path = pathlib.Path(path)
-    config = convert.read_model_config(path)
+    key = "params"
+    if convert.is_converted(path):
+        config = convert.read_model_config(path)
+    else:  # a run: the model of the config it saved (config.ConfigError if it saved none)
+        run = run_config.load(path)
+        config, key = run.model, "ema_params" if run.optim.ema_decay > 0 else "params"
     config.dtype = dtype
     if num_frames is not None:
         config.vision.num_frames = num_frames
@@ -97,5 +104,5 @@ def load(path, *, num_frames: Optional[int] = None, dtype: str = "float32") -> P
     ids = jax.ShapeDtypeStruct((1, config.text.context_length), jnp.int32)
     abstract = jax.eval_shape(model.init, jax.random.key(0), video, ids)["params"]
     params, _ = state.load_params(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract),
-                                  path)
+                                  path, step=step, key=key)
     return Pretrained(config, model, jax.device_put(params))

@@ -66,6 +66,9 @@ def test_quickstart_trains_the_demo_and_shows_table_curves_and_gallery(quickstar
     assert len(outputs(nb, "image/png")) == 4
     gallery = outputs(nb, "text/html")
     assert len(gallery) == 1 and "<img" in gallery[0]["data"]["text/html"]
+    # tempret_jax.pretrained on the run: a 4 x 4 clip x narration similarity matrix.
+    similarity = text.split("clips (rows) x their narrations (columns):\n", 1)[1]
+    assert similarity.count("[") == 5, similarity
 
 
 def test_search_demo_searches_a_trained_run(quickstart, monkeypatch):

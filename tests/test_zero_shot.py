@@ -92,3 +92,4 @@ def test_a_converted_checkpoint_can_be_searched(dataset, tmp_path):
     searcher = search.Searcher.open(tmp_path / "zs", c, checkpoint=converted)
     assert searcher.index.meta["checkpoint"] == converted and searcher.index.meta["step"] == -1
     assert len(searcher.search("cut the onion", 3)) == 3
+
