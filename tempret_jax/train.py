@@ -9,7 +9,8 @@ checkpoints with the pipeline's iterator saved beside the state (`checkpoint.Run
 and the evaluators of ``config.evals`` (`evaluators.run`). Config keys: `tempret_jax.config`.
 
 Outputs in the workdir: checkpoints/, train_metrics.jsonl (loss, lr, grad norm, clips/s),
-metrics.jsonl (one line per evaluation), metrics.json (the latest evaluation), tensorboard/.
+metrics.jsonl (one line per evaluation), metrics.json (the latest evaluation), tensorboard/
+(train/loss, lr, grad_norm, clips_per_s; eval/<each evaluator scalar>, e.g. eval/mAP_v2t).
 A run resumes from its latest checkpoint that restores and matches its checksums (a corrupt
 newer one is set aside, said); a new one starts from a fresh state with ``init_from`` loaded
 over it. Records logged after the resumed step are dropped, since those steps run again. What
@@ -85,10 +86,17 @@ class MetricWriter:
                 str(workdir / "tensorboard"),
                 purge_step=None if resumed_at is None else resumed_at + 1)
 
-    def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
+    def write(self, step: int, scalars: dict) -> None:
+        """A training record: train_metrics.jsonl and TensorBoard's train/<name>."""
         if not self.enabled:
             return
         atomic.append_jsonl(self.path, {"step": step, **scalars})
+        self.add_scalars(step, scalars, "train")
+
+    def add_scalars(self, step: int, scalars: dict, prefix: str) -> None:
+        """TensorBoard only: <prefix>/<name> at ``step`` (evaluations: eval/mAP_v2t, ...)."""
+        if not self.enabled:
+            return
         for k, v in scalars.items():
             self.tensorboard.add_scalar(f"{prefix}/{k}", v, step)
         self.tensorboard.flush()
@@ -262,7 +270,7 @@ def _train(config, workdir: pathlib.Path, hooks, preemption: Preemption) -> dict
         writer = MetricWriter(workdir, enabled=is_main,
                               resumed_at=None if restored is None else first)
         result = {"step": first, "preempted": False, "metrics": None}
-        evaluate = functools.partial(_evaluate, setup, config, workdir, ckpts, started)
+        evaluate = functools.partial(_evaluate, setup, config, workdir, ckpts, writer, started)
         if restored is not None and _evaluates_at(config, first) and first not in ckpts.scores:
             say(f"step {first} was saved but not evaluated (stopped or failed): evaluating it now")
             result["metrics"] = evaluate(first, state)
@@ -318,9 +326,11 @@ def _save(ckpts, state: TrainState, train_iter, config, pending: _Pending, stop:
                {"config": config.name, "step": pending.step, "preempted": stop}, checksums)
 
 
-def _evaluate(setup, config, workdir, ckpts, started: float, step: int, state) -> dict | None:
-    """Runs the evaluators on ``state`` (saved at ``step``) and records the result; on an
-    error stops (EvaluationError) or warns and returns None, as ``eval.on_error`` says."""
+def _evaluate(setup, config, workdir, ckpts, writer: MetricWriter, started: float, step: int,
+              state) -> dict | None:
+    """Runs the evaluators on ``state`` (saved at ``step``) and records the result (metrics
+    files, TensorBoard's eval/<scalar>); on an error stops (EvaluationError) or warns and
+    returns None, as ``eval.on_error`` says."""
     try:
         evaluation = evaluators.run(setup.model, state.eval_params(), setup.mesh, config)
     except Exception as e:  # noqa: BLE001  any failure of any evaluator
@@ -331,6 +341,7 @@ def _evaluate(setup, config, workdir, ckpts, started: float, step: int, state) -
         print(f"warning: {message}; training goes on (eval.on_error='continue')", flush=True)
         return None
     ckpts.record_scores(step, evaluation.scalars)
+    writer.add_scalars(step, evaluation.scalars, "eval")
     return _record_eval(workdir, config, step, evaluation, started)
 
 
