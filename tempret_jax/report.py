@@ -27,11 +27,25 @@ from PIL import Image  # noqa: E402
 from tempret_jax import atomic  # noqa: E402
 
 
+PANELS_KEY = "tempret-panels"  # PNG text chunk: the panels' titles and axis labels (JSON)
+
+
 def _save_figure(fig, path) -> None:
+    """Writes ``fig`` as PNG with a description of each panel in its metadata (`panels`)."""
+    described = [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel()}
+                 for ax in fig.axes if ax.axison]
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight",
+                metadata={PANELS_KEY: json.dumps(described)})
     plt.close(fig)
     atomic.write_bytes(path, buffer.getvalue())
+
+
+def panels(path) -> list[dict]:
+    """The panels a PNG of this module shows: [{'title', 'xlabel', 'ylabel'}], read back from
+    the image file."""
+    with Image.open(path) as image:
+        return json.loads(image.text[PANELS_KEY])
 
 
 def verb_ap(ap_per_clip: np.ndarray, verb_class: np.ndarray) -> dict[int, float]:
@@ -50,18 +64,26 @@ def verb_ap(ap_per_clip: np.ndarray, verb_class: np.ndarray) -> dict[int, float]
 
 def plot_verb_ap(path, ap_per_clip: np.ndarray, verb_class: np.ndarray,
                  verb_names: dict[int, str] | None = None, top: int = 20) -> None:
-    """Bar charts of the ``top`` best and worst verb classes by mean V2T AP."""
+    """Bar charts of the ``top`` best and worst verb classes by mean V2T AP; one chart of every
+    class when there are at most 2 * top (two would show the same classes twice)."""
     per_verb = sorted(verb_ap(ap_per_clip, verb_class).items(), key=lambda kv: -kv[1])
     names = verb_names or {}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.25 * min(top, len(per_verb)) + 1.5))
-    for ax, title, part in ((axes[0], f"top {top}", per_verb[:top]),
-                            (axes[1], f"bottom {top}", per_verb[-top:][::-1])):
+    if len(per_verb) <= 2 * top:
+        parts = [(f"all {len(per_verb)} verb classes, best first", per_verb)]
+    else:
+        parts = [(f"the {top} best verb classes", per_verb[:top]),
+                 (f"the {top} worst verb classes", per_verb[-top:][::-1])]
+    rows = max(len(part) for _, part in parts)
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 0.25 * rows + 1.5),
+                             squeeze=False, layout="constrained")
+    for ax, (title, part) in zip(axes.flat, parts):
         labels = [names.get(v, str(v)) for v, _ in part]
         ax.barh(range(len(part)), [a for _, a in part], color="tab:blue")
         ax.set_yticks(range(len(part)), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("mean AP (V2T, %)")
-        ax.set_title(f"verb classes: {title}")
+        ax.set_xlabel("mean AP of its clips (V2T, %)")
+        ax.set_ylabel("verb class")
+        ax.set_title(title, fontsize=10)
     _save_figure(fig, path)
 
 
@@ -74,6 +96,7 @@ def plot_rerank_curve(path, map_by_k: dict[int, float], baseline: float | None =
         ax.axhline(baseline, color="gray", linestyle="--", label="dual encoder")
     ax.set_xlabel("K (candidates rescored per query)")
     ax.set_ylabel("avg mAP (%)")
+    ax.set_title("mAP against the rerank depth")
     ax.legend()
     _save_figure(fig, path)
 
@@ -106,9 +129,13 @@ def _numeric_series(records: list[dict]) -> dict[str, tuple[list, list]]:
 
     for record in records:
         if "step" in record:
-            walk("", {k: v for k, v in record.items() if k not in ("step", "time")},
+            walk("", {k: v for k, v in record.items() if k not in NOT_METRICS},
                  record["step"])
     return series
+
+
+# Bookkeeping fields of metrics.jsonl records, not curves.
+NOT_METRICS = ("step", "time", "elapsed_s", "config")
 
 
 def plot_training_curves(path, metrics_jsonl) -> list[str]:
@@ -119,12 +146,14 @@ def plot_training_curves(path, metrics_jsonl) -> list[str]:
     names = sorted(series)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False,
+                             layout="constrained")
     for ax, name in zip(axes.flat, names):
         steps, values = series[name]
         ax.plot(steps, values, marker="." if len(steps) < 30 else None)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel(name.split("/")[0])
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     _save_figure(fig, path)
