@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempret_jax import config as config_lib
+from tempret_jax import progress
 from tempret_jax import metrics
 from tempret_jax import sharding as sharding_lib
 from tempret_jax.data import ek100, pipeline, prepare
@@ -39,13 +40,23 @@ def eval_views(eval_config) -> tuple[pipeline.View, ...]:
 # call).
 
 
-def _gather_rows(mesh, jitted, params, batches: Iterable[dict], data_keys, id_key) -> dict:
-    """Runs ``jitted(params, ids, mask, *data) -> ({name: (B, ...)}, ids, mask)`` on every batch.
+def _gather_rows(mesh, jitted, params, batches: Iterable[dict], data_keys, id_key,
+                 desc: str, total: int | None) -> dict:
+    """Runs ``jitted(params, ids, mask, *data) -> ({name: (B, ...)}, ids, mask)`` on every batch,
+    with a progress bar (``desc``) over ``total`` rows.
 
     Returns {name: (n, ...) numpy} plus 'ids' (n,), sorted by id, padding dropped. ``jitted``
     has replicated outputs, so every process holds every row.
     """
     outputs: dict[str, list] = {}
+    with progress.bar(total, desc, unit=desc.split()[-1]) as rows:
+        _run_batches(mesh, jitted, params, batches, data_keys, id_key, outputs, rows)
+    result = {k: np.concatenate(v) for k, v in outputs.items()}
+    order = np.argsort(result["ids"], kind="stable")
+    return {k: v[order] for k, v in result.items()}
+
+
+def _run_batches(mesh, jitted, params, batches, data_keys, id_key, outputs, rows) -> None:
     for batch in batches:
         local = {k: batch[k] for k in data_keys}
         local["id"] = np.asarray(batch[id_key], np.int32)
@@ -56,13 +67,11 @@ def _gather_rows(mesh, jitted, params, batches: Iterable[dict], data_keys, id_ke
         mask = np.asarray(mask)
         for name, value in {**out, "ids": ids}.items():
             outputs.setdefault(name, []).append(np.asarray(value)[mask])
-    result = {k: np.concatenate(v) for k, v in outputs.items()}
-    order = np.argsort(result["ids"], kind="stable")
-    return {k: v[order] for k, v in result.items()}
+        rows.update(int(mask.sum()))
 
 
 def video_features(model, params, batches: Iterable[dict], mesh, *, reduce: str = "mean",
-                   tokens: bool = False) -> dict:
+                   tokens: bool = False, total: int | None = None) -> dict:
     """Clip features of eval batches (`pipeline.eval_pipeline` or `clip_batches`).
 
     Args:
@@ -70,6 +79,7 @@ def video_features(model, params, batches: Iterable[dict], mesh, *, reduce: str 
       batches: dicts with video (B, V, T, R, R, 3), mask (B,), clip_index (B,).
       reduce: how the V views combine: 'mean' | 'sum' -> (n, E); 'none' -> (n, V, E).
       tokens: also return the cross-encoder tokens of the first view.
+      total: the number of clips, for the progress bar's ETA.
     Returns:
       {'features': (n_clips, E) float32 unnormalised, 'ids': (n_clips,) CSV rows (sorted),
        ['tokens': (n_clips, M, D_v) in the compute dtype]}.
@@ -77,7 +87,7 @@ def video_features(model, params, batches: Iterable[dict], mesh, *, reduce: str 
     if reduce not in config_lib.TTA_REDUCE + ("none",):
         raise ValueError(f"eval.tta_reduce: expected one of {config_lib.TTA_REDUCE}, got {reduce!r}")
     return _gather_rows(mesh, _video_fn(model, mesh, reduce, tokens), params, batches,
-                        ("video",), "clip_index")
+                        ("video",), "clip_index", "embedding clips", total)
 
 
 @functools.lru_cache(maxsize=64)
@@ -97,15 +107,17 @@ def _video_fn(model, mesh, reduce: str, tokens: bool):
     return jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
 
 
-def text_features(model, params, batches: Iterable[dict], mesh, *, tokens: bool = False) -> dict:
-    """Sentence features of sentence batches (`sentence_batches`).
+def text_features(model, params, batches: Iterable[dict], mesh, *, tokens: bool = False,
+                  total: int | None = None) -> dict:
+    """Sentence features of sentence batches (`sentence_batches`); ``total`` sentences (for the
+    progress bar).
 
     batches: dicts with tokens (B, 77), mask (B,), index (B,) position in the sentence list.
     Returns {'features': (n, E) float32 unnormalised, 'ids': (n,) positions (sorted),
     ['tokens': (n, 77, D_t) compute dtype, 'mask': (n, 77) bool real tokens]}.
     """
     return _gather_rows(mesh, _text_fn(model, mesh, tokens), params, batches, ("tokens",),
-                        "index")
+                        "index", "embedding sentences", total)
 
 
 @functools.lru_cache(maxsize=64)
@@ -252,14 +264,15 @@ def embed_split(model, params, mesh, dataset_dir, *, split: str = "test", batch_
     videos = video_features(model, params, clip_batches(
         dataset_dir, split, batch_size, records=records, num_frames=num_frames,
         resolution=resolution, views=views, num_workers=num_workers, dtype=dtype),
-        mesh, reduce=reduce, tokens=tokens)
+        mesh, reduce=reduce, tokens=tokens,
+        total=len(pipeline.open_split(dataset_dir, split) if records is None else records))
     clip_table, sentence_table = prepare.load_annotations(dataset_dir, split)
     rel = split_relevance(clip_table, sentence_table, videos["ids"])
     sentence_rows = (np.flatnonzero((rel == 1).any(axis=0)) if only_hit_sentences
                      else np.arange(len(sentence_table)))
     texts = text_features(model, params, sentence_batches(
         [str(sentence_table.narration[i]) for i in sentence_rows], batch_size), mesh,
-        tokens=tokens)
+        tokens=tokens, total=len(sentence_rows))
     v, t = videos["features"], texts["features"]
     out = Embedded(video=embed(model, params, v, t, "video", chunk),
                    text=embed(model, params, t, v, "text", chunk), video_features=v,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from tempret_jax import metrics
+from tempret_jax import metrics, progress
 from tempret_jax import sharding as sharding_lib
 from tempret_jax.embedding import Embedded
 
@@ -77,16 +77,25 @@ def itm_scores(model, params, mesh, embedded: Embedded, candidates: np.ndarray,
     batch = -(-batch_size // unit) * unit
     n = len(candidates)
     out = np.empty(candidates.shape, np.float32)
-    for start in range(0, n, batch):
-        query = np.arange(start, min(start + batch, n))
-        pad = batch - len(query)
-        cands = np.pad(candidates[query], ((0, pad), (0, 0)))
-        query = np.pad(query, (0, pad))
-        scores = jitted(params, _batch_rows(mesh, query.astype(np.int32)),
-                        _batch_rows(mesh, cands.astype(np.int32)), text_tokens, text_mask,
-                        video_tokens)
-        out[start:start + batch - pad] = np.asarray(scores)[:batch - pad]
+    with progress.bar(n, f"reranking {direction}", unit="query") as queries:
+        for start in range(0, n, batch):
+            _score_batch(jitted, params, mesh, candidates, start, batch, n, out,
+                         (text_tokens, text_mask, video_tokens))
+            queries.update(min(batch, n - start))
     return out
+
+
+def _score_batch(jitted, params, mesh, candidates, start, batch, n, out, cached) -> None:
+    """Scores queries start .. start + batch of ``candidates`` into ``out``; the last batch
+    is padded to ``batch`` queries. ``cached``: the replicated (text tokens, mask, video
+    tokens)."""
+    query = np.arange(start, min(start + batch, n))
+    pad = batch - len(query)
+    cands = np.pad(candidates[query], ((0, pad), (0, 0)))
+    query = np.pad(query, (0, pad))
+    scores = jitted(params, _batch_rows(mesh, query.astype(np.int32)),
+                    _batch_rows(mesh, cands.astype(np.int32)), *cached)
+    out[start:start + batch - pad] = np.asarray(scores)[:batch - pad]
 
 
 @functools.lru_cache(maxsize=64)  # one compiled scorer per (model, mesh, direction)
