@@ -295,14 +295,19 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
                             if not formats.IGNORED.search(k)})
     _check_layer_shapes(state_dict)
     v_width, t_width = _tower_widths(state_dict, fmt)
-    heads = dict(vision_heads=vision_heads, text_heads=text_heads)
-    heads.update(_check_args(args or {}, heads))
+    explicit = dict(vision_heads=vision_heads, text_heads=text_heads)
+    heads = dict(explicit, **_check_args(args or {}, explicit))
     heads = dict(vision_heads=heads["vision_heads"] or max(v_width // 64, 1),
                  text_heads=heads["text_heads"] or max(t_width // 64, 1))
     for name, count in heads.items():
         width = v_width if name.startswith("vision") else t_width
         if width % count:
-            raise ConversionError(f"{name}={count} does not divide the tower width {width}")
+            if explicit[name] is not None:
+                raise ConversionError(f"{name}={count} does not divide the tower width {width}")
+            origin = (f"args.model {args['model']!r}" if args and args.get("model")
+                      else "width // 64")
+            raise ConversionError(f"{name}={count} (from {origin}) does not divide the tower "
+                                  f"width {width}; pass --{name}")
     convert = {"hf": hf_import.params_from_hf_clip, "openai": hf_import.params_from_openai_clip,
                "eva_clip": hf_import.params_from_eva_clip}[fmt]
     try:

@@ -61,3 +61,10 @@ def test_a_pretrained_model_inflates_to_sixteen_frames_as_avion_does(converted, 
     m = pretrained.load(converted["avion_pretrain_tiny"], num_frames=16)
     np.testing.assert_allclose(np.asarray(m.encode_video(reference["video16"])),
                                reference["inflated_video"], rtol=0, atol=TOLERANCE)
+
+
+def test_without_head_counts_the_tiny_file_says_where_its_heads_came_from():
+    # Its args name CLIP_VITB16 (12 vision heads), which no 64-wide tower can have.
+    with pytest.raises(convert.ConversionError, match=r"vision_heads=12 \(from args.model "
+                       r"'CLIP_VITB16'\) does not divide the tower width 64; pass --vision_heads"):
+        convert.convert_checkpoint(GOLDEN / "avion_pretrain_tiny.pt")
