@@ -28,6 +28,19 @@ def execute(name: str, monkeypatch, **env) -> nbformat.NotebookNode:
     return nb
 
 
+def test_badges_and_clone_urls_name_one_repository_address():
+    import re
+    readme = (COLAB.parent / "README.md").read_text()
+    badges = re.findall(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/main/"
+                        r"colab/([\w.]+\.ipynb)", readme)
+    assert sorted(n for _, n in badges) == sorted(NOTEBOOKS)
+    home = {repo for repo, _ in badges}
+    assert len(home) == 1 and f"https://github.com/{home.pop()}" in readme
+    for name in NOTEBOOKS:
+        urls = re.findall(r'TEMPRET_REPO_URL\\", \\"([^"\\]+)\\"', (COLAB / name).read_text())
+        assert urls == [f"https://github.com/{badges[0][0]}.git"], name
+
+
 def outputs(nb, kind: str | None = None) -> list:
     return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
             if kind is None or kind in o.get("data", {})]
