@@ -90,6 +90,11 @@ class TrainStep:
         """
         return self._step(state, self._global(local_batch))
 
+    def lower(self, state, batch: dict):
+        """The step lowered for ahead-of-time compilation (`tempret_jax.aot`): ``state`` and
+        ``batch`` as ShapeDtypeStructs of the global arrays (`TrainSetup.abstract_state`)."""
+        return self._step.lower(state, batch)
+
     def gradients(self, state: TrainState, local_batch: dict):
         """(loss, metrics, grads) the next step would use: grads sharded like the params."""
         return self._gradients(state, self._global(local_batch))

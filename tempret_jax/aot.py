@@ -1,0 +1,95 @@
+"""Ahead-of-time compilation of a config's train step for accelerators this machine lacks.
+
+`train_step_memory(config, devices)` builds the real mesh on ``devices`` (e.g. the TPU devices of
+`tpu_devices('v5e:2x2')`, a topology that needs only libtpu, not the chips), the real
+`TrainSetup` and `TrainStep` (no parameter is allocated: the state is abstract), compiles the
+step and returns what XLA reports: per-device argument, output, temporary bytes and the FLOPs
+of its cost analysis. An out-of-memory compile is a result (`fits=False` with the error), not a
+crash. tools/fit_check.py prints the table.
+
+The batch is ready clips ("video", (B, T, R, R, 3) in data.dtype) with the labels the loss
+reads; the pipeline's uint8 crop windows, resampled on the device, are smaller than that.
+XLA's FLOP count of a scanned layer stack counts the scan body once (reported as it is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tempret_jax import sharding
+from tempret_jax import step as step_lib
+from tempret_jax.data import ek100
+from tempret_jax.state import TrainSetup
+
+GIB = 2 ** 30
+# High-bandwidth memory per chip (Cloud TPU system architecture pages).
+TPU_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB}
+
+
+def tpu_devices(topology: str):
+    """The devices of a TPU topology, e.g. 'v5e:2x2' (libtpu installed; no TPU needed)."""
+    # Compiling touches no chip: libtpu's one-process lock (held by any other process that
+    # loaded it, e.g. a second fit check) and the GCE metadata queries are not needed.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    from jax.experimental import topologies
+    return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
+    """The global train batch as ShapeDtypeStructs split over the batch axes."""
+    b, v = config.global_batch_size, config.model.vision
+    r, place = config.data.resolution, sharding.batch_sharding(mesh)
+    shapes = {"video": ((b, v.num_frames, r, r, 3), jnp.dtype(config.data.dtype)),
+              "tokens": ((b, config.model.text.context_length), jnp.int32),
+              "pos_relevance": ((b,), jnp.float32), "clip_verb": ((b,), jnp.int32),
+              "text_verb": ((b,), jnp.int32),
+              "clip_nouns": ((b, ek100.NUM_NOUN_CLASSES), jnp.bool_),
+              "text_nouns": ((b, ek100.NUM_NOUN_CLASSES), jnp.bool_)}
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=place)
+            for k, (shape, dtype) in shapes.items() if k == "video" or k in step_lib.MODEL_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+    """Per-device bytes of a compiled step (XLA's memory analysis), its FLOPs (None when the
+    backend gives no cost analysis), compile seconds; ``error`` set when it did not compile."""
+
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    alias_bytes: int = 0
+    temp_bytes: int = 0
+    flops: float | None = None
+    compile_s: float = 0.0
+    error: str = ""
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries, counting donated (aliased) buffers once."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+def train_step_memory(config: ml_collections.ConfigDict, devices) -> StepMemory:
+    """Compiles ``config``'s train step on a mesh over ``devices`` (see the module docstring)."""
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+    setup = TrainSetup(config, mesh)
+    train_step = step_lib.TrainStep(setup)
+    start = time.perf_counter()
+    try:
+        compiled = train_step.lower(setup.abstract_state(), abstract_batch(config, mesh)).compile()
+    except Exception as e:  # noqa: BLE001  XLA reports running out of memory as an exception
+        text = " ".join(str(e).split())
+        return StepMemory(compile_s=time.perf_counter() - start, error=text[:300])
+    seconds = time.perf_counter() - start
+    stats = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return StepMemory(stats.argument_size_in_bytes, stats.output_size_in_bytes,
+                      stats.alias_size_in_bytes, stats.temp_size_in_bytes,
+                      None if not cost else float(cost.get("flops", 0.0)), seconds)

@@ -1,0 +1,37 @@
+"""A config's train step compiles ahead of time for a TPU topology on this CPU machine (libtpu,
+no chip), and tools/fit_check.py says what fits: per-device memory, FLOPs, and a compile that
+runs out of memory as a row of the table, not a crash."""
+
+import pytest
+
+from tempret_jax import aot
+from tiny_run import REPO, tiny_config
+
+
+@pytest.fixture(scope="module")
+def v5e():
+    return aot.tpu_devices("v5e:2x2")
+
+
+def test_the_tiny_train_step_compiles_for_four_v5e_chips(v5e):
+    assert len(v5e) == 4 and v5e[0].platform == "tpu"
+    small = aot.train_step_memory(tiny_config("unused", global_batch_size=8), v5e)
+    assert not small.error and small.flops > 0
+    assert small.peak_bytes == (small.argument_bytes + small.output_bytes - small.alias_bytes
+                                + small.temp_bytes)
+    assert small.alias_bytes > 0  # the state is donated: updated in place
+    large = aot.train_step_memory(tiny_config("unused", global_batch_size=64), v5e)
+    # The batch (an argument) grows with it; so does the work.
+    assert large.argument_bytes > small.argument_bytes and large.flops > 4 * small.flops
+
+
+def test_fit_check_reports_a_setup_that_does_not_fit_as_a_row(capsys):
+    # TempRet's ViT-B/16 recipe without remat at 8 clips a chip: ~22 GiB of temporaries on a
+    # 16 GiB v5e chip; with remat it fits.
+    from tools import fit_check
+
+    code = fit_check.main(["--config", str(REPO / "configs/ek100_tempret_vitb16.py"),
+                           "--global_batch", "32", "--target", "v5e:2x2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1 and lines[0].split()[:2] == ["config", "target"]
+    assert "does not compile: RESOURCE_EXHAUSTED" in lines[1] and "v5e:2x2" in lines[1]

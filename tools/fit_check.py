@@ -1,0 +1,83 @@
+"""Does a config's train step fit an accelerator? Compiled ahead of time, no accelerator needed.
+
+    python tools/fit_check.py --config configs/ek100_tempret_vitb16.py [--config ...]
+        [--target v5e:2x2] [--target v5p:2x2x1] [--global_batch 32] [--set model.remat=True]
+
+For every config and TPU topology (libtpu installed: `pip install -e '.[tpu]'`), builds the real
+mesh and train step (`tempret_jax.aot`), compiles it and prints per-device argument, output,
+temporary and peak bytes, whether the peak fits the chip's memory (`aot.TPU_MEMORY`), XLA's FLOPs
+(a scanned layer stack counts its body once: read it as a lower bound) and the compile time.
+A compile that fails (e.g. out of memory) is a row with its error. `--set key=value` overrides
+config keys (Python literals). Exit 0 when every row fits, 1 otherwise.
+"""
+
+import argparse
+import ast
+import importlib.util
+import pathlib
+import sys
+
+from tempret_jax import aot
+
+
+def load_config(path: str):
+    """configs/X.py[:arg] -> its ConfigDict."""
+    file, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location(pathlib.Path(file).stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def apply_overrides(config, overrides) -> None:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        *blocks, name = key.split(".")
+        node = config
+        for block in blocks:
+            node = node[block]
+        try:
+            node[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            node[name] = value
+
+
+def row(name: str, target: str, memory: aot.StepMemory) -> tuple[str, bool]:
+    chip = target.split(":")[0]
+    capacity = aot.TPU_MEMORY.get(chip)
+    gib = lambda n: f"{n / aot.GIB:8.2f}"  # noqa: E731
+    if memory.error:
+        return f"{name:<28} {target:<10} does not compile: {memory.error}", False
+    fits = capacity is not None and memory.peak_bytes <= capacity
+    flops = "n/a" if memory.flops is None else f"{memory.flops / 1e12:.2f}"
+    return (f"{name:<28} {target:<10} {gib(memory.argument_bytes)} {gib(memory.output_bytes)} "
+            f"{gib(memory.temp_bytes)} {gib(memory.peak_bytes)} "
+            f"{'yes' if fits else 'NO':>5} {flops:>8} {memory.compile_s:8.1f}"), fits
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", required=True)
+    parser.add_argument("--target", action="append", default=None,
+                        help="a TPU topology, e.g. v5e:2x2 (default), v5p:2x2x1, v6e:2x2")
+    parser.add_argument("--global_batch", type=int, default=0, help="0: the config's")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args(argv)
+    print(f"{'config':<28} {'target':<10} {'args GiB':>8} {'out GiB':>8} {'temp GiB':>8} "
+          f"{'peak GiB':>8} {'fits':>5} {'TFLOP':>8} {'compile s':>8}")
+    all_fit = True
+    for path in args.config:
+        for target in args.target or ["v5e:2x2"]:
+            config = load_config(path)
+            if args.global_batch:
+                config.global_batch_size = args.global_batch
+            apply_overrides(config, args.overrides)
+            line, fits = row(config.name, target,
+                             aot.train_step_memory(config, aot.tpu_devices(target)))
+            print(line, flush=True)
+            all_fit &= fits
+    return 0 if all_fit else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
