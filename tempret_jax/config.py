@@ -9,7 +9,8 @@ and presets are documented in `models.retrieval.model_config`; its rules are her
 
 Blocks a config may add besides these keys: ``synthetic`` and ``prepare`` (the demo generates
 and prepares SynthKitchens in its workdir: `data.synthetic.SynthConfig`, `data.prepare`), and
-``job`` (``'random_baseline'``: score random similarities instead of training).
+``job`` (``'random_baseline'``: score random similarities instead of training), and ``recipe``
+(a published setup's paper, row and the source of each value: `recipes.recipe_block`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ EVALUATORS = {
 }
 EVAL_ON_ERROR = ("stop", "continue")
 TTA_REDUCE = ("mean", "sum")
-EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir")
+EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir", "recipe")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
 
 

@@ -1,7 +1,7 @@
 """The zero-shot EK-100 MIR config of a converted checkpoint: its own model, the eval recipe.
 
 This file is a config file for ``--config``: ``--config tempret_jax/zero_shot.py:CONVERTED``
-is the EK-100 recipe (`recipes.ek100_finetune`, 16 frames at 224 px, the full evaluation
+is the EK-100 recipe (`recipes.eval_recipe`, 16 frames at 224 px, the full evaluation
 protocol) with the model config saved in CONVERTED (tools/convert_checkpoint.py output) and
 CONVERTED as the checkpoint to score; a 4-frame pretrained temporal embedding is inflated to
 the 16 frames on load, as AVION evaluates its pretrained models. Main uses it when ``--mode
@@ -23,7 +23,7 @@ def get_config(converted: str):
     if not converted:
         raise ValueError("zero_shot.py needs the converted checkpoint: "
                          "--config tempret_jax/zero_shot.py:CONVERTED")
-    c = recipes.ek100_finetune("vit_b16", "ek100_zero_shot")
+    c = recipes.eval_recipe("vit_b16", "ek100_zero_shot")
     model = convert.read_model_config(converted)
     frames = c.model.vision.num_frames
     model.update(dtype="float32", scan_layers=True)  # scanned: one compilation per tower
