@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 
 from tempret_jax import losses, optim
-from tempret_jax.data import pipeline
+from tempret_jax.data import views
 from tempret_jax.models import layers, retrieval, temporal, video
 
 # The evaluator modules of tempret_jax/evaluators/ by name (``evals`` lists the ones to run),
@@ -32,7 +32,16 @@ EVALUATORS = {
     "ek100_mir": tuple(f"{m}_{d}" for m in ("mAP", "nDCG") for d in ("v2t", "t2v", "avg")),
 }
 EVAL_ON_ERROR = ("stop", "continue")
-TTA_REDUCE = ("mean", "sum")
+# How the test-time views combine (docs/design.md, Test-time augmentation): the mean of their
+# unit embeddings (the SMS-Loss code's sum, up to a factor) | the mean of their unnormalised
+# features, embedded once.
+TTA_REDUCE = ("embeddings_mean", "features_mean")
+# Dual-softmax at inference (docs/design.md, Metrics): none | EgoVLP's (every clip's own
+# narration, raw dot products) | over the cosines of the split's sentences. A boolean is an
+# alias, for what it meant before: False 'none', True 'sentences'.
+DUAL_SOFTMAX = ("none", "egovlp", "sentences")
+DUAL_SOFTMAX_ALIASES = {False: "none", True: "sentences"}
+LOOSE_TYPES = ("eval.dual_softmax",)  # a name or a boolean: checked by value, not by type
 EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir", "recipe")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
 
@@ -88,9 +97,12 @@ def default_config() -> ml_collections.ConfigDict:
         split="test",  # prepared split to score
         batch_size=16,  # clips or sentences per embedding call, over all processes
         tta=False,  # score tta_views (else the centre crop alone)
-        tta_views=("orig", "flip", "scale=0.875", "scale=1.125"),  # see pipeline.parse_view
-        tta_reduce="mean",  # how the views' features combine: mean | sum
-        dual_softmax=False,  # re-score the similarity with metrics.dual_softmax
+        # ContextRefine-CLIP's views (see data.views.parse_view; scale=1.0 equals orig)
+        tta_views=("orig", "flip", "scale=0.875", "scale=1.0", "scale=1.125"),
+        tta_reduce="embeddings_mean",  # how the views combine: one of TTA_REDUCE
+        # One of DUAL_SOFTMAX or its boolean alias (a reference of any type takes both).
+        dual_softmax=ml_collections.FieldReference("none", field_type=object),
+        dual_softmax_temperature=500.0,  # of its softmax over videos (EgoVLP's 500)
         submission_sls=(4, 3, 3),  # the challenge submission's supervision levels
         num_workers=0,  # Grain worker processes for the eval clips
         chunk=1024,  # rows per refinement call
@@ -157,7 +169,7 @@ def check_keys(c: Mapping, defaults: Mapping, prefix: str = "") -> None:
         if isinstance(default, BLOCK) and key != "hparams":  # hparams: free per-loss names
             _check(isinstance(value, BLOCK), name, "a block of keys", value)
             check_keys(value, default, name + ".")
-        else:
+        elif name not in LOOSE_TYPES:
             _check(_same_type(value, default), name, f"type {type(default).__name__}", value)
 
 
@@ -230,14 +242,31 @@ def _validate_evaluation(c, num_devices: int) -> None:
            e.tta_views)
     for spec in e.tta_views:
         try:
-            pipeline.parse_view(spec)
+            views.parse_view(spec)
         except ValueError as error:
             raise ConfigError(f"config: eval.tta_views: {error}") from None
+    _check(isinstance(e.dual_softmax, bool) or e.dual_softmax in DUAL_SOFTMAX, "eval.dual_softmax",
+           f"one of {DUAL_SOFTMAX} or a boolean", e.dual_softmax)
+    temperature = eval_key(e, "dual_softmax_temperature")
+    _check(temperature > 0, "eval.dual_softmax_temperature", "> 0", temperature)
     _check(len(e.submission_sls) == 3, "eval.submission_sls", "3 supervision levels",
            e.submission_sls)
     _check(e.rerank.k <= 0 or c.model.cross_encoder.enabled, "eval.rerank.k",
            "0 without a cross-encoder (model.cross_encoder.enabled = True, a stage-2 run)",
            e.rerank.k)
+
+
+def eval_key(e: ml_collections.ConfigDict, key: str):
+    """``config.eval[key]``, or the default where a run saved its config before the key was."""
+    return e[key] if key in e else default_config().eval[key]
+
+
+def dual_softmax_settings(e: ml_collections.ConfigDict) -> tuple[str, float]:
+    """(mode, temperature) of ``config.eval``'s dual-softmax: mode one of DUAL_SOFTMAX, a
+    boolean read as its alias (`embedding.Embedded.similarity`)."""
+    mode = e.dual_softmax
+    mode = DUAL_SOFTMAX_ALIASES[mode] if isinstance(mode, bool) else mode
+    return mode, float(eval_key(e, "dual_softmax_temperature"))
 
 
 def validate_model(m: ml_collections.ConfigDict) -> None:

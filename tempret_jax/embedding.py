@@ -1,8 +1,12 @@
 """Embedding a prepared split with the dual encoder: clip and sentence features, unit embeddings.
 
-    eval batches  --encode (sharded)--> clip features (n_clips, E) [V views: mean or sum]
-    sentences     --encode-->           sentence features (n_sentences, E)
+    eval batches  --encode (sharded)--> clip features (n_clips, V views, D_v)
+    sentences     --encode-->           sentence features (n_sentences, D_t)
     features --[refine over the other modality's whole gallery]--> unit embeddings
+    V views --mean of the views' unit embeddings (or: embed the mean feature)--> (n_clips, E)
+
+Test-time views and their aggregation, and the sentences' text (each sentence's clip's own
+narration): docs/design.md, Test-time augmentation and Sentence text.
 
 What the evaluators and search share (`embed_split`, `Embedded`); `split_settings(config)`
 turns ``config.eval`` / ``config.data`` into its keyword arguments. Padding rows of the
@@ -12,6 +16,7 @@ to all devices), so any process can score.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
@@ -24,15 +29,28 @@ from tempret_jax import config as config_lib
 from tempret_jax import progress
 from tempret_jax import metrics
 from tempret_jax import sharding as sharding_lib
-from tempret_jax.data import ek100, pipeline, prepare
+from tempret_jax.data import ek100, pipeline, prepare, views as views_lib
 
 
-
-def eval_views(eval_config) -> tuple[pipeline.View, ...]:
+def eval_views(eval_config) -> tuple[views_lib.View, ...]:
     """The views ``config.eval`` asks for: ``tta_views`` when ``tta``, else the centre crop."""
     if not eval_config.tta:
-        return (pipeline.View(),)
-    return tuple(pipeline.parse_view(s) for s in eval_config.tta_views)
+        return (views_lib.View(),)
+    return tuple(views_lib.parse_view(s) for s in eval_config.tta_views)
+
+
+def distinct_views(views) -> tuple[tuple[views_lib.View, ...], np.ndarray]:
+    """(the distinct views: the centre crop first when listed, the rest as first listed; (V,)
+    float32 how often each is listed). A view listed twice (CR-CLIP's 1.0x beside the
+    original) is computed once and weighs twice. The first view gives the video gallery
+    (`combine_views`) and the cross-encoder tokens."""
+    distinct = sorted(dict.fromkeys(views), key=lambda v: v != views_lib.View())  # stable
+    return tuple(distinct), np.asarray([list(views).count(v) for v in distinct], np.float32)
+
+
+def view_mean(per_view: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n, V, D) -> (n, D): the mean over the views, weighted by ``weights`` (V,)."""
+    return np.einsum("nvd,v->nd", per_view, (weights / weights.sum()).astype(np.float32))
 
 
 # The jitted functions below are built once per (model, mesh, option) (lru_cache): a new
@@ -77,15 +95,15 @@ def video_features(model, params, batches: Iterable[dict], mesh, *, reduce: str 
     Args:
       model: a `RetrievalModel`; params: its parameters (sharded or not).
       batches: dicts with video (B, V, T, R, R, 3), mask (B,), clip_index (B,).
-      reduce: how the V views combine: 'mean' | 'sum' -> (n, E); 'none' -> (n, V, E).
+      reduce: 'mean' -> the mean over the V views (n, D_v); 'none' -> each view's (n, V, D_v).
       tokens: also return the cross-encoder tokens of the first view.
       total: the number of clips, for the progress bar's ETA.
     Returns:
-      {'features': (n_clips, E) float32 unnormalised, 'ids': (n_clips,) CSV rows (sorted),
-       ['tokens': (n_clips, M, D_v) in the compute dtype]}.
+      {'features': (n_clips, [V,] D_v) float32 unnormalised, 'ids': (n_clips,) CSV rows
+       (sorted), ['tokens': (n_clips, M, D_v) in the compute dtype]}.
     """
-    if reduce not in config_lib.TTA_REDUCE + ("none",):
-        raise ValueError(f"eval.tta_reduce: expected one of {config_lib.TTA_REDUCE}, got {reduce!r}")
+    if reduce not in ("mean", "none"):
+        raise ValueError(f"video_features: reduce is 'mean' or 'none', got {reduce!r}")
     return _gather_rows(mesh, _video_fn(model, mesh, reduce, tokens), params, batches,
                         ("video",), "clip_index", "embedding clips", total)
 
@@ -97,8 +115,7 @@ def _video_fn(model, mesh, reduce: str, tokens: bool):
         out = model.apply({"params": params}, video.reshape((b * v,) + video.shape[2:]),
                           method=model.encode_video)
         features = out["features"].astype(jnp.float32).reshape(b, v, -1)
-        features = {"mean": features.mean(axis=1), "sum": features.sum(axis=1),
-                    "none": features}[reduce]
+        features = features.mean(axis=1) if reduce == "mean" else features
         result = {"features": features}
         if tokens:
             result["tokens"] = out["tokens"].reshape((b, v) + out["tokens"].shape[1:])[:, 0]
@@ -213,16 +230,86 @@ def split_relevance(clips: ek100.ClipTable, sentences: ek100.SentenceTable,
 
 
 # ---------------------------------------------------------------------------------------------
+# Sentence text and view aggregation.
+
+
+def sentence_texts(clips: ek100.ClipTable, sentences: ek100.SentenceTable,
+                   rows: Sequence[int]) -> list[str]:
+    """The text embedded for each sentence row: the narration of the clip that the sentence
+    names by narration_id, as the official evaluations embed it (AVION
+    main_lavila_finetune_mir.py, SMS-Loss test_mir.py, EgoVLP test_epic.py: every clip's
+    narration, sentence columns picked by narration_id); the sentence file's own text only for
+    a narration_id that is no clip of ``clips``. Six EK-100 test sentences differ
+    (docs/design.md, Sentence text)."""
+    index = clips.index()
+    return [str(clips.narration[index[nid]]) if nid in index else str(sentences.narration[i])
+            for i, nid in ((int(i), str(sentences.narration_id[i])) for i in rows)]
+
+
+def text_rows(sentences: Sequence[str], narrations: Sequence[str]
+              ) -> tuple[list[str], np.ndarray]:
+    """(texts, counts): the texts to embed and their weights in EgoVLP's softmax over texts.
+
+    texts: ``sentences`` (in order), then the clips' ``narrations`` that no sentence has (sorted;
+    none on EK-100's test split); counts (n_texts,) float64: how many clips narrate the text, on
+    its first row (at least 1: a sentence no clip narrates stands once), 0 on a repeat.
+    """
+    texts = list(sentences) + sorted(set(narrations) - set(sentences))
+    per_text = collections.Counter(narrations)
+    first = {text: i for i, text in reversed(list(enumerate(texts)))}
+    counts = np.zeros(len(texts))
+    for text, i in first.items():
+        counts[i] = max(per_text[text], 1)
+    return texts, counts
+
+
+def combine_views(model, params, per_view: np.ndarray, weights: np.ndarray,
+                  text_gallery: np.ndarray, reduce: str, chunk: int = 1024
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The clips' scoring embeddings from their views' features, and the video gallery.
+
+    Args:
+      per_view: (n, V, D_v) features of the distinct views, weights (V,) how often each is
+        listed (`distinct_views`: the centre crop first when listed).
+      text_gallery: (G, D_t) the sentences' unrefined features (video refinement attends over).
+      reduce: 'embeddings_mean': each view refined, projected and normalised on its own, then
+        the weighted mean of those unit vectors, not renormalised (the SMS-Loss code sums them:
+        the same up to a factor); the gallery is the centre view's features (the first view's
+        when the centre crop is not listed). 'features_mean': the weighted mean of the
+        features, embedded once, and it is the gallery.
+    Returns:
+      (video (n, E) float32, video gallery (n, D_v): the unrefined features that text
+      refinement attends over).
+    """
+    if reduce not in config_lib.TTA_REDUCE:
+        raise ValueError(f"eval.tta_reduce: expected one of {config_lib.TTA_REDUCE}, "
+                         f"got {reduce!r}")
+    if reduce == "features_mean":
+        mean = view_mean(per_view, weights)
+        return embed(model, params, mean, text_gallery, "video", chunk), mean
+    embedded = [embed(model, params, per_view[:, k], text_gallery, "video", chunk)
+                for k in range(len(weights))]
+    return view_mean(np.stack(embedded, axis=1), weights), per_view[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------
 # Embedding a split.
 
 
 @dataclasses.dataclass
 class Embedded:
-    """A split embedded by the dual encoder, with what reranking needs.
+    """A split embedded by the dual encoder, with what scoring and reranking need.
 
-    video, text: (n_clips, E), (n_sentences, E) unit embeddings; video_features,
-    text_features: the unnormalised ones; clip_rows (n_clips,): CSV rows of the prepared clips;
-    sentence_rows (n_sentences,): rows of the sentence file; rel (n_clips, n_sentences);
+    video, text: (n_clips, E), (n_sentences, E) the scoring embeddings (unit vectors; with
+    several views the mean of unit vectors, `combine_views`); video_features (n_clips, D_v):
+    the video gallery of text refinement and search (the centre view's unnormalised features,
+    or their mean under 'features_mean'); text_features (n_sentences, D_t) unnormalised;
+    clip_rows (n_clips,): CSV rows of the prepared clips; sentence_rows (n_sentences,): rows of
+    the sentence file; rel (n_clips, n_sentences);
+    video_raw (n_clips, E), text_raw (n_texts, E), text_counts (n_texts,): EgoVLP's
+    dual-softmax inputs, the embeddings before normalisation (the towers' features, the views'
+    mean; a model with refinement exposes only its unit embeddings, which stand in) of the
+    clips and of `text_rows` (the sentences first) with their counts;
     video_tokens (n_clips, M, D_v), text_tokens (n_sentences, L, D_t), text_mask
     (n_sentences, L): cached tower outputs (None unless asked for; L trimmed to the longest
     sentence).
@@ -235,19 +322,37 @@ class Embedded:
     clip_rows: np.ndarray
     sentence_rows: np.ndarray
     rel: np.ndarray
+    video_raw: np.ndarray
+    text_raw: np.ndarray
+    text_counts: np.ndarray
     video_tokens: np.ndarray | None = None
     text_tokens: np.ndarray | None = None
     text_mask: np.ndarray | None = None
 
-    def similarity(self, dual_softmax: bool = False) -> np.ndarray:
-        """(n_clips, n_sentences) cosine similarity, or its dual-softmax re-scoring."""
+    def similarity(self, dual_softmax: str = "none", temperature: float = 500.0) -> np.ndarray:
+        """(n_clips, n_sentences) float32 scores (docs/design.md, Metrics).
+
+        dual_softmax: 'none': video @ text.T; 'sentences': its `metrics.dual_softmax` over the
+        split's sentences; 'egovlp': EgoVLP's (run/test_epic.py): the raw dot products of
+        video_raw with every text_raw row, dual-softmax with each text counted once per clip
+        that narrates it (as EgoVLP's rows, one per clip), then the sentences' columns.
+        """
+        if dual_softmax == "egovlp":
+            sim = metrics.dual_softmax(similarity(self.video_raw, self.text_raw), temperature,
+                                       self.text_counts)
+            return sim[:, :len(self.sentence_rows)].astype(np.float32)
         sim = similarity(self.video, self.text)
-        return metrics.dual_softmax(sim).astype(np.float32) if dual_softmax else sim
+        if dual_softmax == "sentences":
+            return metrics.dual_softmax(sim, temperature).astype(np.float32)
+        if dual_softmax != "none":
+            raise ValueError(f"dual_softmax: expected 'none', 'sentences' or 'egovlp', got "
+                             f"{dual_softmax!r}")
+        return sim
 
 
 def embed_split(model, params, mesh, dataset_dir, *, split: str = "test", batch_size: int = 64,
-                num_frames: int = 16, resolution: int = 224, views=(pipeline.View(),),
-                reduce: str = "mean", num_workers: int = 0, dtype=np.float32,
+                num_frames: int = 16, resolution: int = 224, views=(views_lib.View(),),
+                reduce: str = "embeddings_mean", num_workers: int = 0, dtype=np.float32,
                 chunk: int = 1024, tokens: bool = False, records=None,
                 only_hit_sentences: bool = False) -> Embedded:
     """Embeds the clips and sentences of a prepared split (see `Embedded`).
@@ -255,34 +360,42 @@ def embed_split(model, params, mesh, dataset_dir, *, split: str = "test", batch_
     Args:
       batch_size: global eval batch (a multiple of the process count and of the mesh's batch
         devices).
-      views, reduce: test-time views and how their features combine ('mean' | 'sum').
-      tokens: keep the towers' token outputs (for reranking).
+      views, reduce: test-time views and how they combine (`combine_views`).
+      tokens: keep the towers' token outputs (for reranking; the first view's clip tokens).
       records: only these records (positions in the prepared split), e.g. a held-out sample.
       only_hit_sentences: only the sentences that are a hit (rel == 1) for one of the clips
         (a sample's own sentences), else every sentence of the split.
     """
+    listed, weights = distinct_views(views)
     videos = video_features(model, params, clip_batches(
         dataset_dir, split, batch_size, records=records, num_frames=num_frames,
-        resolution=resolution, views=views, num_workers=num_workers, dtype=dtype),
-        mesh, reduce=reduce, tokens=tokens,
+        resolution=resolution, views=listed, num_workers=num_workers, dtype=dtype),
+        mesh, reduce="none", tokens=tokens,
         total=len(pipeline.open_split(dataset_dir, split) if records is None else records))
     clip_table, sentence_table = prepare.load_annotations(dataset_dir, split)
     rel = split_relevance(clip_table, sentence_table, videos["ids"])
     sentence_rows = (np.flatnonzero((rel == 1).any(axis=0)) if only_hit_sentences
                      else np.arange(len(sentence_table)))
-    texts = text_features(model, params, sentence_batches(
-        [str(sentence_table.narration[i]) for i in sentence_rows], batch_size), mesh,
-        tokens=tokens, total=len(sentence_rows))
-    v, t = videos["features"], texts["features"]
-    out = Embedded(video=embed(model, params, v, t, "video", chunk),
-                   text=embed(model, params, t, v, "text", chunk), video_features=v,
-                   text_features=t, clip_rows=videos["ids"], sentence_rows=sentence_rows,
-                   rel=rel[:, sentence_rows])
+    n = len(sentence_rows)
+    texts, counts = text_rows(sentence_texts(clip_table, sentence_table, sentence_rows),
+                              [str(t) for t in clip_table.narration[videos["ids"]]])
+    encoded = text_features(model, params, sentence_batches(texts, batch_size), mesh,
+                            tokens=tokens, total=len(texts))
+    t, per_view = encoded["features"], videos["features"]
+    video, gallery = combine_views(model, params, per_view, weights, t[:n], reduce, chunk)
+    text = embed(model, params, t, gallery, "text", chunk)
+    refined = model.config.refine.enabled  # refinement: only unit embeddings come out
+    out = Embedded(video=video, text=text[:n], video_features=gallery, text_features=t[:n],
+                   clip_rows=videos["ids"], sentence_rows=sentence_rows,
+                   rel=rel[:, sentence_rows],
+                   video_raw=video if refined else view_mean(per_view, weights),
+                   text_raw=text if refined else t, text_counts=counts)
     if tokens:
-        length = max(1, int(texts["mask"].sum(axis=1).max()))  # the rest is padding
+        mask = encoded["mask"][:n]
+        length = max(1, int(mask.sum(axis=1).max()))  # the rest is padding
         out.video_tokens = videos["tokens"]
-        out.text_tokens = texts["tokens"][:, :length]
-        out.text_mask = texts["mask"][:, :length]
+        out.text_tokens = encoded["tokens"][:n, :length]
+        out.text_mask = mask[:, :length]
     return out
 
 

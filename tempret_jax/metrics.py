@@ -214,20 +214,24 @@ def reference_mir_metrics(sim: np.ndarray, rel: np.ndarray) -> dict[str, dict[st
     return summarize(per_row)
 
 
-def dual_softmax(sim: np.ndarray, temperature: float = 500.0) -> np.ndarray:
-    """Dual-softmax re-scoring used at inference (docs/design.md, Metrics).
+def dual_softmax(sim: np.ndarray, temperature: float = 500.0,
+                 counts: np.ndarray | None = None) -> np.ndarray:
+    """Dual-softmax re-scoring used at inference (EgoVLP; docs/design.md, Metrics).
 
     With S = sim.T (texts x videos): S <- softmax(S / temperature over videos) * S, then
-    S <- softmax(S over texts). Returns the result transposed back: (n_videos, n_texts) float64.
+    S <- softmax(S over texts). ``counts`` (n_texts,) >= 0: how many times each text stands in
+    the softmax over texts, i.e. its weight in the denominator (EgoVLP's form counts a
+    narration once per clip that has it; a repeat of a text weighs 0 and is still scored);
+    None counts each once. Returns (n_videos, n_texts) float64.
     """
     s = np.asarray(sim, np.float64).T
     s = _softmax(s / temperature, axis=1) * s
-    return _softmax(s, axis=0).T
+    return _softmax(s, axis=0, weights=None if counts is None else np.asarray(counts)[:, None]).T
 
 
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+def _softmax(x: np.ndarray, axis: int, weights: np.ndarray | None = None) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    return e / (e if weights is None else e * weights).sum(axis=axis, keepdims=True)
 
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:

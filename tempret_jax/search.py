@@ -4,11 +4,13 @@
     searcher.search("cut the onion", top=10)     # [Hit(rank, score, narration_id, ...), ...]
 
 (`main --mode search` and the Colab demo call exactly this.) The clips are embedded once into an
-index saved under ``<workdir>/search/`` (index.npz: unit embeddings and the unnormalised
-features the query's refinement attends over; index.json: config name, checkpoint step, split)
-and reused while the run's checkpoint step is the same; a newer checkpoint rebuilds it. Clips
-are embedded as the evaluation does (`embedding.embed_split`: the config's test-time views, and
-refinement over the split's sentences when the model has it). No relevance is involved.
+index saved under ``<workdir>/search/`` (index.npz: the clips' scoring embeddings and the
+unnormalised features the query's refinement attends over; index.json: config name,
+checkpoint step, split) and reused while the run's checkpoint step is the same; a newer
+checkpoint rebuilds it. Clips are embedded as the evaluation does (`embedding.embed_split`: the
+config's test-time views, and refinement over the split's sentences, each sentence's text
+being its clip's narration, when the model has it). A query is scored as an evaluation
+sentence without dual-softmax (which needs every query at once). No relevance is involved.
 
 The config is the one given, else the one the run saved: by training (<workdir>/config.json),
 an evaluation (<workdir>/eval/config.json) or an earlier index build
@@ -40,7 +42,8 @@ class SearchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    """One result: rank (1 = best), cosine score, and the clip's annotation."""
+    """One result: rank (1 = best), score (clip embedding . query embedding: the cosine, or
+    with test-time views the views' mean), and the clip's annotation."""
 
     rank: int
     score: float
@@ -51,9 +54,9 @@ class Hit:
 
 @dataclasses.dataclass
 class Index:
-    """video (n, E) unit embeddings; video_features (n, E) unnormalised (the gallery a query's
-    refinement attends over); clip_rows, narration_ids, narrations (n,); meta: config, step,
-    split."""
+    """video (n, E) the scoring embeddings (`embedding.Embedded.video`); video_features
+    (n, D_v) unnormalised (the gallery a query's refinement attends over); clip_rows,
+    narration_ids, narrations (n,); meta: config, step, split."""
 
     video: np.ndarray
     video_features: np.ndarray

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tempret_jax import relevance
-from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic
+from tempret_jax.data import crops, ek100, pipeline, prepare, synthetic, views
 from tiny_run import make_dataset
 
 TINY = synthetic.SynthConfig(num_train_videos=3, num_test_videos=2, num_participants=2,
@@ -178,16 +178,18 @@ def test_eval_shards_have_equal_length_and_cover_the_split(dataset):
 
 def test_tta_views_shapes_flip_and_scale(dataset):
     batch = next(iter(pipeline.eval_pipeline(dataset, 2, num_frames=T, resolution=R,
-                                             views=pipeline.TTA_VIEWS, process_index=0,
+                                             views=views.TTA_VIEWS, process_index=0,
                                              process_count=1)))
     video = batch["video"]
-    assert video.shape == (2, 4, T, R, R, 3)
-    plain, flipped, small, large = (video[:, v] for v in range(4))
+    assert video.shape == (2, 5, T, R, R, 3)
+    plain, flipped, small, same, large = (video[:, v] for v in range(5))
     np.testing.assert_array_equal(flipped, plain[:, :, :, ::-1])  # mirrors left and right
     assert not np.array_equal(flipped, plain)
-    # Scale 0.875: the short side becomes 28 < 32, padded with the mean (0 after normalising).
-    np.testing.assert_allclose(small[:, :, :2], 0, atol=0.01)
-    np.testing.assert_allclose(small[:, :, -2:], 0, atol=0.01)
+    np.testing.assert_array_equal(same, plain)  # 1.0x is the original
+    # Scale 0.875: the 32 x 32 crop becomes 28 x 28, padded with the mean (0 after normalising)
+    # on every side.
+    for border in (small[:, :, :2], small[:, :, -2:], small[:, :, :, :2], small[:, :, :, -2:]):
+        np.testing.assert_allclose(border, 0, atol=0.01)
     assert np.abs(large[:, :, :2]).mean() > 0.1 and not np.array_equal(large, plain)
 
 

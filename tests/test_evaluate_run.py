@@ -1,7 +1,7 @@
 """The evaluation of a trained run: TTA views and their reduction follow the config, dual-softmax
-is the formula of docs/design.md, reranking with alpha = 0 is the dual encoder's ranking and
-otherwise reorders the top-K by s + alpha * P(match), the eval mode writes every output, and a
-missing checkpoint or a run of another config is a clear error."""
+is the formula of docs/design.md in both forms, reranking with alpha = 0 is the dual encoder's
+ranking and otherwise reorders the top-K by s + alpha * P(match), the eval mode writes every
+output, and a missing checkpoint or a run of another config is a clear error."""
 
 import html.parser
 import json
@@ -16,7 +16,7 @@ from PIL import Image
 from tempret_jax import checkpoint, config as config_lib, embedding, evaluate, metrics, rerank
 from tempret_jax import state
 from tempret_jax.evaluators import ek100_mir
-from tempret_jax.data import pipeline, prepare
+from tempret_jax.data import pipeline, prepare, views
 from trained_run import load_config, trained_run
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -55,10 +55,10 @@ def _video_batches(config, views):
 
 def test_view_specs_parse_and_tta_switches_them_on(run):
     config, _ = run
-    assert pipeline.parse_view("scale=0.875+flip") == pipeline.View(scale=0.875, flip=True)
+    assert views.parse_view("scale=0.875+flip") == pipeline.View(scale=0.875, flip=True)
     assert embedding.eval_views(config.eval) == (pipeline.View(),)
     config.eval.tta = True
-    assert embedding.eval_views(config.eval) == pipeline.TTA_VIEWS
+    assert embedding.eval_views(config.eval) == views.TTA_VIEWS
     config.eval.tta_views = ("flip",)
     assert embedding.eval_views(config.eval) == (pipeline.View(flip=True),)
     for bad in ("mirror", "scale=0", "scale=big"):
@@ -70,7 +70,8 @@ def test_view_specs_parse_and_tta_switches_them_on(run):
 def test_each_view_changes_the_features_and_the_reduction_follows_the_config(run, loaded):
     config, _ = run
     model, params, mesh = loaded
-    per_view = embedding.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
+    distinct, weights = embedding.distinct_views(views.TTA_VIEWS)
+    per_view = embedding.video_features(model, params, _video_batches(config, distinct),
                                        mesh, reduce="none")["features"]
     n, v, _ = per_view.shape
     assert v == 4
@@ -80,12 +81,25 @@ def test_each_view_changes_the_features_and_the_reduction_follows_the_config(run
     plain = embedding.video_features(model, params, _video_batches(config, (pipeline.View(),)),
                                     mesh)["features"]
     np.testing.assert_allclose(per_view[:, 0], plain, rtol=1e-5, atol=1e-6)
-    for reduce, expected in (("mean", per_view.mean(1)), ("sum", per_view.sum(1))):
-        got = embedding.video_features(model, params, _video_batches(config, pipeline.TTA_VIEWS),
-                                      mesh, reduce=reduce)["features"]
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="eval.tta_reduce"):
-        embedding.video_features(model, params, [], mesh, reduce="max")
+    got = embedding.video_features(model, params, _video_batches(config, distinct), mesh)
+    np.testing.assert_allclose(got["features"], per_view.mean(1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="reduce"):
+        embedding.video_features(model, params, [], mesh, reduce="sum")
+
+    # The split with the paper's views: the mean of each view's unit embedding (1.0x counted
+    # twice), not renormalised; 'features_mean' embeds the mean feature instead.
+    unit = per_view / np.linalg.norm(per_view, axis=2, keepdims=True)
+    settings = {**embedding.split_settings(config), "views": views.TTA_VIEWS}
+    for reduce, video, gallery in (
+            ("embeddings_mean", (unit * (weights / 5)[:, None]).sum(1), per_view[:, 0]),
+            ("features_mean", None, (per_view * (weights / 5)[:, None]).sum(1))):
+        embedded = embedding.embed_split(model, params, mesh, config.dataset_dir,
+                                         **{**settings, "reduce": reduce})
+        if video is None:
+            video = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+        np.testing.assert_allclose(embedded.video, video, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(embedded.video_features, gallery, rtol=1e-4, atol=1e-5)
+    assert np.all(np.linalg.norm(unit.mean(1), axis=1) < 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,11 +120,25 @@ def _numpy_dual_softmax(sim, temperature=500.0):
     return out.T
 
 
-def test_dual_softmax_equals_the_numpy_formula(embedded):
+def test_dual_softmax_equals_the_numpy_formula(run, embedded):
     sim = embedded.similarity()
     np.testing.assert_allclose(sim, embedded.video @ embedded.text.T, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(embedded.similarity(dual_softmax=True), _numpy_dual_softmax(sim),
+    np.testing.assert_allclose(embedded.similarity("sentences"), _numpy_dual_softmax(sim),
                                rtol=1e-5, atol=1e-7)
+    # EgoVLP's: a text row per clip (its narration's raw features; no refinement here), raw dot
+    # products with the clips' raw features, the sentences' columns by narration_id.
+    config, _ = run
+    clips, sentences = prepare.load_annotations(config.dataset_dir, "test")
+    row_of = {t: i for i, t in reversed(list(enumerate(embedding.text_rows(
+        embedding.sentence_texts(clips, sentences, embedded.sentence_rows),
+        list(clips.narration[embedded.clip_rows]))[0])))}
+    text_rows = embedded.text_raw[[row_of[t] for t in clips.narration[embedded.clip_rows]]]
+    np.testing.assert_allclose(embedded.video_raw, embedded.video_features)  # one view
+    egovlp = _numpy_dual_softmax(embedded.video_raw @ text_rows.T)
+    indexes = [list(clips.narration_id[embedded.clip_rows]).index(nid)
+               for nid in sentences.narration_id]
+    np.testing.assert_allclose(embedded.similarity("egovlp"), egovlp[:, indexes], rtol=1e-4,
+                               atol=1e-7)
 
 
 def test_the_periodic_evaluation_reports_the_scalars_the_config_declares(run, loaded):
@@ -215,13 +243,13 @@ class _Html(html.parser.HTMLParser):
 
 def test_run_writes_metrics_similarity_submission_plots_and_gallery(run, tmp_path):
     config, workdir = run
-    config.eval.update(tta=True, dual_softmax=True)
+    config.eval.update(tta=True, dual_softmax="egovlp")
     config.eval.rerank.update(k=2, alphas=(0.0, 1.0), tune_split="train", tune_clips=4,
                               curve_ks=(1, 2, 3))
     record = evaluate.run(config, workdir)
     out = workdir / "eval"
     written = json.loads((out / "metrics.json").read_text())
-    assert written["step"] == 4 and written["views"] == 4 and written["dual_softmax"]
+    assert written["step"] == 4 and written["views"] == 5 and written["dual_softmax"] == "egovlp"
     assert written["mAP"] == pytest.approx(record["mAP"])
     assert written["rerank"]["alpha"] in (0.0, 1.0)
     assert set(written["rerank"]["map_by_k"]) == {"1", "2", "3"}

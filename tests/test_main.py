@@ -75,7 +75,7 @@ def test_a_bad_config_value_is_one_line_naming_the_key(tmp_path):
                 "--config.eval.tta_reduce=max")
     assert run.returncode == 2
     assert run.stderr.splitlines()[-1] == ("error: config: eval.tta_reduce: expected one of "
-                                           "('mean', 'sum'), got 'max'")
+                                           "('embeddings_mean', 'features_mean'), got 'max'")
     assert not (tmp_path / "synthkitchens").exists()  # validated before any work
 
 

@@ -17,7 +17,7 @@ SMS = {"margin": 0.6, "tau": 0.1, "eps": 1.1 / 240}
 ADAMW = {"optimizer": "adamw", "betas": (0.9, 0.999), "adam_eps": 1e-8, "weight_decay": 0.01,
          "lr_start": 1e-6, "warmup_epochs": 1, "frames": 16, "resolution": 224,
          "crop_scale": (0.5, 1.0), "embed_dim": 256, "precision": "bfloat16"}
-CENTRE = {"tta": "centre crop", "dual_softmax": False, "rerank_k": 0}
+CENTRE = {"tta": "centre crop", "dual_softmax": "none", "rerank_k": 0}
 PUBLISHED = {
     # AVION MODEL_ZOO command: 8 GPUs x 64; script defaults; MaxMarginRankingLoss(margin=0.2).
     "ek100_avion_vitb16": dict(ADAMW, **CENTRE, preset="avion_b16", global_batch=512,
@@ -38,7 +38,7 @@ PUBLISHED = {
     "ek100_crclip_vitl14": dict(ADAMW, preset="avion_l14", global_batch=160, loss="sms",
                                 loss_hparams=SMS, lr_peak=1.8e-5, lr_end=1e-6, epochs=100,
                                 tta=("orig", "flip", "scale=0.875", "scale=1.0", "scale=1.125"),
-                                dual_softmax=False, rerank_k=0),
+                                dual_softmax="none", rerank_k=0),
     # TempRet publishes no values: the SMS setups of its backbone.
     "ek100_tempret_vitb16": dict(ADAMW, **CENTRE, preset="avion_b16", global_batch=256,
                                  loss="sms", loss_hparams=SMS, lr_peak=2e-5, lr_end=2e-6,

@@ -65,7 +65,7 @@ def main() -> None:
                 model, params, mesh, config.dataset_dir, tokens=True,
                 **embedding.split_settings(config)))
             sim, times["scoring (cosine)"] = timed(embedded.similarity)
-            _, times["scoring (dual-softmax)"] = timed(lambda: embedded.similarity(True))
+            _, times["scoring (dual-softmax)"] = timed(lambda: embedded.similarity("egovlp"))
             reranker, times["reranking K=10"] = timed(
                 lambda: rerank.Reranker.score(model, params, mesh, embedded, sim, 10))
             _, times["metrics"] = timed(lambda: metrics.mir_metrics(sim, embedded.rel))

@@ -6,7 +6,7 @@
              normalises them on the device: `crops`), batches per JAX process; the iterator
              state can be saved/restored.
   eval:      every clip of a split once, in record order, centre crops (optionally TTA views:
-             horizontal flip, scales), the last batch padded and flagged by ``mask``.
+             horizontal flip, scales; `views`), the last batch padded and flagged by ``mask``.
   sentences: every sentence of a split once, tokenised, padded like eval.
 
 Everything random is a function of (seed, position in the stream): grain's ``random_map``
@@ -21,16 +21,15 @@ batches in every process, so all processes run the same number of steps.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import grain
 import numpy as np
 import simplejpeg
-from PIL import Image
 
 from tempret_jax.data import crops, ek100, prepare, verify, workers
 from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
+from tempret_jax.data.views import View, center_view
 
 CONTEXT_LENGTH = 77
 
@@ -144,56 +143,6 @@ class Normalize:
         if work is not out:
             out[...] = work
         return out
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-    """An eval view: resize the short side to ``scale * resolution``, centre crop, maybe flip.
-
-    With scale < 1 the resized frame is smaller than the crop and is padded with CLIP_MEAN
-    (zero after normalisation).
-    """
-
-    scale: float = 1.0
-    flip: bool = False
-
-
-TTA_VIEWS = (View(), View(flip=True), View(scale=0.875), View(scale=1.125))
-
-
-def parse_view(spec: str) -> View:
-    """'orig' | 'flip' | 'scale=S' | 'scale=S+flip' -> a `View` (S > 0); ValueError otherwise."""
-    scale, flip = 1.0, False
-    for part in str(spec).split("+"):
-        part = part.strip()
-        if part == "flip":
-            flip = True
-        elif part.startswith("scale="):
-            try:
-                scale = float(part[len("scale="):])
-            except ValueError:
-                scale = -1.0
-            if not scale > 0:
-                raise ValueError(f"{spec!r}: scale must be a positive number")
-        elif part != "orig":
-            raise ValueError(f"{spec!r}: expected 'orig', 'flip', 'scale=S' or 'scale=S+flip'")
-    return View(scale=scale, flip=flip)
-
-
-def center_view(frame: np.ndarray, resolution: int, view: View) -> np.ndarray:
-    """One view of an (H, W, 3) uint8 frame: (resolution, resolution, 3) uint8."""
-    h, w = frame.shape[:2]
-    k = view.scale * resolution / min(w, h)
-    nw, nh = max(1, round(w * k)), max(1, round(h * k))
-    resized = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BILINEAR))
-    out = np.empty((resolution, resolution, 3), np.uint8)
-    out[:] = np.round(np.asarray(CLIP_MEAN) * 255).astype(np.uint8)
-    # Centre the resized frame on the output: crop where it is larger, pad where smaller.
-    sy, sx = max(0, (nh - resolution) // 2), max(0, (nw - resolution) // 2)
-    dy, dx = max(0, (resolution - nh) // 2), max(0, (resolution - nw) // 2)
-    ch, cw = min(nh, resolution), min(nw, resolution)
-    out[dy:dy + ch, dx:dx + cw] = resized[sy:sy + ch, sx:sx + cw]
-    return out[:, ::-1] if view.flip else out
 
 
 CROP_KEYS = ("frames", "crop_box", "crop_window")  # a clip's crop, as `cut_crops` returns it
@@ -396,7 +345,7 @@ def eval_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test",
                   process_count: int | None = None) -> grain.IterDataset:
     """Every clip of ``split`` once, in record order (this process's share).
 
-    Batches: video (B, V, T, R, R, 3) one entry per view (`TTA_VIEWS` for flip + scales), mask
+    Batches: video (B, V, T, R, R, 3) one entry per view (`TTA_VIEWS`: flip and scales), mask
     (B,) bool (False on padding), index (B,) int64 record, clip_index (B,) int64 CSV row,
     narration_id (B,) str ('' on padding).
     """

@@ -1,12 +1,13 @@
 """EK-100 Multi-Instance Retrieval: mAP and nDCG of both directions on a prepared split.
 
     clips, sentences --embedding.embed_split--> unit embeddings (TTA views, refinement)
-    similarity = video @ text.T (n_clips, n_sentences) [--dual-softmax]
+    similarity = video @ text.T (n_clips, n_sentences) [or dual-softmax: EgoVLP's | over them]
     [rerank: each query's top-K by the similarity get s + alpha * P(match) of the cross-encoder]
     --metrics.mir_metrics--> mAP / nDCG (percent; V2T, T2V, average)
 
 Config keys (``config.eval``, documented in `tempret_jax.config`): split, batch_size,
-num_workers, chunk, tta, tta_views, tta_reduce, dual_softmax, submission_sls, rerank.*.
+num_workers, chunk, tta, tta_views, tta_reduce, dual_softmax, dual_softmax_temperature,
+submission_sls, rerank.*.
 
 During training (``out`` None) the evaluation stops at the dual encoder's metrics. The eval
 mode (``out`` = ``<workdir>/eval``) also reranks (``rerank.k`` > 0; ``rerank.alphas`` picks
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 
 from tempret_jax import atomic, embedding, metrics, rerank
+from tempret_jax import config as config_lib
 from tempret_jax.data import pipeline, prepare
 from tempret_jax.evaluators import Result
 
@@ -40,7 +42,8 @@ def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Re
                                      tokens=full and e.rerank.k > 0,
                                      **embedding.split_settings(config))
     timings["embedding"], tick = time.perf_counter() - tick, time.perf_counter()
-    sim = embedded.similarity(e.dual_softmax)
+    dual_softmax = config_lib.dual_softmax_settings(e)
+    sim = embedded.similarity(*dual_softmax)
     timings["scoring"], tick = time.perf_counter() - tick, time.perf_counter()
     result = metrics.mir_metrics(sim, embedded.rel)
     timings["metrics"] = time.perf_counter() - tick
@@ -52,7 +55,7 @@ def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Re
 
     record = {"split": e.split, "clips": int(sim.shape[0]), "sentences": int(sim.shape[1]),
               "views": len(embedding.eval_views(e)), "tta_reduce": e.tta_reduce,
-              "dual_softmax": bool(e.dual_softmax), **result}
+              "dual_softmax": dual_softmax[0], **result}
     tables = [f"{title}\n{metrics.format_table(result)}"]
     curve = None
     if e.rerank.k > 0:
@@ -94,7 +97,8 @@ def tune_alpha(model, params, mesh, config) -> tuple[float, dict]:
                                      split=r.tune_split, tokens=True, records=records,
                                      only_hit_sentences=True, **embedding.split_settings(config))
     reranker = rerank.Reranker.score(model, params, mesh, held_out,
-                                     held_out.similarity(config.eval.dual_softmax), r.k,
+                                     held_out.similarity(
+                                         *config_lib.dual_softmax_settings(config.eval)), r.k,
                                      r.batch_size)
     return reranker.sweep(r.alphas)
 
