@@ -24,7 +24,7 @@ import ml_collections
 
 from tempret_jax import losses, optim
 from tempret_jax.data import views
-from tempret_jax.models import layers, retrieval, temporal, video
+from tempret_jax.models import layers, refine, retrieval, temporal, video
 
 # The evaluator modules of tempret_jax/evaluators/ by name (``evals`` lists the ones to run),
 # with the scalars each reports (``checkpoint.best_metric`` names one of them).
@@ -306,9 +306,13 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
           m.temporal.enabled)
     check(m.temporal.pool in temporal.POOLS, "temporal.pool", f"one of {temporal.POOLS}",
           m.temporal.pool)
-    for block in ("temporal", "refine"):
-        check(m.embed_dim % m[block].heads == 0, f"{block}.heads",
-              f"a divisor of embed_dim={m.embed_dim}", m[block].heads)
+    check(m.embed_dim % m.temporal.heads == 0, "temporal.heads",
+          f"a divisor of embed_dim={m.embed_dim}", m.temporal.heads)
+    try:
+        if m.refine.enabled:  # a disabled block is never read (saved configs may lack keys)
+            refine.check_config(m.refine)
+    except ValueError as e:
+        raise ConfigError(f"config: model.{e}") from None
     check(m.cross_encoder.video_tokens in retrieval.VIDEO_TOKENS, "cross_encoder.video_tokens",
           f"one of {retrieval.VIDEO_TOKENS}", m.cross_encoder.video_tokens)
 

@@ -16,6 +16,10 @@ with respect to those outputs are taken over the global batch, then each microba
 are re-run and back-propagated with their slice of that gradient (GradCache). Gradients equal
 those of k = 1 up to float rounding, at the cost of one extra forward pass.
 
+Dropout (the refinement module's, ContextRefine-CLIP) is on in the step only: each embedding
+call draws from its own stream of the step's rng (`_embed`); since the loss part runs once over
+the global batch, k > 1 draws the same masks as k = 1. Evaluation never passes an rng.
+
 The step is jitted once with explicit shardings: the state in `TrainSetup.shardings` (donated),
 the batch split over the batch axes, the metrics replicated.
 """
@@ -148,13 +152,17 @@ class TrainStep:
             out.update(video_tokens=v["tokens"], text_tokens=t["tokens"])
         return out, t["mask"]
 
+    def _embed(self, params, rng, stream: int, modality: str, features, gallery):
+        """Training embeddings: refinement (if any) with dropout on, its own rng ``stream``."""
+        method = {"video": self.model.embed_video, "text": self.model.embed_text}[modality]
+        return self.model.apply({"params": params}, features, gallery, None, False,
+                                method=method,
+                                rngs={"dropout": jax.random.fold_in(rng, stream)})
+
     def _head_loss(self, params, enc, text_mask, batch, rng):
         """The global-batch part: refinement, embeddings, losses. Returns (loss, metrics)."""
-        variables = {"params": params}
-        video = self.model.apply(variables, enc["video"], enc["text"],
-                                 method=self.model.embed_video)
-        text = self.model.apply(variables, enc["text"], enc["video"],
-                                method=self.model.embed_text)
+        video = self._embed(params, rng, 1, "video", enc["video"], enc["text"])
+        text = self._embed(params, rng, 2, "text", enc["text"], enc["video"])
         scale = jnp.minimum(jnp.exp(params["logit_scale"]), MAX_LOGIT_SCALE)
         out = {"temperature": 1.0 / scale}
         total = 0.0
@@ -163,8 +171,8 @@ class TrainStep:
             if "temperature" in self.loss_inputs:
                 inputs["temperature"] = 1.0 / scale
             if self.reversed:
-                inputs["reversed_video"] = self.model.apply(
-                    variables, enc["reversed_video"], enc["text"], method=self.model.embed_video)
+                inputs["reversed_video"] = self._embed(params, rng, 3, "video",
+                                                       enc["reversed_video"], enc["text"])
                 inputs["reversed_verb"] = reversed_verbs(batch["clip_verb"], self.reversed_pairs)
             out["retrieval_loss"] = self.loss_fn(video, text, **inputs)
             weight = self.config.itm.dual_loss_weight if self.stage2 else 1.0

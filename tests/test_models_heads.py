@@ -54,7 +54,7 @@ def test_temporal_transformer_rejects_wrong_frame_count(frames):
 def refinement():
     videos = jax.random.normal(jax.random.key(3), (6, 16))
     texts = jax.random.normal(jax.random.key(4), (5, 16))
-    module = refine.ContextRefinement(heads=2)
+    module = refine.ContextRefinement(dim=16, heads=2)
     params = randomize(jax.jit(module.init)(jax.random.key(5), videos, texts), jax.random.key(6))
     return module, params, videos, texts
 

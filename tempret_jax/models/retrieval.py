@@ -3,7 +3,11 @@ cross-encoder, built from an ml_collections config.
 
     video (B, T, H, W, 3) --visual--> [frame mode: (B, T, E) --temporal or mean--> ] (B, E) features
     ids (B, L)            --text-->   (B, E) features
-    features --[refine over the other modality's gallery -> video_head / text_head]--> L2-normalise
+    features --> L2-normalise
+
+With refinement (ContextRefine-CLIP, refine.py) the towers have no projection: their features
+are the pooled (B, D_v) / (B, D_t) outputs, refined over the other modality's gallery, then
+mapped to E by video_head / text_head (two-layer GELU MLPs) and L2-normalised.
 
 Config keys (`model_config(preset)` returns them with the preset's sizes):
 
@@ -17,7 +21,9 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
             pos_embed ('learned' | 'rope' | 'learned+rope'), rope_theta, rope_grid}
     text.{vocab_size, context_length, width, layers, heads, mlp_ratio, mlp, sub_ln, ln_eps}
     temporal.{enabled, layers, heads, mlp_ratio, pool ('mean' | 'cls')}   needs vision.frame_mode
-    refine.{enabled, heads, mlp_ratio}
+    refine.{enabled, dim (D_a), heads, dropout, ffn ('swiglu' | 'geglu' | 'none'), mlp_ratio
+            (GatedFFN hidden = int(D * mlp_ratio)), head ('mlp'), head_hidden (0: the input
+            width)}   defaults: the paper's (512, 8 heads, dropout 0.1; refine.py)
     cross_encoder.{enabled, width, layers, heads, mlp_ratio, video_tokens ('patch' | 'frame')}
 
 `mlp` is 'quick_gelu' (CLIP) | 'gelu' | 'swiglu' (EVA02); `sub_ln` adds EVA02's sub-LayerNorms.
@@ -106,7 +112,8 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
         enabled=False, layers=1 if preset == "tiny" else 4, heads=2 if preset == "tiny" else 8,
         mlp_ratio=4.0, pool="mean"))
     c.refine = ml_collections.ConfigDict(dict(
-        enabled=False, heads=2 if preset == "tiny" else 8, mlp_ratio=4.0))
+        enabled=False, dim=16 if preset == "tiny" else 512, heads=2 if preset == "tiny" else 8,
+        dropout=0.1, ffn="swiglu", mlp_ratio=4.0, head="mlp", head_hidden=0))
     c.cross_encoder = ml_collections.ConfigDict(dict(
         enabled=False, width=t_w, layers=1 if preset == "tiny" else 4, heads=t_h,
         mlp_ratio=4.0, video_tokens="patch"))
@@ -125,11 +132,6 @@ def _tower_stack(stack: layers.StackSettings,
     return dataclasses.replace(stack, mlp_ratio=tower.mlp_ratio, mlp_kind=tower.mlp,
                                sub_ln=tower.sub_ln, ln_eps=tower.ln_eps,
                                qkv_bias=tower.get("qkv_bias", "qkv"))
-
-
-def _identity_init(key, shape, dtype=jnp.float32):
-    del key
-    return jnp.eye(*shape, dtype=dtype)
 
 
 class RetrievalModel(nn.Module):
@@ -153,15 +155,18 @@ class RetrievalModel(nn.Module):
         stack = layers.StackSettings(scan=c.scan_layers, remat=c.remat,
                                      remat_policy=c.remat_policy, **shared)
         v, t = c.vision, c.text
+        # Refinement runs before the projection (its heads project): towers without theirs.
+        project = not c.refine.enabled
         self.visual = video_lib.VisionTransformer(
             image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
             heads=v.heads, output_dim=c.embed_dim, num_frames=v.num_frames,
             pos_embed=v.pos_embed, rope_theta=v.rope_theta, frame_mode=v.frame_mode,
             ln_pre=v.ln_pre, patch_bias=v.patch_bias, proj_bias=v.proj_bias,
-            rope_grid=v.rope_grid, stack=_tower_stack(stack, v))
+            rope_grid=v.rope_grid, project=project, stack=_tower_stack(stack, v))
         self.text = text_lib.TextTransformer(
             vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
-            layers=t.layers, heads=t.heads, output_dim=c.embed_dim, stack=_tower_stack(stack, t))
+            layers=t.layers, heads=t.heads, output_dim=c.embed_dim, project=project,
+            stack=_tower_stack(stack, t))
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
                                       ())
         if c.temporal.enabled:
@@ -171,11 +176,12 @@ class RetrievalModel(nn.Module):
                 pool=c.temporal.pool,
                 stack=layers.StackSettings(mlp_ratio=c.temporal.mlp_ratio, **shared))
         if c.refine.enabled:
+            r = c.refine
             self.refine = refine_lib.ContextRefinement(
-                heads=c.refine.heads, mlp_ratio=c.refine.mlp_ratio, **shared)
-            # Identity init: refinement starts from the towers' aligned embedding space.
-            head = lambda: nn.Dense(c.embed_dim, use_bias=False, kernel_init=_identity_init,
-                                    dtype=shared["dtype"], param_dtype=jnp.float32)
+                dim=r.dim, heads=r.heads, ffn=r.ffn, mlp_ratio=r.mlp_ratio, dropout=r.dropout,
+                dtype=shared["dtype"])
+            head = lambda: refine_lib.ProjectionHead(  # noqa: E731
+                c.embed_dim, r.head_hidden, r.dropout, shared["dtype"])
             self.video_head = head()
             self.text_head = head()
         if c.cross_encoder.enabled:
@@ -185,13 +191,14 @@ class RetrievalModel(nn.Module):
                 stack=dataclasses.replace(stack, mlp_ratio=x.mlp_ratio))
 
     def encode_video(self, video: Array, with_reversed: bool = False) -> Dict[str, Array]:
-        """video (B, T, H, W, 3) -> {'features': (B, E) unnormalised clip features,
+        """video (B, T, H, W, 3) -> {'features': (B, E) unnormalised clip features ((B, D_v)
+        pooled, unprojected, with refinement),
         'tokens': (B, M, D_v) cross-encoder tokens: (B, T*N, D_v) patch or (B, T, D_v) frame}.
 
-        ``with_reversed`` adds 'reversed_features' (B, E): the features of every clip with its
-        frames in reverse order (time-reversed negatives, `global_loss.make_global_loss`). In frame
-        mode the per-frame embeddings are reused, reversed; in joint mode the tower runs on the
-        reversed clips too (in the same batch).
+        ``with_reversed`` adds 'reversed_features' (shaped like 'features'): the features of every
+        clip with its frames in reverse order (time-reversed negatives,
+        `global_loss.make_global_loss`). In frame mode the per-frame embeddings are reused,
+        reversed; in joint mode the tower runs on the reversed clips too (in the same batch).
         """
         batch = video.shape[0]
         joint_reversed = with_reversed and not self.config.vision.frame_mode
@@ -209,15 +216,17 @@ class RetrievalModel(nn.Module):
         return {"features": features, "tokens": tokens, **result}
 
     def encode_text(self, ids: Array) -> Dict[str, Array]:
-        """ids (B, L) -> {'features': (B, E) unnormalised, 'tokens': (B, L, D_t),
+        """ids (B, L) -> {'features': (B, E) unnormalised ((B, D_t) unprojected with
+        refinement), 'tokens': (B, L, D_t),
         'mask': (B, L) bool real-token mask}."""
         features, tokens = self.text(ids)
         return {"features": features, "tokens": tokens, "mask": text_lib.text_padding_mask(ids)}
 
     def _embed(self, modality: str, features: Array, gallery: Optional[Array],
-               gallery_mask: Optional[Array]) -> Array:
-        """embed_video / embed_text: features (B, E) of `modality` ('video' | 'text') -> unit
-        embeddings (B, E) float32, refined over the other modality's gallery (G, E)."""
+               gallery_mask: Optional[Array], deterministic: bool) -> Array:
+        """embed_video / embed_text: features (B, D) of `modality` ('video' | 'text') -> unit
+        embeddings (B, E) float32, refined over the other modality's gallery (G, D_g) and
+        projected by its head (D = E without refinement: the features are the embeddings)."""
         if self.config.refine.enabled:
             if gallery is None:
                 other = {"video": "text", "text": "video"}[modality]
@@ -225,20 +234,23 @@ class RetrievalModel(nn.Module):
                                  f"modality's features to attend over; see refine.py)")
             refine, head = ((self.refine.refine_video, self.video_head) if modality == "video"
                             else (self.refine.refine_text, self.text_head))
-            features = head(refine(features, gallery, gallery_mask))
+            features = head(refine(features, gallery, gallery_mask, deterministic),
+                            deterministic)
         return l2_normalize(features)
 
     def embed_video(self, features: Array, text_gallery: Optional[Array] = None,
-                    text_mask: Optional[Array] = None) -> Array:
-        """features (B, E) -> unit embeddings (B, E) float32; with refinement, attends over
-        text_gallery (G, E) unrefined text features [text_mask (G,) bool]."""
-        return self._embed("video", features, text_gallery, text_mask)
+                    text_mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+        """features (B, D_v) -> unit embeddings (B, E) float32; with refinement, attends over
+        text_gallery (G, D_t) unrefined text features [text_mask (G,) bool].
+        ``deterministic=False`` (training) applies dropout and needs a 'dropout' rng."""
+        return self._embed("video", features, text_gallery, text_mask, deterministic)
 
     def embed_text(self, features: Array, video_gallery: Optional[Array] = None,
-                   video_mask: Optional[Array] = None) -> Array:
-        """features (B, E) -> unit embeddings (B, E) float32; with refinement, attends over
-        video_gallery (G, E) unrefined video features [video_mask (G,) bool]."""
-        return self._embed("text", features, video_gallery, video_mask)
+                   video_mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+        """features (B, D_t) -> unit embeddings (B, E) float32; with refinement, attends over
+        video_gallery (G, D_v) unrefined video features [video_mask (G,) bool]; dropout as in
+        `embed_video`."""
+        return self._embed("text", features, video_gallery, video_mask, deterministic)
 
     def score_pairs(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
         """Cross-encoder ITM logits from cached tokens, leading dims broadcast (see
@@ -247,16 +259,17 @@ class RetrievalModel(nn.Module):
             raise ValueError("score_pairs: model config cross_encoder.enabled is False")
         return self.cross_encoder.score(text_tokens, text_mask, video_tokens)
 
-    def __call__(self, video: Array, ids: Array) -> Dict[str, Array]:
-        """A batch of B (video, text) pairs; refinement galleries are the batch itself.
+    def __call__(self, video: Array, ids: Array, deterministic: bool = True) -> Dict[str, Array]:
+        """A batch of B (video, text) pairs; refinement galleries are the batch itself
+        (``deterministic=False``: refinement dropout, with a 'dropout' rng).
 
         video (B, T, H, W, 3), ids (B, L) -> {'video': (B, E), 'text': (B, E) unit embeddings,
         'logit_scale': () exp'd, 'video_tokens', 'text_tokens', 'text_mask' (for ITM negatives),
         ['itm_logits': (B,) of the matched pairs when the cross-encoder is enabled]}.
         """
         v, t = self.encode_video(video), self.encode_text(ids)
-        out = {"video": self.embed_video(v["features"], t["features"]),
-               "text": self.embed_text(t["features"], v["features"]),
+        out = {"video": self.embed_video(v["features"], t["features"], None, deterministic),
+               "text": self.embed_text(t["features"], v["features"], None, deterministic),
                "logit_scale": jnp.exp(self.logit_scale),
                "video_tokens": v["tokens"], "text_tokens": t["tokens"], "text_mask": t["mask"]}
         if self.config.cross_encoder.enabled:

@@ -33,8 +33,10 @@ class TextTransformer(nn.Module):
     CLIP ViT-L/14: 768, 12, 12, 768.
 
     Parameters (D width, E output_dim): token_embedding/embedding (vocab_size, D);
-    positional_embedding (context_length, D); transformer/...; ln_final; text_projection (D, E).
-    `stack` configures the (causal) transformer; its dtype and ln_eps are every layer's.
+    positional_embedding (context_length, D); transformer/...; ln_final; text_projection (D, E)
+    [project: without it (ContextRefine-CLIP) the pooled output is ln_final(x)[end-of-text],
+    width D]. `stack` configures the (causal) transformer; its dtype and ln_eps are every
+    layer's.
     """
 
     vocab_size: int = 49408  # CLIP's BPE vocabulary, end-of-text (49407) last
@@ -43,13 +45,15 @@ class TextTransformer(nn.Module):
     layers: int = 12
     heads: int = 8
     output_dim: int = 512
+    project: bool = True  # False: no text_projection, the pooled output is (B, D)
     stack: StackSettings = StackSettings()
 
     @nn.compact
     def __call__(self, ids: Array) -> Tuple[Array, Array]:
         """ids (B, L) int -> (pooled (B, E), tokens (B, L, D)).
 
-        pooled = ln_final(x)[end-of-text] @ text_projection (not normalised); tokens are the
+        pooled = ln_final(x)[end-of-text] @ text_projection (not normalised; (B, D) and no
+        projection without `project`); tokens are the
         ln_final outputs of every position (for the cross-encoder; mask them with
         `text_padding_mask`).
         """
@@ -65,7 +69,9 @@ class TextTransformer(nn.Module):
         x = layers.Transformer(self.layers, self.heads, self.stack, causal=True,
                                name="transformer")(x)
         x = layers.layer_norm("ln_final", dtype, self.stack.ln_eps)(x)
+        eot = jnp.take_along_axis(x, end_of_text_index(ids)[:, None, None], axis=1)[:, 0]
+        if not self.project:
+            return eot, x
         proj = self.param("text_projection", nn.initializers.normal(self.width ** -0.5),
                           (self.width, self.output_dim))
-        eot = jnp.take_along_axis(x, end_of_text_index(ids)[:, None, None], axis=1)[:, 0]
         return eot @ proj.astype(x.dtype), x

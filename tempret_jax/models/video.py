@@ -41,8 +41,10 @@ class VisionTransformer(nn.Module):
     Parameters (D width, E output_dim, p patch_size, N = (image_size / p)^2):
       conv1/kernel (p, p, 3, D) [conv1/bias (D,): patch_bias]; class_embedding (D,);
       positional_embedding (N + 1, D); temporal_embedding (num_frames, D) [joint mode,
-      learned]; ln_pre [ln_pre]; transformer/...; ln_post; proj (D, E) [proj_bias (E,)].
-      `stack` configures the transformer; its dtype and ln_eps are every layer's.
+      learned]; ln_pre [ln_pre]; transformer/...; ln_post; proj (D, E) [proj_bias (E,)]
+      [project]. `stack` configures the transformer; its dtype and ln_eps are every layer's.
+      Without `project` (ContextRefine-CLIP, whose refinement runs before its own projection
+      heads) there is no proj: the embedding is ln_post of the class token, width D.
 
     CLIP / AVION: ln_pre, no patch or projection bias. EVA02 (EVA-CLIP's EVAVisionTransformer):
     no ln_pre, a patch-embedding bias, its final `norm` is ln_post and its `head` Linear is
@@ -64,6 +66,7 @@ class VisionTransformer(nn.Module):
     proj_bias: bool = False  # the output projection has a bias (EVA02's head)
     rope_grid: int = 0  # RoPE positions span this many patches per side (EVA-CLIP's
     # pt_hw_seq_len: 16 for EVA02-CLIP-B/16 on a 14 x 14 grid); 0: the input grid, unscaled
+    project: bool = True  # False: no proj, the embedding is the pooled (B, D) output
     stack: StackSettings = StackSettings()
 
     @nn.compact
@@ -71,7 +74,7 @@ class VisionTransformer(nn.Module):
         """video (B, T, H, W, 3) -> dict with
 
         - 'embedding': (B, E) clip embedding (joint mode) or (B, T, E) per-frame embeddings
-          (frame mode): ln_post(class token) @ proj, not normalised;
+          (frame mode): ln_post(class token) @ proj, not normalised (E = D without `project`);
         - 'patch_tokens': (B, T*N, D) ln_post of the patch tokens (for the cross-encoder);
         - 'frame_tokens': (B, T, D) one token per frame: its ln_post class token (frame mode) or
           the mean of its patch tokens (joint mode).
@@ -135,20 +138,25 @@ class VisionTransformer(nn.Module):
             x, rope=rope)
         x = layers.layer_norm("ln_post", dtype, eps)(x)
 
-        proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.output_dim))
-        embedding = x[:, 0] @ proj.astype(x.dtype)
-        if self.proj_bias:
-            embedding = embedding + self.param("proj_bias", nn.initializers.zeros,
-                                               (self.output_dim,)).astype(x.dtype)
+        embedding = self._project(x[:, 0], scale) if self.project else x[:, 0]
         patch_tokens = x[:, 1:].reshape(batch, num_frames * num_patches, self.width)
         if self.frame_mode:
-            embedding = embedding.reshape(batch, num_frames, self.output_dim)
+            embedding = embedding.reshape(batch, num_frames, embedding.shape[-1])
             frame_tokens = x[:, 0].reshape(batch, num_frames, self.width)
         else:
             frame_tokens = patch_tokens.reshape(
                 batch, num_frames, num_patches, self.width).mean(axis=2)
         return {"embedding": embedding, "patch_tokens": patch_tokens,
                 "frame_tokens": frame_tokens}
+
+    def _project(self, pooled: Array, scale: float) -> Array:
+        """pooled (B', D) -> (B', E): pooled @ proj [+ proj_bias]."""
+        proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.output_dim))
+        embedding = pooled @ proj.astype(pooled.dtype)
+        if self.proj_bias:
+            embedding = embedding + self.param("proj_bias", nn.initializers.zeros,
+                                               (self.output_dim,)).astype(pooled.dtype)
+        return embedding
 
 
 def resample_spatial_position_embedding(embedding: Array, grid: Sequence[int],
