@@ -84,6 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim = optim.optim_config()  # keys: optim.py
     c.data = ml_collections.ConfigDict(dict(
         train_split="train",  # prepared split to train on
+        holdout_clips=0,  # clips of train_split kept out of training (rerank tuning), drawn
+        holdout_seed=0,  # by this seed: `pipeline.holdout_records`
         positive_threshold=0.1,  # a sampled positive sentence has rel > this
         num_frames=4,  # frames per clip (= model.vision.num_frames)
         resolution=32,  # crop size in pixels (= model.vision.image_size)
@@ -111,9 +113,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.rerank = ml_collections.ConfigDict(dict(
         k=0,  # candidates per query rescored by the cross-encoder (0: no rerank)
         alpha=1.0,  # score = s_dual + alpha * P(match) on the top k
-        alphas=(),  # if given, alpha is picked among them on a held-out sample
-        tune_split="train",  # the split of that sample
-        tune_clips=256,  # clips in that sample
+        alphas=(),  # if given, alpha is picked among them on the held-out clips
+        ks=(),  # if given, k is picked among them on the held-out clips (with alpha)
         curve_ks=(1, 5, 10, 20, 50, 100),  # the K of the mAP-vs-K plot
         batch_size=64,  # queries per cross-encoder call
     ))
@@ -201,6 +202,7 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
            f"model.vision.num_frames = {c.model.vision.num_frames}", c.data.num_frames)
     _check(c.data.resolution == c.model.vision.image_size, "data.resolution",
            f"model.vision.image_size = {c.model.vision.image_size}", c.data.resolution)
+    _check(c.data.holdout_clips >= 0, "data.holdout_clips", ">= 0", c.data.holdout_clips)
     _check(0 <= c.optim.ema_decay < 1, "optim.ema_decay", "in [0, 1)", c.optim.ema_decay)
     for key in ("include", "exclude"):
         _check(_is_regex(c.init_from[key]), f"init_from.{key}", "a regular expression",
@@ -254,6 +256,12 @@ def _validate_evaluation(c, num_devices: int) -> None:
     _check(e.rerank.k <= 0 or c.model.cross_encoder.enabled, "eval.rerank.k",
            "0 without a cross-encoder (model.cross_encoder.enabled = True, a stage-2 run)",
            e.rerank.k)
+    for key in ("alphas", "ks"):
+        _check(not len(e.rerank[key]) or c.data.holdout_clips > 0, f"eval.rerank.{key}",
+               "() unless data.holdout_clips > 0 (they are tuned on the held-out clips)",
+               e.rerank[key])
+    _check(all(int(k) >= 1 for k in e.rerank.ks), "eval.rerank.ks", "values >= 1",
+           e.rerank.ks)
 
 
 def eval_key(e: ml_collections.ConfigDict, key: str):

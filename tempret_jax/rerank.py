@@ -169,8 +169,11 @@ class Reranker:
         m = self.matrices(alpha, k)
         return directional_metrics(m["v2t"], m["t2v"], self.rel)
 
-    def sweep(self, alphas: Sequence[float], k: int | None = None) -> tuple[float, dict]:
-        """(the alpha of the best avg mAP, {alpha: avg mAP}); ties keep the first alpha."""
-        results = {float(a): self.metrics(float(a), k)["mAP"]["avg"] for a in alphas}
-        best = max(results, key=lambda a: (results[a], -list(results).index(a)))
+    def sweep(self, alphas: Sequence[float], ks: Sequence[int] = (None,)) -> tuple[tuple, dict]:
+        """Every (K, alpha) pair's avg mAP: ((the best K, its alpha), {K: {alpha: avg mAP}}).
+        Ties keep the first K, then the first alpha; K None is every cached candidate."""
+        results = {k: {float(a): self.metrics(float(a), k)["mAP"]["avg"] for a in alphas}
+                   for k in ks}
+        order = [(k, a) for k in results for a in results[k]]
+        best = max(order, key=lambda ka: (results[ka[0]][ka[1]], -order.index(ka)))
         return best, results

@@ -172,7 +172,8 @@ def _train_iterator(config):
     return iter(pipeline.train_pipeline(
         config.dataset_dir, config.global_batch_size, split=d.train_split,
         num_frames=d.num_frames, resolution=d.resolution, crop_scale=tuple(d.crop_scale),
-        seed=config.seed, num_workers=d.num_workers, relevance=relevance))
+        seed=config.seed, num_workers=d.num_workers, relevance=relevance,
+        exclude=pipeline.holdout(config.dataset_dir, d)))
 
 
 def _record_eval(workdir: pathlib.Path, config, step: int, result: evaluators.Result,

@@ -156,3 +156,11 @@ def test_each_config_has_the_architecture_its_paper_starts_from(name, preset):
             ours, theirs = ours[part], theirs[part]
         assert ours == theirs or (key == "embed_dim" and ours == 256), key
     assert c.model.embed_dim == 256
+
+
+def test_rerank_tuning_needs_held_out_clips():
+    c = load("ek100_tempret_vitb16.py", "stage2")
+    c.data.holdout_clips = 0
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            "eval.rerank.alphas: expected () unless data.holdout_clips > 0")):
+        config_lib.validate(c, num_devices=8)

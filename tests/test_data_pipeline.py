@@ -106,6 +106,24 @@ def test_process_shards_are_disjoint_and_cover_an_epoch(dataset):
     assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(n))
 
 
+def test_held_out_records_are_never_drawn_and_the_rest_are_each_epoch(dataset):
+    n = len(pipeline.open_split(dataset, "train"))
+    held = pipeline.holdout_records(n, 4, seed=3)
+    assert len(set(held)) == 4 and list(held) == sorted(held)
+    np.testing.assert_array_equal(held, pipeline.holdout_records(n, 4, seed=3))  # reproducible
+    assert not np.array_equal(held, pipeline.holdout_records(n, 4, seed=4))
+    it = iter(_train(dataset, batch=1, exclude=held))
+    two_epochs = np.concatenate([b["index"] for b in _take(it, 2 * (n - 4))])
+    assert set(two_epochs) == set(range(n)) - set(held)
+    assert np.bincount(two_epochs, minlength=n)[held].sum() == 0
+
+
+def test_a_holdout_must_leave_training_clips(dataset):
+    n = len(pipeline.open_split(dataset, "train"))
+    with pytest.raises(ValueError, match=f"data.holdout_clips: expected 0 <= clips < {n}"):
+        pipeline.holdout_records(n, n, seed=0)
+
+
 def test_positive_sampling_returns_relevant_sentences_with_their_relevance(dataset):
     clips, sentences = prepare.load_annotations(dataset, "train")
     tokens = pipeline.tokenize(sentences.narration)

@@ -214,12 +214,12 @@ def test_rerank_orders_the_top_k_by_dual_plus_alpha_itm_and_keeps_the_rest(loade
             np.testing.assert_array_equal(got[q, k:], dual[q, k:])
 
 
-def test_alpha_sweep_picks_the_best_alpha(loaded, embedded):
+def test_the_sweep_picks_the_best_k_and_alpha(loaded, embedded):
     reranker = rerank.Reranker.score(*loaded, embedded, embedded.similarity(), k=4)
-    best, results = reranker.sweep([0.0, 1.0, 10.0])
-    assert set(results) == {0.0, 1.0, 10.0}
-    assert results[best] == max(results.values())
-    assert results[best] == reranker.metrics(best)["mAP"]["avg"]
+    (k, best), results = reranker.sweep([0.0, 1.0, 10.0], ks=(2, 4))
+    assert set(results) == {2, 4} and set(results[2]) == {0.0, 1.0, 10.0}
+    assert results[k][best] == max(v for row in results.values() for v in row.values())
+    assert results[k][best] == reranker.metrics(best, k)["mAP"]["avg"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,14 +244,15 @@ class _Html(html.parser.HTMLParser):
 def test_run_writes_metrics_similarity_submission_plots_and_gallery(run, tmp_path):
     config, workdir = run
     config.eval.update(tta=True, dual_softmax="egovlp")
-    config.eval.rerank.update(k=2, alphas=(0.0, 1.0), tune_split="train", tune_clips=4,
-                              curve_ks=(1, 2, 3))
+    config.data.holdout_clips = 4
+    config.eval.rerank.update(k=2, alphas=(0.0, 1.0), ks=(1, 2), curve_ks=(1, 2, 3))
     record = evaluate.run(config, workdir)
     out = workdir / "eval"
     written = json.loads((out / "metrics.json").read_text())
     assert written["step"] == 4 and written["views"] == 5 and written["dual_softmax"] == "egovlp"
     assert written["mAP"] == pytest.approx(record["mAP"])
-    assert written["rerank"]["alpha"] in (0.0, 1.0)
+    assert written["rerank"]["alpha"] in (0.0, 1.0) and written["rerank"]["k"] in (1, 2)
+    assert set(written["rerank"]["sweep"]) == {"1", "2"}
     assert set(written["rerank"]["map_by_k"]) == {"1", "2", "3"}
     assert set(written["timings_s"]) >= {"embedding", "scoring", "reranking", "metrics"}
 

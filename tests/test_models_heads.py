@@ -99,9 +99,32 @@ def itm():
     text_tokens = jax.random.normal(rng[0], (4, 7, 12))                        # (Q, L, D_t)
     mask = jnp.arange(7)[None] < jnp.array([[3], [7], [5], [1]])              # (Q, L)
     video_tokens = jax.random.normal(rng[1], (5, 9, 20))                      # (V, M, D_v)
-    module = cross_encoder.CrossEncoder(width=16, layers=2, heads=4)
+    module = cross_encoder.CrossEncoder(width=16, layers=2, heads=4, num_frames=3)  # 3 x 3
     params = jax.jit(module.init)(rng[2], text_tokens[:1], mask[:1], video_tokens[:1])
     return module, params, text_tokens, mask, video_tokens
+
+
+def test_the_cross_encoder_sees_frame_order(itm):
+    module, params, text_tokens, mask, video_tokens = itm
+    reversed_frames = video_tokens.reshape(5, 3, 3, 20)[:, ::-1].reshape(5, 9, 20)
+    apply = jax.jit(module.apply)
+    forward = apply(params, text_tokens[:4], mask[:4], video_tokens[:4])
+    backward = apply(params, text_tokens[:4], mask[:4], reversed_frames[:4])
+    assert np.abs(np.asarray(forward - backward)).min() > 1e-4
+    # Without the temporal embedding, cross-attention cannot tell the two apart.
+    blind = cross_encoder.CrossEncoder(width=16, layers=2, heads=4)
+    blind_params = {"params": {k: v for k, v in params["params"].items()
+                               if k != "temporal_embed"}}
+    np.testing.assert_allclose(blind.apply(blind_params, text_tokens[:4], mask[:4],
+                                           video_tokens[:4]),
+                               blind.apply(blind_params, text_tokens[:4], mask[:4],
+                                           reversed_frames[:4]), rtol=1e-5, atol=1e-5)
+
+
+def test_video_tokens_that_are_not_whole_frames_are_named(itm):
+    module, params, text_tokens, mask, video_tokens = itm
+    with pytest.raises(ValueError, match="8 video tokens are not 3 frames'"):
+        module.apply(params, text_tokens[:1], mask[:1], video_tokens[:1, :8])
 
 
 def pairwise(module, params, text_tokens, mask, video_tokens):

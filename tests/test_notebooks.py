@@ -114,7 +114,8 @@ def test_ek100_notebook_without_data_on_a_cpu_runs_every_cell_and_explains(tmp_p
     assert "stage 1: ek100_tempret_vitb16_stage1" in text
     assert "stage 2: ek100_tempret_vitb16_stage2" in text
     assert "text 63.3M, visual 86.0M" in text  # AVION ViT-B/16's towers (256-d projections)
-    assert "cross_encoder" in text and "rerank top 20" in text
+    assert "cross_encoder" in text and "rerank top K among (5, 10, 20, 50)" in text
+    assert "picked on 2000 held-out train clips" in text
     assert "test split: 9668 clips x 3842 sentences" in text
     # Each step that needs data or an accelerator says what is missing instead of failing.
     for step in ("data preparation", "checkpoint conversion", "stage 1 training",

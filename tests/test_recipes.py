@@ -93,10 +93,14 @@ def test_epochs_become_steps_over_the_training_clips():
     assert c.checkpoint.every_steps == epoch
 
 
-def test_stage2_values_are_marked_as_ours():
-    c = ROWS["ek100_tempret_vitl14:stage2"]
+@pytest.mark.parametrize("label", ["ek100_tempret_vitb16:stage2", "ek100_tempret_vitl14:stage2"])
+def test_stage2_reranks_with_k_and_alpha_tuned_on_held_out_clips(label):
+    c = ROWS[label]
     assert c.stage == 2 and recipes_table.value(c, "epochs") == 10
     assert c.recipe.sources["lr_peak"].startswith("ours")
+    assert c.eval.rerank.k > 0 and len(c.eval.rerank.ks) > 1 and len(c.eval.rerank.alphas) > 1
+    assert c.data.holdout_clips > 0  # the cross-encoder never trains on them
+    assert c.model.cross_encoder.enabled and c.model.cross_encoder.video_tokens == "frame"
 
 
 def test_a_setup_missing_a_value_is_refused():

@@ -21,7 +21,6 @@ batches in every process, so all processes run the same number of steps.
 
 from __future__ import annotations
 
-import functools
 
 import grain
 import numpy as np
@@ -237,16 +236,47 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _with_index(num_records: int, index: int, record):
-    # grain passes the position in the repeated stream; the record index is modulo the split.
-    return index % num_records, record
+def holdout_records(num_records: int, clips: int, seed: int) -> np.ndarray:
+    """The records kept out of training (``data.holdout_clips`` / ``holdout_seed``): sorted
+    positions (clips,) int64 drawn without replacement from a split of ``num_records``.
+
+    The same config draws the same clips on every machine and in every stage, so a stage-2
+    run trains its cross-encoder without them and its evaluator tunes the rerank on them.
+    """
+    if not 0 <= clips < num_records:
+        raise ValueError(f"data.holdout_clips: expected 0 <= clips < {num_records} (the "
+                         f"split's records), got {clips}")
+    rng = np.random.default_rng([seed, num_records])
+    return np.sort(rng.choice(num_records, clips, replace=False)).astype(np.int64)
+
+
+def holdout(dataset_dir, data_config) -> np.ndarray:
+    """`holdout_records` of a config's ``data`` block (holdout_clips, holdout_seed) in its
+    training split: (clips,) int64, empty when ``holdout_clips`` is 0."""
+    d = data_config
+    if d.holdout_clips == 0:
+        return np.zeros(0, np.int64)
+    n = len(open_split(dataset_dir, d.train_split))
+    return holdout_records(n, d.holdout_clips, d.holdout_seed)
+
+
+class _Positioned:
+    """position -> (record index, record) of a subset of the split's records."""
+
+    def __init__(self, source, records: np.ndarray):
+        self.source, self.records = source, records
+
+    def __call__(self, position: int):
+        index = int(self.records[position % len(self.records)])
+        return index, self.source[index]
 
 
 def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
                    num_frames: int = 16, resolution: int = 224, crop_scale=(0.5, 1.0),
                    seed: int = 0, num_workers: int = 0, process_index: int | None = None,
                    process_count: int | None = None,
-                   relevance: ek100.TrainRelevance | None = None) -> grain.IterDataset:
+                   relevance: ek100.TrainRelevance | None = None,
+                   exclude=()) -> grain.IterDataset:
     """The training stream of this process; ``iter()`` it, save/restore with get/set_state.
 
     Each batch (B = global_batch_size / process_count, drop_remainder) holds:
@@ -258,7 +288,7 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
       (B, 300) bool: the clip's classes; text_verb, text_nouns: the sentence's; pos_relevance
       (B,) float32: rel(clip, sentence); index (B,) int64: the record.
     ``relevance`` defaults to one built from the split's annotations (built once, shared by
-    the workers).
+    the workers). ``exclude``: record positions never drawn (`holdout_records`).
     """
     process_index, process_count = _process(process_index, process_count)
     clips, sentences = prepare.load_annotations(dataset_dir, split)
@@ -271,7 +301,10 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
         raise ValueError(f"{dataset_dir}: the {split!r} split holds no clips")
     transform = TrainTransform(relevance, sentences, num_frames, resolution,
                                stored_short_side(source), crop_scale)
-    ds = grain.MapDataset.source(source).map_with_index(functools.partial(_with_index, len(source)))
+    records = np.setdiff1d(np.arange(len(source)), np.asarray(exclude, np.int64))
+    if len(records) == 0:
+        raise ValueError(f"{dataset_dir}: every record of the {split!r} split is excluded")
+    ds = grain.MapDataset.range(len(records)).map(_Positioned(source, records))
     ds = ds[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
     ds = ds.batch(_local_batch(global_batch_size, process_count), drop_remainder=True)

@@ -10,9 +10,10 @@ num_workers, chunk, tta, tta_views, tta_reduce, dual_softmax, dual_softmax_tempe
 submission_sls, rerank.*.
 
 During training (``out`` None) the evaluation stops at the dual encoder's metrics. The eval
-mode (``out`` = ``<workdir>/eval``) also reranks (``rerank.k`` > 0; ``rerank.alphas`` picks
-alpha on ``rerank.tune_clips`` clips of ``rerank.tune_split`` and the sentences that are a hit
-for one of them) and writes similarity.npy (clips x sentences, the dual encoder's final
+mode (``out`` = ``<workdir>/eval``) also reranks (``rerank.k`` > 0; ``rerank.alphas`` /
+``rerank.ks`` pick alpha and K on the training clips held out of training, ``data.holdout_clips``,
+and the sentences that are a hit for one of them: data neither the cross-encoder nor the
+choice of K saw in training) and writes similarity.npy (clips x sentences, the dual encoder's final
 scores), submission.pkl (challenge format), verb_ap.png, rerank_curve.png (with reranking),
 training_curves.png / eval_curves.png (from the run's train_metrics.jsonl / metrics.jsonl) and
 gallery.html. Process 0 writes.
@@ -72,35 +73,38 @@ def _rerank(model, params, mesh, config, embedded, sim, timings) -> tuple[dict, 
     """(the record's 'rerank' entry, mAP by K, the table) of the two-stage ranking."""
     r = config.eval.rerank
     tick = time.perf_counter()
-    alpha, sweep = float(r.alpha), None
-    if len(r.alphas):
-        alpha, sweep = tune_alpha(model, params, mesh, config)
-    timings["alpha_sweep"], tick = time.perf_counter() - tick, time.perf_counter()
-    kmax = max([r.k, *r.curve_ks])
+    (k, alpha), sweep = (int(r.k), float(r.alpha)), None
+    if len(r.alphas) or len(r.ks):
+        (k, alpha), sweep = tune(model, params, mesh, config)
+    timings["tuning"], tick = time.perf_counter() - tick, time.perf_counter()
+    kmax = max([k, *r.curve_ks])
     reranker = rerank.Reranker.score(model, params, mesh, embedded, sim, kmax, r.batch_size)
-    reranked = reranker.metrics(alpha, r.k)
+    reranked = reranker.metrics(alpha, k)
     timings["reranking"] = time.perf_counter() - tick
-    curve = {int(k): reranker.metrics(alpha, int(k))["mAP"]["avg"] for k in r.curve_ks}
-    entry = {"k": int(r.k), "alpha": alpha, "alpha_sweep": sweep, "map_by_k": curve, **reranked}
-    return entry, curve, f"reranked: top {r.k}, alpha {alpha:g}\n{metrics.format_table(reranked)}"
+    curve = {int(c): reranker.metrics(alpha, int(c))["mAP"]["avg"] for c in r.curve_ks}
+    entry = {"k": k, "alpha": alpha, "sweep": sweep, "map_by_k": curve, **reranked}
+    return entry, curve, f"reranked: top {k}, alpha {alpha:g}\n{metrics.format_table(reranked)}"
 
 
-def tune_alpha(model, params, mesh, config) -> tuple[float, dict]:
-    """Picks rerank.alpha among rerank.alphas on the held-out sample (module docstring).
+def tune(model, params, mesh, config) -> tuple[tuple[int, float], dict]:
+    """Picks K among rerank.ks and alpha among rerank.alphas (either defaults to rerank.k /
+    rerank.alpha) by the avg mAP of the held-out training clips (`pipeline.holdout`).
 
-    Returns (the alpha of the best avg mAP, {alpha: avg mAP})."""
+    Returns ((K, alpha), {K: {alpha: avg mAP}})."""
     r = config.eval.rerank
-    n = len(pipeline.open_split(config.dataset_dir, r.tune_split))
-    rng = np.random.default_rng(config.seed)
-    records = np.sort(rng.choice(n, min(r.tune_clips, n), replace=False))
-    held_out = embedding.embed_split(model, params, mesh, config.dataset_dir,
-                                     split=r.tune_split, tokens=True, records=records,
-                                     only_hit_sentences=True, **embedding.split_settings(config))
+    ks = [int(k) for k in r.ks] or [int(r.k)]
+    alphas = [float(a) for a in r.alphas] or [float(r.alpha)]
+    held_out = embedding.embed_split(
+        model, params, mesh, config.dataset_dir, split=config.data.train_split, tokens=True,
+        records=pipeline.holdout(config.dataset_dir, config.data), only_hit_sentences=True,
+        **embedding.split_settings(config))
     reranker = rerank.Reranker.score(model, params, mesh, held_out,
                                      held_out.similarity(
-                                         *config_lib.dual_softmax_settings(config.eval)), r.k,
+                                         *config_lib.dual_softmax_settings(config.eval)),
+                                     max(ks),
                                      r.batch_size)
-    return reranker.sweep(r.alphas)
+    best, results = reranker.sweep(alphas, ks)
+    return best, {str(k): {f"{a:g}": v for a, v in row.items()} for k, row in results.items()}
 
 
 def _write_outputs(out: pathlib.Path, config, embedded: embedding.Embedded, sim: np.ndarray,

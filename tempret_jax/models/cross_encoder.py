@@ -5,6 +5,12 @@ projected to the encoder width and pass through L blocks of [causal-free self-at
 the real text tokens, cross-attention to the video tokens, MLP]; an ITM head on the first
 (start-of-text) token gives one logit, P(match) = sigmoid(logit).
 
+The video tokens carry their frame's position: a learned temporal embedding (one vector per
+frame, shared by the frame's patch tokens) is added before their LayerNorm. Cross-attention
+is blind to the order of its context, so without it the encoder could not tell a clip from the
+same clip reversed (TempRet's point is temporal order: the report's temporal transformer has
+learned positions on the frame features, and the cross-encoder here reads the same frames).
+
 It runs on *cached* tower outputs: rerank scores the top-K candidates of each query from the
 token arrays kept at embedding time, never re-running the towers. `score` broadcasts leading
 dimensions, so (Q, 1, ...) texts against (Q, K, ...) videos (text->video rerank) or (V, K, ...)
@@ -27,14 +33,28 @@ def itm_probability(logits: Array) -> Array:
 
 
 class CrossEncoder(nn.Module):
-    """Parameters (W width): text_in (D_t, W); video_in (D_v, W); ln_video;
-    transformer/resblocks_i/{ln_1, attn, ln_cross, cross_attn, ln_2, mlp}; ln_post;
-    itm_head (W, 1). `stack` configures the transformer; its dtype is every layer's."""
+    """Parameters (W width): text_in (D_t, W); video_in (D_v, W); temporal_embed (T, W) when
+    num_frames T > 0; ln_video; transformer/resblocks_i/{ln_1, attn, ln_cross, cross_attn,
+    ln_2, mlp}; ln_post; itm_head (W, 1). `stack` configures the transformer; its dtype is
+    every layer's."""
 
     width: int = 512
     layers: int = 4
     heads: int = 8
+    num_frames: int = 0  # T: the video tokens are T frames' (M = T x tokens per frame)
     stack: StackSettings = StackSettings()
+
+    def _frame_positions(self, video: Array) -> Array:
+        """video (B, M, W) -> + the temporal embedding of each token's frame (M = T x N,
+        frame-major as the towers emit them)."""
+        b, m, w = video.shape
+        if m % self.num_frames:
+            raise ValueError(f"cross-encoder: {m} video tokens are not {self.num_frames} "
+                             f"frames' (model.vision.num_frames)")
+        embed = self.param("temporal_embed", nn.initializers.normal(0.02),
+                           (self.num_frames, w), jnp.float32)
+        video = video.reshape(b, self.num_frames, m // self.num_frames, w)
+        return (video + embed[:, None].astype(video.dtype)).reshape(b, m, w)
 
     @nn.compact
     def __call__(self, text_tokens: Array, text_mask: Array, video_tokens: Array) -> Array:
@@ -44,7 +64,10 @@ class CrossEncoder(nn.Module):
         dense = lambda name, features: nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
                                                 name=name)
         x = dense("text_in", self.width)(text_tokens)
-        video = layers.layer_norm("ln_video", dtype)(dense("video_in", self.width)(video_tokens))
+        video = dense("video_in", self.width)(video_tokens)
+        if self.num_frames:
+            video = self._frame_positions(video)
+        video = layers.layer_norm("ln_video", dtype)(video)
         x = layers.Transformer(self.layers, self.heads, self.stack, cross_attention=True,
                                name="transformer")(
             x, mask=text_mask[:, None, None, :], context=video)

@@ -187,7 +187,7 @@ class RetrievalModel(nn.Module):
         if c.cross_encoder.enabled:
             x = c.cross_encoder
             self.cross_encoder = cross_encoder_lib.CrossEncoder(
-                width=x.width, layers=x.layers, heads=x.heads,
+                width=x.width, layers=x.layers, heads=x.heads, num_frames=v.num_frames,
                 stack=dataclasses.replace(stack, mlp_ratio=x.mlp_ratio))
 
     def encode_video(self, video: Array, with_reversed: bool = False) -> Dict[str, Array]:
