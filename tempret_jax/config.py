@@ -37,11 +37,11 @@ EVAL_ON_ERROR = ("stop", "continue")
 # features, embedded once.
 TTA_REDUCE = ("embeddings_mean", "features_mean")
 # Dual-softmax at inference (docs/design.md, Metrics): none | EgoVLP's (every clip's own
-# narration, raw dot products) | over the cosines of the split's sentences. A boolean is an
-# alias, for what it meant before: False 'none', True 'sentences'.
+# narration, raw dot products) | over the cosines of the split's sentences. A run saved when
+# the key was a boolean reads as its alias: False 'none', True 'sentences'.
 DUAL_SOFTMAX = ("none", "egovlp", "sentences")
 DUAL_SOFTMAX_ALIASES = {False: "none", True: "sentences"}
-LOOSE_TYPES = ("eval.dual_softmax",)  # a name or a boolean: checked by value, not by type
+LOOSE_TYPES = ("eval.dual_softmax",)  # a name, or a saved run's boolean: checked by value
 EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir", "recipe")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
 
@@ -102,8 +102,7 @@ def default_config() -> ml_collections.ConfigDict:
         # ContextRefine-CLIP's views (see data.views.parse_view; scale=1.0 equals orig)
         tta_views=("orig", "flip", "scale=0.875", "scale=1.0", "scale=1.125"),
         tta_reduce="embeddings_mean",  # how the views combine: one of TTA_REDUCE
-        # One of DUAL_SOFTMAX or its boolean alias (a reference of any type takes both).
-        dual_softmax=ml_collections.FieldReference("none", field_type=object),
+        dual_softmax="none",  # one of DUAL_SOFTMAX
         dual_softmax_temperature=500.0,  # of its softmax over videos (EgoVLP's 500)
         submission_sls=(4, 3, 3),  # the challenge submission's supervision levels
         num_workers=0,  # Grain worker processes for the eval clips

@@ -3,11 +3,13 @@ row per clip, raw dot products, softmax over the videos then over the 9,668 text
 sentences' columns picked by narration_id) and the one over the split's sentences; the config
 keys that choose them (docs/design.md, Metrics)."""
 
+import json
+
 import ml_collections
 import numpy as np
 import pytest
 
-from tempret_jax import config as config_lib, embedding, metrics
+from tempret_jax import config as config_lib, embedding, metrics, run_config
 
 # 4 clips, 3 sentences; clips 0 and 2 share a narration (EgoVLP embeds it twice).
 NARRATIONS = ["cut onion", "wash pan", "cut onion", "open door"]
@@ -113,20 +115,25 @@ def test_sentences_form_is_the_formula_on_the_cosines(case):
         embedded.similarity("both")
 
 
-def test_the_config_names_the_form_and_booleans_keep_their_old_meaning():
+def test_the_config_names_the_form_and_a_saved_runs_booleans_keep_their_old_meaning(tmp_path):
     config = config_lib.default_config()
     assert config_lib.dual_softmax_settings(config.eval) == ("none", 500.0)
     config.eval.update(dual_softmax="egovlp", dual_softmax_temperature=100.0)
     assert config_lib.dual_softmax_settings(config.eval) == ("egovlp", 100.0)
     config_lib.validate(config, num_devices=8)
+    # A config updates from another one (tests and notebooks do), which a reference would refuse.
+    config_lib.default_config().update(config)
     for alias, mode in ((True, "sentences"), (False, "none")):  # what True / False meant
-        config.eval.dual_softmax = alias
-        config_lib.validate(config, num_devices=8)
-        assert config_lib.dual_softmax_settings(config.eval)[0] == mode
+        tree = config.to_dict()
+        tree["eval"]["dual_softmax"] = alias  # as a run saved it when the key was a boolean
+        (tmp_path / "config.json").write_text(json.dumps(tree, default=list))
+        saved = run_config.load(tmp_path)
+        config_lib.validate(saved, num_devices=8)
+        assert config_lib.dual_softmax_settings(saved.eval)[0] == mode
     # A run saved before the temperature key existed: its default.
     old = ml_collections.ConfigDict({k: v for k, v in config.eval.to_dict().items()
                                      if k != "dual_softmax_temperature"})
-    assert config_lib.dual_softmax_settings(old) == ("none", 500.0)
+    assert config_lib.dual_softmax_settings(old) == ("egovlp", 500.0)
     for key, value, message in (("dual_softmax", "twice", r"one of \('none', 'egovlp', "
                                  r"'sentences'\) or a boolean"),
                                 ("dual_softmax_temperature", 0.0, "> 0")):
