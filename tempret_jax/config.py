@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from tempret_jax import losses, optim
+from tempret_jax import losses, optim, param_layout
 from tempret_jax.data import views
 from tempret_jax.models import layers, refine, retrieval, temporal, video
 
@@ -322,6 +322,32 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config: model.{e}") from None
     check(m.cross_encoder.video_tokens in retrieval.VIDEO_TOKENS, "cross_encoder.video_tokens",
           f"one of {retrieval.VIDEO_TOKENS}", m.cross_encoder.video_tokens)
+    _validate_towers(m, check)
+
+
+def _validate_towers(m: ml_collections.ConfigDict, check) -> None:
+    """The tower choices and what each tower can do (EgoVLP's towers: models/space_time.py,
+    models/distilbert.py)."""
+    v, t = m.vision, m.text
+    check(v.tower in retrieval.VISION_TOWERS, "vision.tower",
+          f"one of {retrieval.VISION_TOWERS}", v.tower)
+    check(t.tower in retrieval.TEXT_TOWERS, "text.tower", f"one of {retrieval.TEXT_TOWERS}",
+          t.tower)
+    check(v.temporal_fix in param_layout.TEMPORAL_FIXES, "vision.temporal_fix",
+          f"one of {param_layout.TEMPORAL_FIXES}", v.temporal_fix)
+    if v.tower == "space_time":
+        for key, plain in (("frame_mode", False), ("pos_embed", "learned"), ("sub_ln", False)):
+            check(v[key] == plain, f"vision.{key}",
+                  f"{plain!r} with vision.tower='space_time' (EgoVLP's tower has no such option)",
+                  v[key])
+        check(v.mlp != "swiglu", "vision.mlp", "'gelu' or 'quick_gelu' with "
+              "vision.tower='space_time'", v.mlp)
+    if t.tower == "distilbert":
+        check(t.mlp != "swiglu" and not t.sub_ln, "text.mlp",
+              "'gelu' or 'quick_gelu' without sub_ln with text.tower='distilbert'", t.mlp)
+        check(0 < t.context_length <= t.max_positions, "text.context_length",
+              f"at most text.max_positions={t.max_positions} (DistilBERT's position table)",
+              t.context_length)
 
 
 def _is_regex(pattern: str) -> bool:

@@ -379,6 +379,7 @@ def read_model_config(path) -> ml_collections.ConfigDict:
     if not config_file.exists():
         raise ConversionError(f"{path}: no {CONFIG_FILE}; not a converted checkpoint")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    retrieval.fill_added_keys(config)
     config_lib.validate_model(config)
     return config
 

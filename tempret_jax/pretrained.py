@@ -104,5 +104,6 @@ def load(path, *, num_frames: Optional[int] = None, dtype: str = "float32",
     ids = jax.ShapeDtypeStruct((1, config.text.context_length), jnp.int32)
     abstract = jax.eval_shape(model.init, jax.random.key(0), video, ids)["params"]
     params, _ = state.load_params(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract),
-                                  path, step=step, key=key)
+                                  path, step=step, key=key,
+                                  temporal_fix=config.vision.temporal_fix)
     return Pretrained(config, model, jax.device_put(params))

@@ -19,8 +19,9 @@ import ml_collections
 
 from tempret_jax import atomic
 from tempret_jax import config as config_lib
+from tempret_jax.models import retrieval
 
-PATH_KEYS = ("dataset_dir", "annotation_dir", "init_from.path")  # paths a config names
+PATH_KEYS = ("dataset_dir", "annotation_dir", "init_from.path", "model.text.vocab_file")  # paths a config names
 SAVED = (config_lib.CONFIG_FILE, f"eval/{config_lib.CONFIG_FILE}",
          f"search/{config_lib.CONFIG_FILE}")  # where a run's config may be, in this order
 
@@ -60,7 +61,10 @@ def load(workdir) -> ml_collections.ConfigDict:
     for node, key in _paths(tree):
         if not pathlib.Path(node[key]).is_absolute():
             node[key] = str(root / node[key])
-    return ml_collections.ConfigDict(tree)
+    config = ml_collections.ConfigDict(tree)
+    if "model" in config:
+        retrieval.fill_added_keys(config.model)
+    return config
 
 
 def get_config(arg: str) -> ml_collections.ConfigDict:

@@ -114,7 +114,8 @@ class TrainSetup:
         """``state`` with ``config.init_from`` loaded over its parameters (and the EMA copy)."""
         f = self.config.init_from
         params, _ = load_params(state.params, f.path, step=f.step if f.step >= 0 else None,
-                                include=f.include, exclude=f.exclude)
+                                include=f.include, exclude=f.exclude,
+                                temporal_fix=self.config.model.vision.temporal_fix)
         return state.replace(params=params,
                              ema_params=None if state.ema_params is None else params)
 
@@ -127,7 +128,8 @@ class TrainSetup:
         abstract = self.abstract_state()
         key = "params" if abstract.ema_params is None else "ema_params"
         return load_params(abstract.params, source, step=step, key=key,
-                           expect_config=expect_config)
+                           expect_config=expect_config,
+                           temporal_fix=self.config.model.vision.temporal_fix)
 
 
 def _opt_state_specs(abstract_opt, param_specs):
@@ -147,8 +149,8 @@ def _opt_state_specs(abstract_opt, param_specs):
 
 
 def load_params(target, source, *, step: int | None = None, key: str = "params",
-                include: str = ".*", exclude: str = "", expect_config: str | None = None
-                ) -> tuple[Any, int]:
+                include: str = ".*", exclude: str = "", expect_config: str | None = None,
+                temporal_fix: str = "bilinear") -> tuple[Any, int]:
     """Parameters from anything saved (see the module docstring), merged into ``target``.
 
     Args:
@@ -161,6 +163,8 @@ def load_params(target, source, *, step: int | None = None, key: str = "params",
       include, exclude: regexes (re.search) of the target paths to load; the others keep
         their value.
       expect_config: if given, a run's checkpoint written under another config name is refused.
+      temporal_fix: how a temporal embedding of other frames is resized (the model config's
+        vision.temporal_fix; param_layout).
 
     Returns:
       (params: the target's tree with the selected leaves replaced, in the target's shardings;
@@ -177,7 +181,7 @@ def load_params(target, source, *, step: int | None = None, key: str = "params",
     if target is None:
         return saved.params, saved.step
     target_shapes = {k: tuple(v.shape) for k, v in checkpoint.flatten(target).items()}
-    source = param_layout.adapt(checkpoint.flatten(saved.params), target_shapes)
+    source = param_layout.adapt(checkpoint.flatten(saved.params), target_shapes, temporal_fix)
     return _merge(target, source, include, exclude, str(saved.path)), saved.step
 
 

@@ -283,19 +283,31 @@ class Transformer(nn.Module):
         if s.attention_impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention_impl: expected one of {ATTENTION_IMPLEMENTATIONS}, "
                              f"got {s.attention_impl!r}")
-        block_cls = ResidualAttentionBlock
-        if s.remat:
-            # Under scan, CSE across iterations is impossible anyway; prevent_cse only costs.
-            block_cls = nn.remat(block_cls, policy=remat_policy(s.remat_policy),
-                                 prevent_cse=not s.scan)
-        block_kwargs = dict(num_heads=self.num_heads, settings=s, causal=self.causal,
+        block_kwargs = dict(num_heads=self.num_heads, causal=self.causal,
                             cross_attention=self.cross_attention)
-        args = (mask, rope, context, context_mask)
-        if s.scan:
-            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast,) * len(args), length=self.num_layers)
-            x, _ = stack(**block_kwargs, scanned=True, name="resblocks")(x, *args)
-            return x
-        for i in range(self.num_layers):
-            x = block_cls(**block_kwargs, name=f"resblocks_{i}")(x, *args)
+        return run_stack(ResidualAttentionBlock, self.num_layers, s, x,
+                         (mask, rope, context, context_mask), **block_kwargs)
+
+
+def run_stack(block_cls: type, num_layers: int, settings: StackSettings, x: Array,
+              args: tuple, **block_kwargs) -> Array:
+    """`num_layers` blocks of `block_cls` applied to x, unrolled (`resblocks_{i}`) or under
+    nn.scan (`resblocks`, a leading layer axis), with nn.remat per `settings`.
+
+    Call inside a compact method (the blocks become its children). A block takes
+    (settings=..., scanned=..., **block_kwargs), is called as block(x, *args) and returns x,
+    or (x, None) when `scanned`; `args` are broadcast to every layer.
+    """
+    s = settings
+    if s.remat:
+        # Under scan, CSE across iterations is impossible anyway; prevent_cse only costs.
+        block_cls = nn.remat(block_cls, policy=remat_policy(s.remat_policy),
+                             prevent_cse=not s.scan)
+    if s.scan:
+        stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,) * len(args), length=num_layers)
+        x, _ = stack(**block_kwargs, settings=s, scanned=True, name="resblocks")(x, *args)
         return x
+    for i in range(num_layers):
+        x = block_cls(**block_kwargs, settings=s, name=f"resblocks_{i}")(x, *args)
+    return x

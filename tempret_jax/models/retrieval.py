@@ -16,10 +16,18 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
     attention_impl       'auto' (einsum on CPU, else jax picks) | 'xla' | 'cudnn'
                          (jax.nn.dot_product_attention) | 'einsum' (layers.dot_product_attention)
     scan_layers, remat, remat_policy   layer stacks: nn.scan over layers, nn.remat + policy name
-    vision.{image_size, patch_size, width, layers, heads, mlp_ratio, mlp, sub_ln, ln_eps,
-            qkv_bias ('qkv' | 'qv'), ln_pre, patch_bias, proj_bias, num_frames, frame_mode,
-            pos_embed ('learned' | 'rope' | 'learned+rope'), rope_theta, rope_grid}
-    text.{vocab_size, context_length, width, layers, heads, mlp_ratio, mlp, sub_ln, ln_eps}
+    vision.{tower ('vit': video.py, joint attention | 'space_time': space_time.py, EgoVLP's
+            divided attention), image_size, patch_size, width, layers, heads, mlp_ratio, mlp,
+            sub_ln, ln_eps, qkv_bias ('qkv' | 'qv'), ln_pre, patch_bias, proj_bias,
+            num_frames, frame_mode, pos_embed ('learned' | 'rope' | 'learned+rope'),
+            rope_theta, rope_grid, temporal_fix (param_layout.TEMPORAL_FIXES: how a checkpoint's
+            temporal embedding is resized to num_frames)}
+            The 'space_time' tower reads only the sizes, mlp, ln_eps and num_frames; it always
+            has qkv, patch and projection biases and no ln_pre.
+    text.{tower ('clip': text.py, CLIP BPE ids | 'distilbert': distilbert.py, WordPiece ids
+          from vocab_file), vocab_size, context_length (the pipeline's token rows; CLIP's
+          position table), max_positions (DistilBERT's position table), width, layers, heads,
+          mlp_ratio, mlp, sub_ln, ln_eps, vocab_file}
     temporal.{enabled, layers, heads, mlp_ratio, pool ('mean' | 'cls')}   needs vision.frame_mode
     refine.{enabled, dim (D_a), heads, dropout, ffn ('swiglu' | 'geglu' | 'none'), mlp_ratio
             (GatedFFN hidden = int(D * mlp_ratio)), head ('mlp'), head_hidden (0: the input
@@ -40,14 +48,19 @@ import jax.numpy as jnp
 import ml_collections
 
 from tempret_jax.models import cross_encoder as cross_encoder_lib
+from tempret_jax.models import distilbert as distilbert_lib
 from tempret_jax.models import layers
 from tempret_jax.models import refine as refine_lib
+from tempret_jax.models import space_time as space_time_lib
 from tempret_jax.models import temporal as temporal_lib
 from tempret_jax.models import text as text_lib
 from tempret_jax.models import video as video_lib
 
 Array = jax.Array
-PRESETS = ("tiny", "vit_b16", "vit_l14", "avion_b16", "avion_l14", "eva02_b16", "eva02_l14")
+PRESETS = ("tiny", "vit_b16", "vit_l14", "avion_b16", "avion_l14", "eva02_b16", "eva02_l14",
+           "egovlp_b16", "egovlp_tiny")
+VISION_TOWERS = ("vit", "space_time")  # video.VisionTransformer | space_time.SpaceTimeTransformer
+TEXT_TOWERS = ("clip", "distilbert")  # text.TextTransformer | distilbert.DistilBert
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "einsum": "einsum"}
 VIDEO_TOKENS = ("patch", "frame")
@@ -57,9 +70,12 @@ ARCHITECTURE = tuple(
     ["embed_dim"]
     + [f"vision.{k}" for k in ("image_size", "patch_size", "width", "layers", "heads",
                                "mlp_ratio", "mlp", "sub_ln", "ln_eps", "qkv_bias", "ln_pre",
-                               "patch_bias", "proj_bias", "rope_grid")]
+                               "patch_bias", "proj_bias", "rope_grid", "tower")]
     + [f"text.{k}" for k in ("vocab_size", "context_length", "width", "layers", "heads",
-                             "mlp_ratio", "mlp", "sub_ln", "ln_eps")])
+                             "mlp_ratio", "mlp", "sub_ln", "ln_eps", "tower", "max_positions")])
+# Keys a model config saved before they existed lacks; their value then is this default.
+ADDED_KEYS = {"vision.tower": "vit", "vision.temporal_fix": "bilinear", "text.tower": "clip",
+              "text.vocab_file": "", "text.max_positions": 77}
 
 
 def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
@@ -74,6 +90,7 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
       eva_vit_model.py): SwiGLU (ratio 2.6667) with sub-LayerNorms, q/v biases, a patch bias,
       no ln_pre, eps 1e-6, a head with bias, 2D RoPE on the pretraining grid of 16 patches
       ('learned+rope'), and a GELU text tower.
+    'egovlp_b16': EgoVLP's Frozen-in-Time (`_egovlp`); 'egovlp_tiny' its design at 'tiny' size.
     'tiny': a few-thousand-parameter model for tests.
     """
     if preset not in PRESETS:
@@ -95,10 +112,12 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
         image_size=image, patch_size=patch, width=v_w, layers=v_l, heads=v_h, mlp_ratio=4.0,
         mlp="quick_gelu", sub_ln=False, ln_eps=layers.LN_EPS, qkv_bias="qkv", ln_pre=True,
         patch_bias=False, proj_bias=False, num_frames=4 if preset == "tiny" else 16,
-        frame_mode=False, pos_embed="learned", rope_theta=10000.0, rope_grid=0))
+        frame_mode=False, pos_embed="learned", rope_theta=10000.0, rope_grid=0, tower="vit",
+        temporal_fix="bilinear"))
     c.text = ml_collections.ConfigDict(dict(
         vocab_size=49408, context_length=77, width=t_w, layers=t_l, heads=t_h, mlp_ratio=4.0,
-        mlp="quick_gelu", sub_ln=False, ln_eps=layers.LN_EPS))
+        mlp="quick_gelu", sub_ln=False, ln_eps=layers.LN_EPS, tower="clip", vocab_file="",
+        max_positions=77))
     if family == "avion":
         c.embed_dim = 256
         c.vision.update(mlp="gelu", ln_eps=1e-6)
@@ -108,6 +127,8 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
                         ln_pre=False, patch_bias=True, proj_bias=True, pos_embed="learned+rope",
                         rope_grid=16)
         c.text.mlp = "gelu"
+    elif family == "egovlp":
+        _egovlp(c, tiny=size == "tiny")
     c.temporal = ml_collections.ConfigDict(dict(
         enabled=False, layers=1 if preset == "tiny" else 4, heads=2 if preset == "tiny" else 8,
         mlp_ratio=4.0, pool="mean"))
@@ -118,6 +139,36 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
         enabled=False, width=t_w, layers=1 if preset == "tiny" else 4, heads=t_h,
         mlp_ratio=4.0, video_tokens="patch"))
     return c
+
+
+def _egovlp(c: ml_collections.ConfigDict, tiny: bool) -> None:
+    """EgoVLP's Frozen-in-Time (EgoVLP model/model.py, model/video_transformer.py): a ViT-B/16
+    space-time transformer (eps 1e-6, exact GELU, qkv biases, a patch bias, a projection bias),
+    DistilBERT (distilbert-base-uncased: vocabulary 30,522, 6 layers of 768 with 12 heads,
+    512 positions, eps 1e-12) and a 256-d joint space. 'egovlp_tiny' is the same design at
+    the 'tiny' sizes, for tests and the demo."""
+    c.embed_dim = 16 if tiny else 256
+    c.vision.update(tower="space_time", mlp="gelu", ln_eps=1e-6, ln_pre=False, patch_bias=True,
+                    proj_bias=True, temporal_fix="zeros")
+    c.text.update(tower="distilbert", mlp="gelu", ln_eps=1e-12, vocab_size=64 if tiny else 30522,
+                  max_positions=77 if tiny else 512)
+    if not tiny:
+        c.text.update(width=768, layers=6, heads=12)
+
+
+def fill_added_keys(c: ml_collections.ConfigDict) -> None:
+    """Gives a model config saved before `ADDED_KEYS` existed their defaults (in place)."""
+    for dotted, default in ADDED_KEYS.items():
+        block, key = dotted.split(".")
+        if key not in c[block]:
+            c[block][key] = default
+
+
+def text_padding_mask(ids: Array, tower: str) -> Array:
+    """True on real tokens: ids (B, L) of `tower`'s tokenizer -> (B, L) bool."""
+    if tower == "distilbert":
+        return distilbert_lib.padding_mask(ids)
+    return text_lib.text_padding_mask(ids)
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
@@ -157,16 +208,29 @@ class RetrievalModel(nn.Module):
         v, t = c.vision, c.text
         # Refinement runs before the projection (its heads project): towers without theirs.
         project = not c.refine.enabled
-        self.visual = video_lib.VisionTransformer(
-            image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
-            heads=v.heads, output_dim=c.embed_dim, num_frames=v.num_frames,
-            pos_embed=v.pos_embed, rope_theta=v.rope_theta, frame_mode=v.frame_mode,
-            ln_pre=v.ln_pre, patch_bias=v.patch_bias, proj_bias=v.proj_bias,
-            rope_grid=v.rope_grid, project=project, stack=_tower_stack(stack, v))
-        self.text = text_lib.TextTransformer(
-            vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
-            layers=t.layers, heads=t.heads, output_dim=c.embed_dim, project=project,
-            stack=_tower_stack(stack, t))
+        if v.tower == "space_time":
+            self.visual = space_time_lib.SpaceTimeTransformer(
+                image_size=v.image_size, patch_size=v.patch_size, width=v.width,
+                layers=v.layers, heads=v.heads, output_dim=c.embed_dim, num_frames=v.num_frames,
+                project=project, stack=_tower_stack(stack, v))
+        else:
+            self.visual = video_lib.VisionTransformer(
+                image_size=v.image_size, patch_size=v.patch_size, width=v.width,
+                layers=v.layers, heads=v.heads, output_dim=c.embed_dim,
+                num_frames=v.num_frames, pos_embed=v.pos_embed, rope_theta=v.rope_theta,
+                frame_mode=v.frame_mode, ln_pre=v.ln_pre, patch_bias=v.patch_bias,
+                proj_bias=v.proj_bias, rope_grid=v.rope_grid, project=project,
+                stack=_tower_stack(stack, v))
+        if t.tower == "distilbert":
+            self.text = distilbert_lib.DistilBert(
+                vocab_size=t.vocab_size, max_positions=t.max_positions, width=t.width,
+                layers=t.layers, heads=t.heads, output_dim=c.embed_dim, project=project,
+                stack=_tower_stack(stack, t))
+        else:
+            self.text = text_lib.TextTransformer(
+                vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
+                layers=t.layers, heads=t.heads, output_dim=c.embed_dim, project=project,
+                stack=_tower_stack(stack, t))
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
                                       ())
         if c.temporal.enabled:
@@ -220,7 +284,8 @@ class RetrievalModel(nn.Module):
         refinement), 'tokens': (B, L, D_t),
         'mask': (B, L) bool real-token mask}."""
         features, tokens = self.text(ids)
-        return {"features": features, "tokens": tokens, "mask": text_lib.text_padding_mask(ids)}
+        return {"features": features, "tokens": tokens, "mask": text_padding_mask(
+            ids, self.config.text.tower)}
 
     def _embed(self, modality: str, features: Array, gallery: Optional[Array],
                gallery_mask: Optional[Array], deterministic: bool) -> Array:
