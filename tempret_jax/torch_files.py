@@ -2,13 +2,18 @@
 
 `read(path)` returns a file's contents: a safetensors file via the `safetensors` package, any
 other file through `torch.load(weights_only=True)`, whose unpickler builds only tensors and
-plain containers (dict, list, tuple, OrderedDict, str, numbers), plus the allow-list
-`ALLOWED_GLOBALS`: `argparse.Namespace`, the `args` that AVION's, LaViLa's and SMS's training
-scripts save beside the weights (built empty, then filled with plain values), and numpy scalars
-and dtypes (an accuracy saved as a numpy float). Anything else a pickle names is refused
-before it is built, and named; a truncated or foreign file is one line naming the file.
-TorchScript archives (OpenAI's `clip.load` downloads) are refused with the command that
-extracts their weights.
+plain containers (dict, list, tuple, OrderedDict, str, numbers), plus `argparse.Namespace`
+(the `args` AVION's, LaViLa's and SMS's scripts save beside the weights) and numpy scalars and
+dtypes (an accuracy saved as a numpy float), which are data.
+
+Any other global a pickle names (EgoVLP saves its `parse_config.ConfigParser` under
+'config', with pathlib paths inside) becomes an inert `Placeholder`: a class made here that
+carries the name (`Placeholder.name`, 'parse_config.ConfigParser') and keeps what the pickle
+would have passed to it (`args`, `state`). Its module is never imported and nothing it names is
+called, so reading a file runs no code from it; the placeholders are registered with torch's
+own safe unpickler for the names `torch.serialization.get_unsafe_globals_in_checkpoint` lists.
+A truncated or foreign file is one line naming the file. TorchScript archives (OpenAI's
+`clip.load` downloads) are refused with the command that extracts their weights.
 """
 
 from __future__ import annotations
@@ -39,6 +44,30 @@ def _allowed_globals() -> list:
     return allowed
 
 
+class Placeholder:
+    """Stands in for a pickled object of a class (or a call of a function) not read here.
+
+    `name` is the global the pickle named ('module.qualname'); `args` what it would have been
+    called with, `state` what it would have been given by __setstate__ (for a plain class, its
+    __dict__). Nothing is imported or run.
+    """
+
+    name = ""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<placeholder {self.name}>"
+
+
+def _placeholder(name: str) -> type:
+    return type(f"Placeholder[{name}]", (Placeholder,), {"name": name})
+
+
 def _is_torchscript(path: pathlib.Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -60,7 +89,13 @@ def _load(path: pathlib.Path) -> Any:
             f"here. Save its weights first: torch.save(torch.jit.load(path).state_dict(), "
             f"'weights.pt')")
     import torch
-    with torch.serialization.safe_globals(_allowed_globals()):
+    allowed = _allowed_globals()
+    known = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
+    # Lists the globals without unpickling; the archive's pickle is read, nothing is built.
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path) if zipfile.is_zipfile(
+        path) else []
+    allowed += [(_placeholder(n), n) for n in names if n not in known]
+    with torch.serialization.safe_globals(allowed):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -77,7 +112,8 @@ def read(path) -> Any:
                 else _first_line(e))
         raise UnreadableCheckpoint(f"{path}: holds pickled objects the safe loader refuses "
                                    f"({what}; allowed: tensors, plain containers, "
-                                   f"argparse.Namespace, numpy scalars)") from None
+                                   f"argparse.Namespace, numpy scalars, placeholders for "
+                                   f"other classes of a zip checkpoint)") from None
     except UnreadableCheckpoint:
         raise
     except Exception as e:  # noqa: BLE001  torch's unpickler fails on garbage in many ways
