@@ -10,7 +10,10 @@ basic split), and each word is matched greedily, longest piece first, against th
 continuation pieces marked ``##``; a word that does not split into known pieces, or that is
 longer than 100 characters, is one [UNK]. The special tokens are matched in the raw text
 before all of that, as transformers does: a literal ``[SEP]`` in a narration is id [SEP] (a
-lower-case ``[sep]`` is ordinary text).
+lower-case ``[sep]`` is ordinary text). transformers' pure-Python BERT tokenizer gives the same
+ids except on characters that Python's unicodedata and the library's Unicode tables classify
+differently (code points unassigned or added in recent Unicode versions, CJK extension E);
+there the library, EgoVLP's tokenizer, is followed.
 
 The vocabulary is the user's file (vocab.txt, one token per line, the id of a token is its line
 number from 0), as distilbert-base-uncased ships it; it cannot be downloaded here. In that file
