@@ -17,7 +17,12 @@ Sources (read by `torch_files.read`: tensors, plain containers and argparse.Name
             only as bytecode) names them: timm's Eva (q_proj/k_proj/v_proj with q and v biases,
             attn.norm, SwiGLU fc1_g/fc1_x/norm/fc2, a Linear `conv1` with bias over
             (c, ph, pw) patches, `temporal_embed`) under 'visual.', in AVION's training
-            checkpoint ('module.', 'textual.' text tower).
+            checkpoint ('module.', 'textual.' text tower);
+  egovlp    EgoVLP's Frozen-in-Time (showlab/EgoVLP base/base_trainer.py checkpoints:
+            EgoVLP_PT_BEST.pth, its EK-100 fine-tunes): {'state_dict' ('module.' keys), 'config'
+            (its pickled ConfigParser, read as an inert placeholder and checked: FrozenInTime,
+            SpaceTimeTransformer base_patch16_224, distilbert-base-uncased), 'optimizer', ...};
+            the space-time video tower and DistilBERT (models/egovlp_import.py has the table).
 The format is detected from the keys (`formats.detect_format`). The architecture comes from the file:
 sizes from the shapes, the block design from the names (SwiGLU, sub-LN, ln_pre, biases),
 LayerNorm epsilon and activation from the family's code (`formats.FAMILY_SETTINGS`: AVION's vision
@@ -57,6 +62,7 @@ from tempret_jax import checkpoint as checkpoint_lib
 from tempret_jax import config as config_lib
 from tempret_jax import formats
 from tempret_jax import torch_files
+from tempret_jax.models import egovlp_import
 from tempret_jax.models import hf_import
 from tempret_jax.models import retrieval
 
@@ -85,7 +91,8 @@ def _unwrap(obj: Any, source: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
     args = {}
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            args = args or torch_files.plain_args(obj.get("args"))
+            args = (args or torch_files.plain_args(obj.get("args"))
+                    or _saved_config(obj.get("config")))
             obj = obj[key]
     if not isinstance(obj, Mapping) or not obj:
         raise ConversionError(f"{source}: expected a state dict (a mapping of names to tensors), "
@@ -95,6 +102,15 @@ def _unwrap(obj: Any, source: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
         raise ConversionError(f"{source}: expected a state dict of tensors; {tensors[0]!r} is "
                               f"a {type(obj[tensors[0]]).__name__}")
     return obj, args
+
+
+def _saved_config(config: Any) -> dict[str, Any]:
+    """EgoVLP's pickled ConfigParser (a placeholder, torch_files) -> {'config': its dict}."""
+    state = getattr(config, "state", None)
+    if (isinstance(config, torch_files.Placeholder) and config.name.endswith(".ConfigParser")
+            and isinstance(state, Mapping) and isinstance(state.get("_config"), Mapping)):
+        return {"config": state["_config"]}
+    return {}
 
 
 def load_checkpoint(path) -> Source:
@@ -140,7 +156,7 @@ class _Recorder(dict):
 
 def _check_layer_shapes(state_dict: Mapping[str, Any]) -> None:
     """Every layer's tensors must have layer 0's shapes (names the first that does not)."""
-    layer = re.compile(r"^(.*\.(?:resblocks|layers)\.)(\d+)(\..*)$")
+    layer = re.compile(r"^(.*\.(?:resblocks|layers|layer|blocks)\.)(\d+)(\..*)$")
     bad = []
     for key, value in state_dict.items():
         m = layer.match(key)
@@ -160,7 +176,9 @@ def _check_layer_shapes(state_dict: Mapping[str, Any]) -> None:
 def _tower_widths(state_dict: Mapping[str, Any], fmt: str) -> tuple[int, int]:
     keys = {"hf": ("vision_model.embeddings.class_embedding", "text_model.final_layer_norm.weight"),
             "openai": ("visual.class_embedding", "ln_final.weight"),
-            "eva_clip": ("visual.patch_embed.proj.weight", "ln_final.weight")}[fmt]
+            "eva_clip": ("visual.patch_embed.proj.weight", "ln_final.weight"),
+            "egovlp": ("video_model.patch_embed.proj.bias",
+                       "text_model.embeddings.LayerNorm.weight")}[fmt]
     missing = [k for k in keys if k not in state_dict]
     if missing:
         raise ConversionError(f"{fmt} state dict: missing key {missing[0]!r}")
@@ -249,24 +267,6 @@ def _check_against_model(params: Mapping[str, Any], config: ml_collections.Confi
                               + "\n  ".join(lines))
 
 
-def _check_args(args: Mapping[str, Any], heads: dict[str, Optional[int]]) -> dict[str, int]:
-    """AVION's saved args: a known model builder (its head counts) and a causal text tower."""
-    if not args:
-        return {}
-    if args.get("use_bidirectional_lm"):
-        raise ConversionError("args.use_bidirectional_lm is True: the text tower was trained "
-                              "without its causal mask, which this model always applies")
-    model = args.get("model")
-    if model is None:
-        return {}
-    if model not in formats.AVION_MODELS:
-        raise ConversionError(f"args.model {model!r}: expected one of AVION's joint-attention "
-                              f"CLIP models {sorted(formats.AVION_MODELS)}")
-    vision, text = formats.AVION_MODELS[model]
-    return {"vision_heads": heads["vision_heads"] or vision,
-            "text_heads": heads["text_heads"] or text}
-
-
 def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
                        vision_heads: Optional[int] = None, text_heads: Optional[int] = None,
                        num_frames: int = 16, hidden_act: Optional[str] = None,
@@ -294,32 +294,24 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
     state_dict = _Recorder({k: v for k, v in state_dict.items()
                             if not formats.IGNORED.search(k)})
     _check_layer_shapes(state_dict)
-    v_width, t_width = _tower_widths(state_dict, fmt)
-    explicit = dict(vision_heads=vision_heads, text_heads=text_heads)
-    heads = dict(explicit, **_check_args(args or {}, explicit))
-    heads = dict(vision_heads=heads["vision_heads"] or max(v_width // 64, 1),
-                 text_heads=heads["text_heads"] or max(t_width // 64, 1))
-    for name, count in heads.items():
-        width = v_width if name.startswith("vision") else t_width
-        if width % count:
-            if explicit[name] is not None:
-                raise ConversionError(f"{name}={count} does not divide the tower width {width}")
-            origin = (f"args.model {args['model']!r}" if args and args.get("model")
-                      else "width // 64")
-            raise ConversionError(f"{name}={count} (from {origin}) does not divide the tower "
-                                  f"width {width}; pass --{name}")
+    heads = formats.head_counts(_tower_widths(state_dict, fmt), vision_heads, text_heads, args or {}, fmt)
     convert = {"hf": hf_import.params_from_hf_clip, "openai": hf_import.params_from_openai_clip,
-               "eva_clip": hf_import.params_from_eva_clip}[fmt]
+               "eva_clip": hf_import.params_from_eva_clip,
+               "egovlp": egovlp_import.params_from_egovlp}[fmt]
     try:
-        params = convert(state_dict, **heads, num_frames=num_frames)
+        params = convert(state_dict, **heads, **({} if fmt == "egovlp" else
+                                                 {"num_frames": num_frames}))
     except KeyError as e:
         raise ConversionError(e.args[0]) from None
     unknown = sorted(set(state_dict) - state_dict.read)
     if unknown:
         raise ConversionError(f"{len(unknown)} unknown key(s) in the {fmt} state dict (no "
                               f"parameter of the model takes them): {', '.join(unknown)}")
-    config = infer_model_config(params, **heads, num_frames=num_frames, family=family,
-                                hidden_act=hidden_act, base=base_config)
+    if fmt == "egovlp":
+        config = egovlp_import.infer_model_config(params, **heads, base=base_config)
+    else:
+        config = infer_model_config(params, **heads, num_frames=num_frames, family=family,
+                                    hidden_act=hidden_act, base=base_config)
     if rope_grid is not None:
         config.vision.rope_grid = rope_grid
     _check_against_model(params, config)

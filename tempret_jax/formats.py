@@ -3,7 +3,7 @@ the two layouts `models.hf_import` converts (OpenAI CLIP's and EVA-CLIP's).
 
 Formats (`tempret_jax.convert` documents what each file holds): 'hf', 'openai', 'avion'
 (AVION / LaViLa, renamed to OpenAI's), 'eva_clip', 'eva02at' (timm Eva names, renamed to
-EVA-CLIP's). `FAMILY_SETTINGS` holds what a family's code fixes that its shapes cannot show.
+EVA-CLIP's), 'egovlp' (EgoVLP's Frozen-in-Time, read by `models.egovlp_import`). `FAMILY_SETTINGS` holds what a family's code fixes that its shapes cannot show.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
+from tempret_jax.models import egovlp_import
 from tempret_jax.models import hf_import
 
-FORMATS = ("hf", "openai", "avion", "eva_clip", "eva02at")
+FORMATS = ("hf", "openai", "avion", "eva_clip", "eva02at", "egovlp")
 # Buffers and metadata that carry no parameters.
 IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|"
                       r"vocab_size)$|(^|\.)rope\.freqs_(cos|sin)$")
@@ -61,8 +62,10 @@ class ConversionError(ValueError):
 
 
 def detect_format(state_dict: Mapping[str, Any]) -> str:
-    """'hf' | 'openai' | 'avion' | 'eva_clip' from the key names, after any 'module.' prefix."""
+    """One of FORMATS from the key names, after any 'module.' prefix."""
     keys = [k.removeprefix("module.") for k in state_dict]
+    if egovlp_import.is_egovlp(keys):
+        return "egovlp"
     if any(k.startswith("vision_model.") for k in keys):
         return "hf"
     if any(".mlp.fc1_g." in k or k == "visual.temporal_embed" for k in keys):
@@ -75,8 +78,8 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
     if any(k.startswith("visual.") for k in keys):
         return "openai"
     raise ConversionError(f"cannot tell the checkpoint format from its keys (first: "
-                          f"{keys[:5]}); expected HF CLIPModel, OpenAI CLIP, AVION/LaViLa or "
-                          f"EVA-CLIP names")
+                          f"{keys[:5]}); expected HF CLIPModel, OpenAI CLIP, AVION/LaViLa, "
+                          f"EVA-CLIP, EVA02-AT or EgoVLP names")
 
 
 def _unflatten_patches(conv, key: str):
@@ -122,14 +125,16 @@ def canonical(state_dict: Mapping[str, Any], fmt: str = "auto"
               ) -> tuple[dict[str, Any], str, str, int | None]:
     """A state dict in a format `models.hf_import` reads.
 
-    Returns (renamed state dict, its layout 'hf' | 'openai' | 'eva_clip', the family of
-    `FAMILY_SETTINGS`, the RoPE grid of an EVA02 file (None for the others)).
+    Returns (renamed state dict, its layout 'hf' | 'openai' | 'eva_clip' | 'egovlp' (read
+    by `models.egovlp_import`), the family of `FAMILY_SETTINGS` ('egovlp': its own), the RoPE
+    grid of an EVA02 file (None for the others)).
     """
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DDP
     fmt = detect_format(state_dict) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise ConversionError(f"format: expected one of {FORMATS} or 'auto', got {fmt!r}")
-    family = {"avion": "avion", "eva_clip": "eva_clip", "eva02at": "eva_clip"}.get(fmt, "clip")
+    family = {"avion": "avion", "eva_clip": "eva_clip", "eva02at": "eva_clip",
+              "egovlp": "egovlp"}.get(fmt, "clip")
     if fmt == "avion":
         state_dict, fmt = avion_to_openai(state_dict), "openai"
     if fmt == "eva02at":
@@ -156,3 +161,45 @@ def eva_rope_grid(state_dict: Mapping[str, Any]) -> int:
     grid = int(round(cos.shape[0] ** 0.5))
     angle = math.atan2(sin[1, cos.shape[1] // 2], cos[1, cos.shape[1] // 2])
     return int(round(grid * angle))
+
+
+def _check_args(args: Mapping[str, Any], heads: dict[str, Optional[int]]) -> dict[str, int]:
+    """AVION's saved args: a known model builder (its head counts) and a causal text tower."""
+    if not args:
+        return {}
+    if args.get("use_bidirectional_lm"):
+        raise ConversionError("args.use_bidirectional_lm is True: the text tower was trained "
+                              "without its causal mask, which this model always applies")
+    model = args.get("model")
+    if model is None:
+        return {}
+    if model not in AVION_MODELS:
+        raise ConversionError(f"args.model {model!r}: expected one of AVION's joint-attention "
+                              f"CLIP models {sorted(AVION_MODELS)}")
+    vision, text = AVION_MODELS[model]
+    return {"vision_heads": heads["vision_heads"] or vision,
+            "text_heads": heads["text_heads"] or text}
+
+
+def head_counts(widths: tuple[int, int], vision_heads: Optional[int],
+                text_heads: Optional[int], args: Mapping[str, Any], fmt: str) -> dict[str, int]:
+    """The towers' head counts: given, else the saved args' model (AVION), else width // 64
+    (every released CLIP, EVA02, EgoVLP ViT-B/16 and DistilBERT); each must divide its width."""
+    v_width, t_width = widths
+    explicit = dict(vision_heads=vision_heads, text_heads=text_heads)
+    if fmt == "egovlp":
+        problems = egovlp_import.check_config(args.get("config", {}))
+        if problems:
+            raise ConversionError("not EgoVLP's Frozen-in-Time: " + "; ".join(problems))
+    heads = dict(explicit, **({} if fmt == "egovlp" else _check_args(args, explicit)))
+    heads = dict(vision_heads=heads["vision_heads"] or max(v_width // 64, 1),
+                 text_heads=heads["text_heads"] or max(t_width // 64, 1))
+    for name, count in heads.items():
+        width = v_width if name.startswith("vision") else t_width
+        if width % count:
+            if explicit[name] is not None:
+                raise ConversionError(f"{name}={count} does not divide the tower width {width}")
+            origin = (f"args.model {args['model']!r}" if args.get("model") else "width // 64")
+            raise ConversionError(f"{name}={count} (from {origin}) does not divide the tower "
+                                  f"width {width}; pass --{name}")
+    return heads

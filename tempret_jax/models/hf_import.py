@@ -57,7 +57,7 @@ def to_numpy(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-class _StateDict:
+class StateDict:
     """Read access to a state dict with clear errors for missing keys."""
 
     def __init__(self, state_dict: Mapping[str, Any], source: str):
@@ -82,15 +82,15 @@ class _StateDict:
         return n
 
 
-def _layer_norm(weight: np.ndarray, bias: np.ndarray) -> Params:
+def layer_norm_params(weight: np.ndarray, bias: np.ndarray) -> Params:
     return {"scale": weight, "bias": bias}
 
 
-def _linear(weight: np.ndarray, bias: np.ndarray) -> Params:
+def linear_params(weight: np.ndarray, bias: np.ndarray) -> Params:
     return {"kernel": weight.T, "bias": bias}
 
 
-def _block(qkv, out, ln_1, ln_2, fc_1, fc_2, num_heads: int) -> Params:
+def block_params(qkv, out, ln_1, ln_2, fc_1, fc_2, num_heads: int) -> Params:
     """One ResidualAttentionBlock from torch-layout (weight (out, in), bias) pairs: `qkv` the
     three (D, D) + (D,) projections, `out` the attention output, then the two LayerNorms and
     the two MLP Linears."""
@@ -103,11 +103,11 @@ def _block(qkv, out, ln_1, ln_2, fc_1, fc_2, num_heads: int) -> Params:
 
     q, k, v = (head_proj(w, b) for w, b in qkv)
     return {
-        "ln_1": _layer_norm(*ln_1),
+        "ln_1": layer_norm_params(*ln_1),
         "attn": {"q": q, "k": k, "v": v,
                  "out": {"kernel": out[0].T.reshape(num_heads, head_dim, width), "bias": out[1]}},
-        "ln_2": _layer_norm(*ln_2),
-        "mlp": {"c_fc": _linear(*fc_1), "c_proj": _linear(*fc_2)},
+        "ln_2": layer_norm_params(*ln_2),
+        "mlp": {"c_fc": linear_params(*fc_1), "c_proj": linear_params(*fc_2)},
     }
 
 
@@ -118,31 +118,31 @@ def _stack_layers(blocks: list) -> Params:
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *blocks)
 
 
-def _transformer(blocks: list, scan_layers: bool) -> Params:
+def layer_stack_params(blocks: list, scan_layers: bool) -> Params:
     if scan_layers:
         return {"resblocks": _stack_layers(blocks)}
     return {f"resblocks_{i}": b for i, b in enumerate(blocks)}
 
 
-# Each layer's modules other than q/k/v, in `_block`'s order: attention output, ln_1, ln_2, the
-# two MLP Linears (names after the layer prefix; each has a .weight and a .bias).
+# Each layer's modules other than q/k/v, in `block_params`'s order: attention output, ln_1,
+# ln_2, the two MLP Linears (names after the layer prefix; each has a .weight and a .bias).
 HF_LAYER_MODULES = ("self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
 OPENAI_LAYER_MODULES = ("attn.out_proj", "ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj")
 
 
-def _hf_qkv(sd: _StateDict, layer: str) -> list:
+def _hf_qkv(sd: StateDict, layer: str) -> list:
     """HF keeps q, k and v as separate Linears: [(weight (D, D), bias (D,))] * 3."""
     return [(sd(f"{layer}self_attn.{n}_proj.weight"), sd(f"{layer}self_attn.{n}_proj.bias"))
             for n in "qkv"]
 
 
-def _openai_qkv(sd: _StateDict, layer: str) -> list:
+def _openai_qkv(sd: StateDict, layer: str) -> list:
     """OpenAI CLIP stacks q, k, v in one in_proj (3D, D) + (3D,): split into three pairs."""
     return list(zip(np.split(sd(layer + "attn.in_proj_weight"), 3),
                     np.split(sd(layer + "attn.in_proj_bias"), 3)))
 
 
-def _blocks(sd: _StateDict, prefix: str, num_heads: int, *, qkv: Callable,
+def _blocks(sd: StateDict, prefix: str, num_heads: int, *, qkv: Callable,
             modules: Sequence[str]) -> list:
     """Block params of every layer `prefix{i}.`: `qkv(sd, layer prefix)` reads its q/k/v pairs,
     `modules` (HF_LAYER_MODULES | OPENAI_LAYER_MODULES) names the rest."""
@@ -151,7 +151,7 @@ def _blocks(sd: _StateDict, prefix: str, num_heads: int, *, qkv: Callable,
         layer = f"{prefix}{i}."
         attention = qkv(sd, layer)
         rest = [(sd(f"{layer}{m}.weight"), sd(f"{layer}{m}.bias")) for m in modules]
-        blocks.append(_block(attention, *rest, num_heads))
+        blocks.append(block_params(attention, *rest, num_heads))
     return blocks
 
 
@@ -167,7 +167,7 @@ def params_from_hf_clip(state_dict: Mapping[str, Any], *, vision_heads: int, tex
     `num_frames`: add a zero temporal embedding (num_frames, D) for the joint-mode video tower
     (None for frame mode, which has none). Head counts are not recoverable from the weights.
     """
-    sd = _StateDict(state_dict, "HF CLIPModel")
+    sd = StateDict(state_dict, "HF CLIPModel")
     blocks = functools.partial(_blocks, sd, qkv=_hf_qkv, modules=HF_LAYER_MODULES)
     v, t = "vision_model.", "text_model."
     conv = sd(v + "embeddings.patch_embedding.weight")                      # (D, 3, p, p)
@@ -176,16 +176,18 @@ def params_from_hf_clip(state_dict: Mapping[str, Any], *, vision_heads: int, tex
         "class_embedding": sd(v + "embeddings.class_embedding"),
         "positional_embedding": sd(v + "embeddings.position_embedding.weight"),
         **_temporal(num_frames, conv.shape[0]),
-        "ln_pre": _layer_norm(sd(v + "pre_layrnorm.weight"), sd(v + "pre_layrnorm.bias")),
-        "transformer": _transformer(blocks(v + "encoder.layers.", vision_heads), scan_layers),
-        "ln_post": _layer_norm(sd(v + "post_layernorm.weight"), sd(v + "post_layernorm.bias")),
+        "ln_pre": layer_norm_params(sd(v + "pre_layrnorm.weight"), sd(v + "pre_layrnorm.bias")),
+        "transformer": layer_stack_params(blocks(v + "encoder.layers.", vision_heads), scan_layers),
+        "ln_post": layer_norm_params(sd(v + "post_layernorm.weight"),
+                                     sd(v + "post_layernorm.bias")),
         "proj": sd("visual_projection.weight").T,
     }
     text = {
         "token_embedding": {"embedding": sd(t + "embeddings.token_embedding.weight")},
         "positional_embedding": sd(t + "embeddings.position_embedding.weight"),
-        "transformer": _transformer(blocks(t + "encoder.layers.", text_heads), scan_layers),
-        "ln_final": _layer_norm(sd(t + "final_layer_norm.weight"), sd(t + "final_layer_norm.bias")),
+        "transformer": layer_stack_params(blocks(t + "encoder.layers.", text_heads), scan_layers),
+        "ln_final": layer_norm_params(sd(t + "final_layer_norm.weight"),
+                                      sd(t + "final_layer_norm.bias")),
         "text_projection": sd("text_projection.weight").T,
     }
     return {"visual": visual, "text": text, "logit_scale": sd("logit_scale").reshape(())}
@@ -203,7 +205,7 @@ def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
     """
     if key_map is not None:
         state_dict = {key_map(k): val for k, val in state_dict.items()}
-    sd = _StateDict(state_dict, "OpenAI CLIP")
+    sd = StateDict(state_dict, "OpenAI CLIP")
     conv = sd("visual.conv1.weight")
     if conv.ndim == 5:  # AVION's Conv3d kernel (D, 3, 1, p, p)
         conv = conv[:, :, 0]
@@ -217,31 +219,31 @@ def params_from_openai_clip(state_dict: Mapping[str, Any], *, vision_heads: int,
         "class_embedding": sd("visual.class_embedding"),
         "positional_embedding": sd("visual.positional_embedding"),
         **temporal,
-        "ln_pre": _layer_norm(sd("visual.ln_pre.weight"), sd("visual.ln_pre.bias")),
-        "transformer": _transformer(
+        "ln_pre": layer_norm_params(sd("visual.ln_pre.weight"), sd("visual.ln_pre.bias")),
+        "transformer": layer_stack_params(
             _blocks(sd, "visual.transformer.resblocks.", vision_heads, qkv=_openai_qkv,
                     modules=OPENAI_LAYER_MODULES), scan_layers),
-        "ln_post": _layer_norm(sd("visual.ln_post.weight"), sd("visual.ln_post.bias")),
+        "ln_post": layer_norm_params(sd("visual.ln_post.weight"), sd("visual.ln_post.bias")),
         "proj": sd("visual.proj"),
     }
     return {"visual": visual, "text": _openai_text(sd, text_heads, scan_layers),
             "logit_scale": sd("logit_scale").reshape(())}
 
 
-def _openai_text(sd: _StateDict, num_heads: int, scan_layers: bool) -> Params:
+def _openai_text(sd: StateDict, num_heads: int, scan_layers: bool) -> Params:
     """The text tower in OpenAI's names (also AVION's, LaViLa's and EVA-CLIP's)."""
     blocks = _blocks(sd, "transformer.resblocks.", num_heads, qkv=_openai_qkv,
                      modules=OPENAI_LAYER_MODULES)
     return {
         "token_embedding": {"embedding": sd("token_embedding.weight")},
         "positional_embedding": sd("positional_embedding"),
-        "transformer": _transformer(blocks, scan_layers),
-        "ln_final": _layer_norm(sd("ln_final.weight"), sd("ln_final.bias")),
+        "transformer": layer_stack_params(blocks, scan_layers),
+        "ln_final": layer_norm_params(sd("ln_final.weight"), sd("ln_final.bias")),
         "text_projection": sd("text_projection"),
     }
 
 
-def _eva_block(sd: _StateDict, layer: str, num_heads: int) -> Params:
+def _eva_block(sd: StateDict, layer: str, num_heads: int) -> Params:
     """One EVA02 block (eva_vit_model.py Block with subln and naiveswiglu): separate q/k/v
     projections without bias plus q_bias and v_bias (k has none), inner_attn_ln before the
     output projection `proj`, SwiGLU w1/w2 -> ffn_ln -> w3."""
@@ -258,13 +260,15 @@ def _eva_block(sd: _StateDict, layer: str, num_heads: int) -> Params:
     pair = lambda name: (sd(f"{layer}{name}.weight"), sd(f"{layer}{name}.bias"))  # noqa: E731
     out_w, out_b = pair("attn.proj")
     return {
-        "ln_1": _layer_norm(*pair("norm1")),
+        "ln_1": layer_norm_params(*pair("norm1")),
         "attn": {"q": head_proj("q", True), "k": head_proj("k", False),
-                 "v": head_proj("v", True), "inner_attn_ln": _layer_norm(*pair("attn.inner_attn_ln")),
+                 "v": head_proj("v", True),
+                 "inner_attn_ln": layer_norm_params(*pair("attn.inner_attn_ln")),
                  "out": {"kernel": out_w.T.reshape(num_heads, head_dim, width), "bias": out_b}},
-        "ln_2": _layer_norm(*pair("norm2")),
-        "mlp": {"w1": _linear(*pair("mlp.w1")), "w2": _linear(*pair("mlp.w2")),
-                "ffn_ln": _layer_norm(*pair("mlp.ffn_ln")), "w3": _linear(*pair("mlp.w3"))},
+        "ln_2": layer_norm_params(*pair("norm2")),
+        "mlp": {"w1": linear_params(*pair("mlp.w1")), "w2": linear_params(*pair("mlp.w2")),
+                "ffn_ln": layer_norm_params(*pair("mlp.ffn_ln")),
+                "w3": linear_params(*pair("mlp.w3"))},
     }
 
 
@@ -275,7 +279,7 @@ def params_from_eva_clip(state_dict: Mapping[str, Any], *, vision_heads: int, te
     Linear our proj + proj_bias; a video tower's `visual.temporal_embedding` (T, D) (EVA02-AT)
     is kept, else `num_frames` adds zeros as in `params_from_hf_clip`. Rope buffers
     (`visual.rope.freqs_*`) carry no parameters."""
-    sd = _StateDict(state_dict, "EVA-CLIP")
+    sd = StateDict(state_dict, "EVA-CLIP")
     conv = sd("visual.patch_embed.proj.weight")                             # (D, 3, p, p)
     width = conv.shape[0]
     blocks = [_eva_block(sd, f"visual.blocks.{i}.", vision_heads)
@@ -287,8 +291,8 @@ def params_from_eva_clip(state_dict: Mapping[str, Any], *, vision_heads: int, te
         "positional_embedding": sd("visual.pos_embed").reshape(-1, width),
         **({"temporal_embedding": sd("visual.temporal_embedding")}  # EVA02-AT's own
            if "visual.temporal_embedding" in sd else _temporal(num_frames, width)),
-        "transformer": _transformer(blocks, scan_layers),
-        "ln_post": _layer_norm(sd("visual.norm.weight"), sd("visual.norm.bias")),
+        "transformer": layer_stack_params(blocks, scan_layers),
+        "ln_post": layer_norm_params(sd("visual.norm.weight"), sd("visual.norm.bias")),
         "proj": head.T,
         "proj_bias": sd("visual.head.bias"),
     }
