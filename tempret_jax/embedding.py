@@ -30,6 +30,7 @@ from tempret_jax import progress
 from tempret_jax import metrics
 from tempret_jax import sharding as sharding_lib
 from tempret_jax.data import ek100, pipeline, prepare, views as views_lib
+from tempret_jax.data.text_tokens import TextTokenizer
 
 
 def eval_views(eval_config) -> tuple[views_lib.View, ...]:
@@ -150,8 +151,10 @@ def _text_fn(model, mesh, tokens: bool):
 
 
 def sentence_batches(texts: Sequence[str], global_batch_size: int,
-                     process_index: int | None = None, process_count: int | None = None):
-    """This process's batches of ``texts``: tokens (B, 77) int32, mask (B,), index (B,) position.
+                     process_index: int | None = None, process_count: int | None = None,
+                     tokenize: TextTokenizer = TextTokenizer()):
+    """This process's batches of ``texts``: tokens (B, L) int32 (``tokenize``'s rows), mask
+    (B,), index (B,) position.
 
     Every process gets the same number of batches (`pipeline.padded_indices`).
     """
@@ -162,8 +165,8 @@ def sentence_batches(texts: Sequence[str], global_batch_size: int,
                               f"{process_count} JAX processes")
     batch = global_batch_size // process_count
     indices = pipeline.padded_indices(len(texts), batch, process_index, process_count)
-    tokens = pipeline.tokenize([texts[i] for i in indices[indices >= 0]])
-    padded = np.zeros((len(indices), pipeline.CONTEXT_LENGTH), np.int32)
+    tokens = tokenize([texts[i] for i in indices[indices >= 0]])
+    padded = np.zeros((len(indices), tokenize.context_length), np.int32)
     padded[indices >= 0] = tokens
     for start in range(0, len(indices), batch):
         index = indices[start:start + batch]
@@ -379,7 +382,8 @@ def embed_split(model, params, mesh, dataset_dir, *, split: str = "test", batch_
     n = len(sentence_rows)
     texts, counts = text_rows(sentence_texts(clip_table, sentence_table, sentence_rows),
                               [str(t) for t in clip_table.narration[videos["ids"]]])
-    encoded = text_features(model, params, sentence_batches(texts, batch_size), mesh,
+    encoded = text_features(model, params, sentence_batches(
+        texts, batch_size, tokenize=TextTokenizer.of(model.config.text)), mesh,
                             tokens=tokens, total=len(texts))
     t, per_view = encoded["features"], videos["features"]
     video, gallery = combine_views(model, params, per_view, weights, t[:n], reduce, chunk)

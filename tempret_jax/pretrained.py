@@ -3,15 +3,17 @@
     from tempret_jax import pretrained
     m = pretrained.load("converted/avion_b16")   # tools/convert_checkpoint.py output, or a run
     v = m.embed_video(frames)   # frames float32 (B, T, H, W, 3) -> (B, E) unit rows
-    t = m.embed_text(ids)       # ids int (B, L), tempret_jax.data.tokenizer -> (B, E)
+    t = m.embed_text(m.tokenize(["cut the onion"]))   # ids int (B, L) -> (B, E)
     similarity = v @ t.T
 
 Frames are RGB in [0, 1], normalised as every model here expects: (x - CLIP_MEAN) / CLIP_STD,
 channel-wise, with `tempret_jax.data.crops.CLIP_MEAN` / `CLIP_STD` (OpenAI CLIP's constants;
 AVION and EVA-CLIP use the same), `normalize_frames` does it; H = W = the model's image_size,
 T = its num_frames (or what `load(num_frames=...)` sets: the temporal embedding is inflated
-on load). Token ids are CLIP BPE sequences: <start> tokens <end> then zeros
-(`tempret_jax.data.tokenizer.tokenize`).
+on load). Token ids are what the model's text tower reads (`tokenize`): CLIP BPE sequences
+<start> tokens <end> then zeros for CLIP towers; for EgoVLP's DistilBERT, WordPiece rows
+[CLS] tokens [SEP] then [PAD] = 0 over the vocabulary file given to `load(vocab_file=...)`,
+with an optional attention mask (default: ids != 0, what the tokenizer's mask holds).
 
 `encode_video` / `encode_text` return the projected, unnormalised features (what the authors'
 `encode_image` / `encode_text` return); `embed_video` / `embed_text` the L2-normalised
@@ -33,6 +35,7 @@ import numpy as np
 
 from tempret_jax import convert, run_config, state
 from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
+from tempret_jax.data.text_tokens import TextTokenizer
 from tempret_jax.models import retrieval
 
 
@@ -66,27 +69,42 @@ class Pretrained:
                              f"{frames.shape}")
         return self._apply(self.params, frames, retrieval.RetrievalModel.encode_video)
 
-    def encode_text(self, ids) -> jax.Array:
-        """ids int (B, L), L <= context_length -> (B, E) unnormalised features."""
+    def tokenize(self, texts) -> np.ndarray:
+        """texts -> (n, L) int32 ids for this model's text tower (module docstring)."""
+        return TextTokenizer.of(self.config.text)([texts] if isinstance(texts, str) else texts)
+
+    def encode_text(self, ids, mask=None) -> jax.Array:
+        """ids int (B, L), L <= context_length [mask (B, L) bool: DistilBERT's attention mask]
+        -> (B, E) unnormalised features."""
         ids = jnp.asarray(ids, jnp.int32)
-        return self._apply(self.params, ids, retrieval.RetrievalModel.encode_text)
+        if mask is None:
+            return self._apply(self.params, ids, retrieval.RetrievalModel.encode_text)
+        return self._apply_masked(self.params, ids, jnp.asarray(mask, bool))
+
+    @functools.cached_property
+    def _apply_masked(self):
+        def features(params, ids, mask):
+            return self.model.apply({"params": params}, ids, mask,
+                                    method=retrieval.RetrievalModel.encode_text)["features"]
+        return jax.jit(features)
 
     def embed_video(self, frames) -> jax.Array:
         """frames (B, T, H, W, 3) -> (B, E) L2-normalised float32."""
         return retrieval.l2_normalize(self.encode_video(frames))
 
-    def embed_text(self, ids) -> jax.Array:
-        """ids (B, L) -> (B, E) L2-normalised float32."""
-        return retrieval.l2_normalize(self.encode_text(ids))
+    def embed_text(self, ids, mask=None) -> jax.Array:
+        """ids (B, L) [mask (B, L)] -> (B, E) L2-normalised float32."""
+        return retrieval.l2_normalize(self.encode_text(ids, mask))
 
 
 def load(path, *, num_frames: Optional[int] = None, dtype: str = "float32",
-         step: Optional[int] = None) -> Pretrained:
+         step: Optional[int] = None, vocab_file: Optional[str] = None) -> Pretrained:
     """A converted checkpoint (tools/convert_checkpoint.py output) or a trained run's workdir
     (its latest checkpoint, or `step`; the EMA copy when the run keeps one) as a Pretrained.
 
     num_frames: frames of the video tower (default the checkpoint's); dtype: compute dtype
-    ('float32' | 'bfloat16'; parameters stay float32).
+    ('float32' | 'bfloat16'; parameters stay float32); vocab_file: the WordPiece vocabulary
+    of a DistilBERT text tower (EgoVLP: distilbert-base-uncased's vocab.txt), for `tokenize`.
     """
     path = pathlib.Path(path)
     key = "params"
@@ -96,6 +114,8 @@ def load(path, *, num_frames: Optional[int] = None, dtype: str = "float32",
         run = run_config.load(path)
         config, key = run.model, "ema_params" if run.optim.ema_decay > 0 else "params"
     config.dtype = dtype
+    if vocab_file is not None:
+        config.text.vocab_file = str(pathlib.Path(vocab_file).absolute())
     if num_frames is not None:
         config.vision.num_frames = num_frames
     model = retrieval.RetrievalModel.from_config(config)

@@ -30,6 +30,7 @@ from tempret_jax import atomic, embedding, run_config, state
 from tempret_jax import config as config_lib
 from tempret_jax import sharding as sharding_lib
 from tempret_jax.data import prepare
+from tempret_jax.data.text_tokens import TextTokenizer
 
 INDEX_DIR = "search"
 INDEX_ARRAYS = "index.npz"
@@ -131,7 +132,9 @@ class Searcher:
         """A query's unit embedding (E,); refinement attends over the indexed clips."""
         batch = sharding_lib.batch_devices(self.mesh)
         texts = embedding.text_features(self.model, self.params,
-                                        embedding.sentence_batches([query], batch, 0, 1),
+                                        embedding.sentence_batches(
+                                            [query], batch, 0, 1,
+                                            TextTokenizer.of(self.model.config.text)),
                                         self.mesh)
         return embedding.embed(self.model, self.params, texts["features"],
                                self.index.video_features, "text")[0]

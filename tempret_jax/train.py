@@ -46,6 +46,7 @@ import tqdm
 from tempret_jax import atomic, evaluators, integrity, lock
 from tempret_jax import checkpoint as checkpoint_lib
 from tempret_jax.data import ek100, pipeline, prepare
+from tempret_jax.data.text_tokens import TextTokenizer
 from tempret_jax.state import TrainSetup, TrainState
 from tempret_jax.step import TrainStep
 
@@ -173,7 +174,8 @@ def _train_iterator(config):
         config.dataset_dir, config.global_batch_size, split=d.train_split,
         num_frames=d.num_frames, resolution=d.resolution, crop_scale=tuple(d.crop_scale),
         seed=config.seed, num_workers=d.num_workers, relevance=relevance,
-        exclude=pipeline.holdout(config.dataset_dir, d)))
+        exclude=pipeline.holdout(config.dataset_dir, d),
+        tokenize=TextTokenizer.of(config.model.text)))
 
 
 def _record_eval(workdir: pathlib.Path, config, step: int, result: evaluators.Result,

@@ -27,16 +27,16 @@ import numpy as np
 import simplejpeg
 
 from tempret_jax.data import crops, ek100, prepare, verify, workers
+from tempret_jax.data.text_tokens import TextTokenizer
 from tempret_jax.data.crops import CLIP_MEAN, CLIP_STD
 from tempret_jax.data.views import View, center_view
 
-CONTEXT_LENGTH = 77
+CONTEXT_LENGTH = 77  # CLIP's rows (`TextTokenizer()`, the default of every pipeline)
 
 
 def tokenize(texts) -> np.ndarray:
-    """CLIP token ids: (n, 77) int32. Imported lazily (the vocabulary loads once per process)."""
-    from tempret_jax.data import tokenizer
-    return tokenizer.tokenize(list(texts), CONTEXT_LENGTH)
+    """CLIP token ids: (n, 77) int32 (the vocabulary loads once per process)."""
+    return TextTokenizer()(list(texts))
 
 
 def open_split(dataset_dir, split: str):
@@ -182,13 +182,15 @@ def cut_crops(images, num_frames: int, rng: np.random.Generator, resolution: int
 class TrainTransform(grain.transforms.RandomMap):
     """One record -> one training example (see `train_pipeline` for the keys and shapes).
 
-    The sentences are tokenised once here ((S, 77) int32, 4.9 MB for EK-100's 15,989), not per
-    example; only the fallback to a clip's own narration tokenises on the fly.
+    The sentences are tokenised once here by ``tokenize`` ((S, 77) int32, 4.9 MB for EK-100's
+    15,989), not per example; only the fallback to a clip's own narration tokenises on the fly.
     """
 
     def __init__(self, relevance: ek100.TrainRelevance, sentences: ek100.SentenceTable,
-                 num_frames: int, resolution: int, short_side: int, crop_scale=(0.5, 1.0)):
+                 num_frames: int, resolution: int, short_side: int, crop_scale=(0.5, 1.0),
+                 tokenize: TextTokenizer = TextTokenizer()):
         self.relevance = relevance
+        self.tokenize = tokenize
         self.sentence_tokens = tokenize(sentences.narration)
         self.sentence_labels = sentences.labels()
         self.num_frames, self.resolution, self.crop_scale = num_frames, resolution, crop_scale
@@ -216,7 +218,7 @@ class TrainTransform(grain.transforms.RandomMap):
         }
 
     def positive(self, clip: int, narration, rng: np.random.Generator):
-        """(tokens (77,) int32, the sentence's ek100.ClassLabels, rel) of a sampled positive.
+        """(tokens (L,) int32, the sentence's ek100.ClassLabels, rel) of a sampled positive.
 
         Uniform among the sentences with rel > 0.1 (docs/design.md, Relevance); with none, the clip's own
         ``narration`` and classes, rel = 1.
@@ -224,7 +226,7 @@ class TrainTransform(grain.transforms.RandomMap):
         sentence, c = self.relevance.sample_positive(clip, rng)
         if sentence < 0:
             labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
-            return tokenize([_text(narration)])[0], labels, c
+            return self.tokenize([_text(narration)])[0], labels, c
         return self.sentence_tokens[sentence], self.sentence_labels.take(sentence), c
 
 
@@ -276,7 +278,7 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
                    seed: int = 0, num_workers: int = 0, process_index: int | None = None,
                    process_count: int | None = None,
                    relevance: ek100.TrainRelevance | None = None,
-                   exclude=()) -> grain.IterDataset:
+                   exclude=(), tokenize: TextTokenizer = TextTokenizer()) -> grain.IterDataset:
     """The training stream of this process; ``iter()`` it, save/restore with get/set_state.
 
     Each batch (B = global_batch_size / process_count, drop_remainder) holds:
@@ -284,7 +286,8 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
       clip's random resized crop cut out onto canvases (`cut_crops`; C = `crops.canvas_size` of
       the stored frames' short side, read from the first record); `crops.resized_crops` makes
       them (B, T, R, R, 3) CLIP-normalised crops on the device;
-      tokens (B, 77) int32 of the sampled positive sentence; clip_verb (B,) int32, clip_nouns
+      tokens (B, L) int32 of the sampled positive sentence (``tokenize``'s rows, CLIP's 77 by
+      default); clip_verb (B,) int32, clip_nouns
       (B, 300) bool: the clip's classes; text_verb, text_nouns: the sentence's; pos_relevance
       (B,) float32: rel(clip, sentence); index (B,) int64: the record.
     ``relevance`` defaults to one built from the split's annotations (built once, shared by
@@ -300,7 +303,7 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
     if len(source) == 0:
         raise ValueError(f"{dataset_dir}: the {split!r} split holds no clips")
     transform = TrainTransform(relevance, sentences, num_frames, resolution,
-                               stored_short_side(source), crop_scale)
+                               stored_short_side(source), crop_scale, tokenize)
     records = np.setdiff1d(np.arange(len(source)), np.asarray(exclude, np.int64))
     if len(records) == 0:
         raise ValueError(f"{dataset_dir}: every record of the {split!r} split is excluded")
@@ -392,11 +395,11 @@ def eval_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test",
 
 
 def sentence_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test",
-                      process_index: int | None = None,
-                      process_count: int | None = None) -> grain.IterDataset:
+                      process_index: int | None = None, process_count: int | None = None,
+                      tokenize: TextTokenizer = TextTokenizer()) -> grain.IterDataset:
     """Every sentence of ``split`` once, in file order (this process's share), tokenised.
 
-    Batches: tokens (B, 77) int32, mask (B,) bool, index (B,) int64 row in the sentence file,
+    Batches: tokens (B, L) int32 (``tokenize``'s rows), mask (B,) bool, index (B,) int64 row in the sentence file,
     narration_id (B,) str.
     """
     process_index, process_count = _process(process_index, process_count)
@@ -407,7 +410,7 @@ def sentence_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test
 
     def element(i):
         valid = i >= 0
-        return {"tokens": tokens[i] if valid else np.zeros(CONTEXT_LENGTH, np.int32),
+        return {"tokens": tokens[i] if valid else np.zeros(tokens.shape[1], np.int32),
                 "mask": np.bool_(valid), "index": np.int64(i),
                 "narration_id": str(sentences.narration_id[i]) if valid else ""}
 

@@ -279,13 +279,19 @@ class RetrievalModel(nn.Module):
         tokens = out[f"{self.config.cross_encoder.video_tokens}_tokens"][:batch]
         return {"features": features, "tokens": tokens, **result}
 
-    def encode_text(self, ids: Array) -> Dict[str, Array]:
-        """ids (B, L) -> {'features': (B, E) unnormalised ((B, D_t) unprojected with
-        refinement), 'tokens': (B, L, D_t),
-        'mask': (B, L) bool real-token mask}."""
+    def encode_text(self, ids: Array, mask: Optional[Array] = None) -> Dict[str, Array]:
+        """ids (B, L) [mask (B, L) bool: a DistilBERT tower's attention mask, default ids != 0]
+        -> {'features': (B, E) unnormalised ((B, D_t) unprojected with refinement),
+        'tokens': (B, L, D_t), 'mask': (B, L) bool real-token mask}."""
+        if self.config.text.tower == "distilbert":
+            mask = text_padding_mask(ids, "distilbert") if mask is None else mask
+            features, tokens = self.text(ids, mask)
+            return {"features": features, "tokens": tokens, "mask": mask}
+        if mask is not None:
+            raise ValueError("encode_text: a mask is read by the 'distilbert' text tower only; "
+                             "CLIP's ids mark their own end")
         features, tokens = self.text(ids)
-        return {"features": features, "tokens": tokens, "mask": text_padding_mask(
-            ids, self.config.text.tower)}
+        return {"features": features, "tokens": tokens, "mask": text_padding_mask(ids, "clip")}
 
     def _embed(self, modality: str, features: Array, gallery: Optional[Array],
                gallery_mask: Optional[Array], deterministic: bool) -> Array:
