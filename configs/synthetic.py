@@ -6,7 +6,9 @@
 ``arg`` is a comma-separated list of variant tokens (any order; defaults first):
   model:  tempret (per-frame ViT + TempRet temporal transformer) | mean (per-frame ViT, frame
           averaging) | joint (AVION joint space-time attention, learned temporal embedding) |
-          rope (EVA02-AT spatial-temporal RoPE, no learned position embedding)
+          rope (EVA02-AT spatial-temporal RoPE, no learned position embedding) |
+          egovlp (EgoVLP's Frozen-in-Time: divided space-time attention, DistilBERT over
+          SynthKitchens' own WordPiece vocabulary, `synthetic.wordpiece_vocab`)
   loss:   info_nce | sms (EVA02-AT) | mi_mm (AVION) | adaptive_mi_mm (EgoVLP)
   size:   demo (under 10 minutes on 2 CPU cores) | test (seconds: for the test suite)
   reversed: add time-reversed hard negatives for the mirrored verb pairs (loss.reversed_negatives:
@@ -25,7 +27,7 @@ from tempret_jax import config as config_lib
 from tempret_jax.data import synthetic
 from tempret_jax.models import retrieval
 
-MODELS = ("tempret", "mean", "joint", "rope")
+MODELS = ("tempret", "mean", "joint", "rope", "egovlp")
 LOSSES = ("sms", "mi_mm", "adaptive_mi_mm", "info_nce")
 SIZES = ("demo", "test")
 NEGATIVES = ("plain", "reversed")
@@ -70,7 +72,7 @@ def get_config(arg=None):
     c.prepare = ml_collections.ConfigDict(dict(num_frames=16 if demo else 4, short_side=40))
 
     # Model: a CLIP-shaped dual encoder, small enough for CPUs.
-    m = retrieval.model_config("tiny")
+    m = retrieval.model_config("egovlp_tiny" if choice["model"] == "egovlp" else "tiny")
     m.embed_dim = 128 if demo else 16
     width, depth = (128, 4) if demo else (32, 1)
     m.vision.update(image_size=32, patch_size=8, width=width, layers=depth, heads=4,
@@ -82,6 +84,9 @@ def get_config(arg=None):
         m.temporal.update(layers=2 if demo else 1, heads=4)
     elif choice["model"] == "rope":
         m.vision.pos_embed = "rope"
+    elif choice["model"] == "egovlp":
+        m.text.update(vocab_file=str(synthetic.vocab_path()), context_length=32,
+                      max_positions=32, vocab_size=len(synthetic.wordpiece_vocab()))
     c.model = m
 
     c.loss.name = choice["loss"]

@@ -118,3 +118,18 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_is_behind_debug(
             main.main(["main"])
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_the_egovlp_family_trains_evaluates_and_searches_on_the_demo_data(tmp_path):
+    run = _main("--config", "configs/synthetic.py:egovlp,adaptive_mi_mm,test", "--workdir",
+                str(tmp_path), "--config.eval.dual_softmax=egovlp")
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["step"] == 4 and set(result["mAP"]) == {"v2t", "t2v", "avg"}
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["model"]["vision"]["tower"], saved["model"]["text"]["tower"]) == (
+        "space_time", "distilbert")
+    run = _main("--mode", "search", "--workdir", str(tmp_path), "--query", "lift the red bar",
+                "--top", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [line.split()[0] for line in run.stdout.strip().splitlines()[-2:]] == ["1", "2"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import pathlib
+import string
 
 import av
 import numpy as np
@@ -74,6 +75,25 @@ SHAPES = ("square", "circle", "triangle", "bar")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230),
            "yellow": (235, 210, 40), "purple": (150, 60, 200)}
 NOUNS = tuple(f"{shape}:{colour}" for shape in SHAPES for colour in COLOURS)  # class id = index
+VOCAB_FILE = "synthkitchens_vocab.txt"  # packaged beside this module: `wordpiece_vocab()`
+
+
+def wordpiece_vocab() -> list[str]:
+    """A BERT vocabulary (vocab.txt lines, id = line) for SynthKitchens' narrations, for
+    EgoVLP's DistilBERT tower at demo size: [PAD] first (its id must be 0), the other BERT
+    specials, every narration word whole, then letters and digits plain and as '##'
+    continuations and ASCII punctuation, so any other lower-case text (a search query)
+    splits into pieces instead of [UNK]."""
+    words = {w for verb in VERBS for w in (*verb.words, verb.particle) if w}
+    words |= set(SHAPES) | set(COLOURS) | {"and"}
+    chars = string.ascii_lowercase + string.digits
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words), *chars,
+            *(f"##{c}" for c in chars), *string.punctuation]
+
+
+def vocab_path() -> pathlib.Path:
+    """The packaged `wordpiece_vocab()` file."""
+    return pathlib.Path(__file__).with_name(VOCAB_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
