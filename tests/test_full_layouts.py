@@ -37,7 +37,8 @@ CASES = [("avion", "b16", "avion_b16", 149_305_345), ("avion", "l14", "avion_l14
          ("avion", "l14_flash", "avion_l14", 426_715_393),
          ("eva02_clip", "b16", "eva02_b16", 149_691_137),
          ("eva02_clip", "l14", "eva02_l14", 427_755_457),
-         ("eva02at", "b16", "eva02_b16", None), ("eva02at", "l14", "eva02_l14", None)]
+         ("eva02at", "b16", "eva02_b16", None), ("eva02at", "l14", "eva02_l14", None),
+         ("egovlp", "b16", "egovlp_b16", 180_934_400)]
 
 
 @pytest.mark.parametrize("family, size, preset, count", CASES,
@@ -46,7 +47,7 @@ def test_a_released_layout_converts_to_its_presets_architecture(family, size, pr
     sd = _eva02at(size[:3]) if family == "eva02at" else _state_dict(family, size)
     params, config = convert.convert_state_dict(sd)
     expected = retrieval.model_config(preset)
-    if family != "eva02_clip":
+    if family not in ("eva02_clip", "egovlp"):
         expected.embed_dim = 256  # AVION's LaViLa pretraining, EVA02-AT's paper
     for key in retrieval.ARCHITECTURE:
         got, want = config, expected
@@ -59,4 +60,5 @@ def test_a_released_layout_converts_to_its_presets_architecture(family, size, pr
     assert config.vision.num_frames == 16
     n = sum(int(np.prod(x.shape)) for x in checkpoint.flatten(params).values())
     if count is not None:  # what the authors' model holds (temporal embedding included)
-        assert n == count + (16 * config.vision.width if family == "eva02_clip" else 0)
+        # EVA02-CLIP has no temporal embedding, EgoVLP no logit scale (its 0.05 is fixed).
+        assert n == count + {"eva02_clip": 16 * config.vision.width, "egovlp": 1}.get(family, 0)

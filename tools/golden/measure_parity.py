@@ -58,6 +58,18 @@ def rows(root: pathlib.Path):
     at = np.load(GOLDEN / "eva02at" / "reference.npz")
     m = pretrained.load(_converted(_eva02at_with_text(root), root / "converted"))
     yield "EVA02-AT", "eva02at_tiny", "video", m.encode_video(at["video"]), at["video_embedding"]
+    ego = np.load(GOLDEN / "egovlp" / "reference.npz")
+    path = GOLDEN / "egovlp" / "egovlp_tiny.pth"
+    out = root / "egovlp_tiny"
+    convert.save_converted(out, *convert.convert_checkpoint(path, vision_heads=4, text_heads=4))
+    m = pretrained.load(out)
+    frames = ego["video"].transpose(0, 1, 3, 4, 2)  # EgoVLP's (B, F, C, H, W)
+    yield "EgoVLP", "egovlp_tiny", "video", m.encode_video(frames), ego["video_embeddings"]
+    yield ("EgoVLP", "egovlp_tiny", "text (ids + mask)",
+           m.encode_text(ego["text_ids"], ego["text_mask"].astype(bool)), ego["text_embeddings"])
+    m = pretrained.load(out, num_frames=8)
+    yield ("EgoVLP", "egovlp_tiny", "video, 4 -> 8 (zeros)",
+           m.encode_video(ego["video8"].transpose(0, 1, 3, 4, 2)), ego["video8_zeros_embeddings"])
 
 
 def main() -> int:
