@@ -221,6 +221,12 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
         _check(c.optim[key] >= 0, f"optim.{key}", ">= 0", c.optim[key])
     _check(0 <= c.optim.warmup_steps <= c.total_steps, "optim.warmup_steps",
            f"0..total_steps = {c.total_steps}", c.optim.warmup_steps)
+    steps = [p[0] if len(p) == 2 else None for p in c.optim.get("lr_steps", ())]
+    _check(not steps or (steps[0] == 0 and all(isinstance(s, int) for s in steps)
+                         and steps == sorted(set(steps))
+                         and all(p[1] >= 0 for p in c.optim.lr_steps)),
+           "optim.lr_steps", "(step, lr) pairs from step 0, steps increasing, lr >= 0",
+           c.optim.get("lr_steps"))
     pairs = [tuple(p) for p in c.loss.reversed_negatives]
     verbs = [v for p in pairs for v in p]
     _check(all(len(p) == 2 for p in pairs) and all(isinstance(v, int) and v >= 0 for v in verbs)

@@ -4,6 +4,9 @@ Config (``config.optim``; parameter paths are '/'-joined, see `sharding.path_str
 
     lr, start_lr, end_lr   peak lr; linear warmup from start_lr over warmup_steps, then cosine
     warmup_steps           decay to end_lr at the last step (AVION, EVA02-AT schedules)
+    lr_steps               ((step, lr), ...) from step 0, increasing: instead, a piecewise
+                           constant lr, each from its step on (EgoVLP's released trainer);
+                           () uses the warmup-cosine schedule
     b1, b2, eps            Adam moments
     weight_decay           decoupled (AdamW), not applied to paths matching ``no_decay``
     no_decay               regex: biases, norm scales, position embeddings, the logit scale
@@ -20,6 +23,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -34,20 +38,33 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
     """The defaults (CLIP fine-tuning style, as AVION), updated with ``overrides``."""
     c = ml_collections.ConfigDict(dict(
         lr=3e-5, start_lr=1e-6, end_lr=1e-5, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.01, no_decay=NO_DECAY, lr_multipliers=(), freeze="",
+        weight_decay=0.01, no_decay=NO_DECAY, lr_multipliers=(), freeze="", lr_steps=(),
         clip_grad_norm=0.0, ema_decay=0.0))
     c.update(overrides)
     return c
 
 
 def learning_rate_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup start_lr -> lr over warmup_steps, cosine lr -> end_lr at total_steps."""
+    """Linear warmup start_lr -> lr over warmup_steps, cosine lr -> end_lr at total_steps;
+    with ``lr_steps``, their piecewise constant lr."""
+    if c.get("lr_steps"):
+        return _piecewise(c.lr_steps)
     if not 0 <= c.warmup_steps <= total_steps:
         raise ValueError(f"optim.warmup_steps: expected 0..total_steps={total_steps}, "
                          f"got {c.warmup_steps}")
     return optax.warmup_cosine_decay_schedule(
         init_value=c.start_lr, peak_value=c.lr, warmup_steps=c.warmup_steps,
         decay_steps=max(total_steps, 1), end_value=c.end_lr)
+
+
+def _piecewise(lr_steps) -> optax.Schedule:
+    starts = [int(step) for step, _ in lr_steps]
+    if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+        raise ValueError(f"optim.lr_steps: expected (step, lr) pairs from step 0 with "
+                         f"increasing steps, got {tuple(map(tuple, lr_steps))}")
+    boundaries = jnp.asarray(starts[1:], jnp.int32)
+    values = jnp.asarray([float(lr) for _, lr in lr_steps], jnp.float32)
+    return lambda count: values[jnp.searchsorted(boundaries, count, side="right")]
 
 
 def _compile(key: str, regex: str) -> re.Pattern:

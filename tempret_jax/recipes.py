@@ -36,6 +36,10 @@ SMS_LOSSES = "SMS-Loss avion/losses/losses.py (1.1 / uint_factor 240)"
 EVA02AT = "EVA02-AT paper, Sec. V implementation details"
 CRCLIP = "CR-CLIP report, Sec. 3.1"
 TEMPRET = "TempRet report (abstract only)"
+EGOVLP = "EgoVLP EK-100 report, Sec. 3.1"
+EGOVLP_T2 = "EgoVLP EK-100 report, Table 2"
+EGOVLP_FT = "EgoVLP configs/ft/epic.json"
+EGOVLP_TRAINER = "EgoVLP trainer/trainer_epic.py"
 OURS = "ours: no published value"
 
 
@@ -259,8 +263,78 @@ TEMPRET_L14 = _tempret(SMS_L14, "ek100_tempret_vitl14", "the report's result (ab
                        "67.97 avg mAP / 82.92 avg nDCG (stage 2, reranked)",
                        "AVION LaViLa-pretrained ViT-L/14")
 
+# EgoVLP fine-tunes "with the other settings the same as pretraining" (Sec. 3.1): Adam at a
+# single lr of 3e-5, batch 512, 224 px, a 256-d space; 100 epochs and 16 frames for EK-100.
+EGOVLP_B16 = Setup(
+    name="ek100_egovlp",
+    paper="EgoVLP (Lin et al.), EPIC-KITCHENS-100 MIR challenge report 2022",
+    reproduces="EgoVLP report Table 2, 'w/ Dual softmax' (Adaptive MI-MM)",
+    expect="47.4 avg mAP / 61.4 avg nDCG (V2T 53.8 / T2V 40.9 mAP)",
+    values=dict(
+        preset=Value("egovlp_b16", f"{EGOVLP}: Frozen (ViT-B/16 space-time, DistilBERT)"),
+        init=Value("EgoVLP_PT_BEST.pth (EgoClip + EgoNCE, best EgoMCQ)", EGOVLP),
+        hardware=Value("8 GPUs", f"{EGOVLP_FT} n_gpu"),
+        global_batch=Value(512, f"{EGOVLP}: batch size 512, kept for fine-tuning"),
+        frames=Value(16, f"{EGOVLP} and Table 1 (16 frames)"),
+        resolution=Value(224, EGOVLP),
+        crop_scale=Value((0.5, 1.0), "EgoVLP data_loader/transforms.py randcrop_scale"),
+        embed_dim=Value(256, EGOVLP),
+        loss=Value("adaptive_mi_mm", f"{EGOVLP_T2}, Eq. 4"),
+        loss_hparams=Value({"margin": 0.4}, f"{EGOVLP}: gamma doubled to 0.4"),
+        optimizer=Value("adamw", f"{EGOVLP}: Adam (AdamW with weight decay 0)"),
+        lr_start=Value(3e-5, f"{EGOVLP}: one lr, no schedule given"),
+        lr_peak=Value(3e-5, EGOVLP),
+        lr_end=Value(3e-5, f"{EGOVLP}: one lr, no schedule given"),
+        warmup_epochs=Value(0, f"{EGOVLP}: no warmup given"),
+        epochs=Value(100, EGOVLP),
+        weight_decay=Value(0.0, f"{EGOVLP}: Adam"),
+        betas=Value((0.9, 0.999), f"{EGOVLP_FT}: transformers.AdamW defaults"),
+        adam_eps=Value(1e-6, f"{EGOVLP_FT}: transformers.AdamW default eps"),
+        precision=Value("float32", f"{EGOVLP_TRAINER} (no autocast)"),
+        tta=Value((), f"{EGOVLP_TRAINER} (centre crop)"),
+        dual_softmax=Value("egovlp", f"{EGOVLP}, Alg. 1; {EGOVLP_T2}"),
+        rerank_k=Value(0, "no reranking in the report"),
+    ))
+EGOVLP_MI_MM = EGOVLP_B16.derive(
+    "ek100_egovlp", reproduces="EgoVLP report Table 2, 'MI-MM'",
+    expect="45.0 avg mAP / 59.4 avg nDCG (V2T 49.9 / T2V 40.5 mAP)",
+    loss=Value("mi_mm", f"{EGOVLP}, Eq. 3"), loss_hparams=Value({"margin": 0.2}, EGOVLP),
+    dual_softmax=Value("none", f"{EGOVLP_T2}: the common inference by default"))
+# What the released code runs instead (EGOVLP_FT with run/train_epic.py's defaults): 8 GPUs x
+# 4 clips, MaxMarginRankingLoss(0.2) without relevance weights (the trainer's call with them is
+# commented out), lr 3e-5 for the first epoch, then _adjust_learning_rate's 2e-4 x 0.1 at
+# epochs 60 and 80.
+EGOVLP_CODE = EGOVLP_MI_MM.derive(
+    "ek100_egovlp", reproduces="EgoVLP's released configs/ft/epic.json",
+    expect="not reported (the code's own run)",
+    global_batch=Value(32, f"{EGOVLP_FT}: 8 GPUs x batch_size 4"),
+    loss=Value("mi_mm", f"{EGOVLP_FT} MaxMarginRankingLoss"),
+    loss_hparams=Value({"margin": 0.2}, f"{EGOVLP_FT} margin"),
+    lr_start=Value(3e-5, f"{EGOVLP_FT} lr (first epoch)"),
+    lr_peak=Value(2e-4, "EgoVLP run/train_epic.py --learning_rate1 (epochs 1-59)"),
+    lr_end=Value(2e-6, f"{EGOVLP_TRAINER} _adjust_learning_rate, schedule [60, 80]"),
+    dual_softmax=Value("egovlp", "EgoVLP run/test_epic.py --dual_softmax (default True)"))
+EGOVLP_CODE_LR = ((0, 3e-5), (1, 2e-4), (60, 2e-5), (80, 2e-6))  # (epoch, lr)
+
 SETUPS = {s.name: s for s in (AVION_B, SMS_B16, SMS_L14, EVA02AT_B, EVA02AT_L, CRCLIP_L14,
-                              TEMPRET_B16, TEMPRET_L14)}
+                              TEMPRET_B16, TEMPRET_L14, EGOVLP_B16)}
+
+
+def egovlp(arg) -> ml_collections.ConfigDict:
+    """EgoVLP: arg None | 'adaptive' -> the report's best row (adaptive MI-MM, gamma 0.4,
+    dual-softmax); 'mi_mm' -> its MI-MM row (gamma 0.2, plain inference); 'code' -> what the
+    released configs/ft/epic.json trains (batch 32, MI-MM 0.2, the trainer's step lr)."""
+    setups = {None: EGOVLP_B16, "": EGOVLP_B16, "adaptive": EGOVLP_B16, "mi_mm": EGOVLP_MI_MM,
+              "code": EGOVLP_CODE}
+    if arg not in setups:
+        raise ValueError(f"ek100_egovlp: arg {arg!r}: expected 'adaptive', 'mi_mm' or 'code'")
+    c = build(setups[arg])
+    if arg == "code":
+        epoch = steps_per_epoch(c.global_batch_size)
+        c.optim.lr_steps = tuple((e * epoch, lr) for e, lr in EGOVLP_CODE_LR)
+    if arg:
+        c.name = f"ek100_egovlp_{arg}"
+    return c
 
 
 def ek100(name: str) -> ml_collections.ConfigDict:

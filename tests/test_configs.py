@@ -26,12 +26,15 @@ def load(name: str, arg=None):
 
 
 def test_every_method_has_its_config():
-    assert EK100 == ["ek100_avion_vitb16.py", "ek100_crclip_vitl14.py", "ek100_eva02at_b.py",
-                     "ek100_eva02at_l.py", "ek100_sms_vitb16.py", "ek100_sms_vitl14.py", "ek100_tempret_vitb16.py",
-                     "ek100_tempret_vitl14.py"]
+    assert EK100 == ["ek100_avion_vitb16.py", "ek100_crclip_vitl14.py", "ek100_egovlp.py",
+                     "ek100_eva02at_b.py", "ek100_eva02at_l.py", "ek100_sms_vitb16.py",
+                     "ek100_sms_vitl14.py", "ek100_tempret_vitb16.py", "ek100_tempret_vitl14.py"]
 
 
-@pytest.mark.parametrize("name, arg", [(n, None) for n in EK100]
+CLIP_FAMILIES = [n for n in EK100 if n != "ek100_egovlp.py"]  # EgoVLP: test_recipes.py
+
+
+@pytest.mark.parametrize("name, arg", [(n, None) for n in CLIP_FAMILIES]
                          + [("ek100_tempret_vitb16.py", "stage2")])
 def test_ek100_configs_validate_and_follow_their_paper(name, arg):
     c = load(name, arg)
@@ -62,6 +65,8 @@ def test_a_bad_variant_is_named():
         load("synthetic.py", "jiont,sms")
     with pytest.raises(ValueError, match="arg 'stage3'"):
         load("ek100_tempret_vitl14.py", "stage3")
+    with pytest.raises(ValueError, match="arg 'adaptve'"):
+        load("ek100_egovlp.py", "adaptve")
 
 
 def _random_batch(c, rng):

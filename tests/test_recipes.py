@@ -7,6 +7,8 @@ independently of tempret_jax/recipes.py: a config that drifts from its paper fai
 
 import math
 
+import numpy as np
+
 import pytest
 
 from tempret_jax import config as config_lib
@@ -46,6 +48,13 @@ PUBLISHED = {
     "ek100_tempret_vitl14": dict(ADAMW, **CENTRE, preset="avion_l14", global_batch=240,
                                  loss="sms", loss_hparams=SMS, lr_peak=2e-5, lr_end=1e-6,
                                  epochs=100),
+    # EgoVLP report Sec. 3.1: Adam at 3e-5, batch 512, 224 px, 256-d, 100 epochs, 16 frames;
+    # Table 2's best row: adaptive MI-MM with gamma 0.4 and dual-softmax.
+    "ek100_egovlp": dict(preset="egovlp_b16", global_batch=512, frames=16, resolution=224,
+                         embed_dim=256, loss="adaptive_mi_mm", loss_hparams={"margin": 0.4},
+                         optimizer="adamw", weight_decay=0.0, lr_start=3e-5, lr_peak=3e-5,
+                         lr_end=3e-5, warmup_epochs=0, epochs=100, tta="centre crop",
+                         dual_softmax="egovlp", rerank_k=0),
 }
 ROWS = dict(recipes_table.rows())
 
@@ -108,3 +117,54 @@ def test_a_setup_missing_a_value_is_refused():
     del values["lr_peak"]
     with pytest.raises(ValueError, match=r"recipe x: missing \['lr_peak'\]"):
         recipes.Setup("x", "p", "r", "e", values)
+
+
+def test_egovlps_mi_mm_row_and_its_released_codes_run_are_named_variants():
+    mi_mm, code = ROWS["ek100_egovlp:mi_mm"], ROWS["ek100_egovlp:code"]
+    assert (mi_mm.loss.name, dict(mi_mm.loss.hparams), mi_mm.eval.dual_softmax) == (
+        "mi_mm", {"margin": 0.2}, "none")
+    assert (code.loss.name, code.global_batch_size, code.optim.weight_decay) == ("mi_mm", 32, 0)
+    epoch = 67_217 // 32
+    assert code.optim.lr_steps == ((0, 3e-5), (epoch, 2e-4), (60 * epoch, 2e-5),
+                                   (80 * epoch, 2e-6))
+    assert ROWS["ek100_egovlp"].optim.lr_steps == ()  # the report's single lr
+
+
+def test_the_egovlp_config_starts_from_egovlps_towers():
+    c = ROWS["ek100_egovlp"]
+    assert (c.model.vision.tower, c.model.text.tower, c.model.vision.temporal_fix) == (
+        "space_time", "distilbert", "zeros")
+    assert c.model.vision.num_frames == 16 and c.model.embed_dim == 256
+
+
+def test_the_released_codes_lr_changes_at_its_epochs():
+    from tempret_jax import optim
+
+    code = ROWS["ek100_egovlp:code"]
+    epoch = 67_217 // 32
+    lr = optim.learning_rate_schedule(code.optim, code.total_steps)
+    got = [float(lr(s)) for s in (0, epoch - 1, epoch, 60 * epoch - 1, 60 * epoch, 80 * epoch,
+                                  code.total_steps - 1)]
+    np.testing.assert_allclose(got, [3e-5, 3e-5, 2e-4, 2e-4, 2e-5, 2e-6, 2e-6], rtol=1e-6)
+
+
+def test_unordered_lr_steps_are_refused():
+    c = ROWS["ek100_egovlp:code"].copy_and_resolve_references()
+    c.optim.lr_steps = ((0, 1e-4), (10, 1e-5), (5, 1e-6))
+    with pytest.raises(config_lib.ConfigError, match="optim.lr_steps"):
+        config_lib.validate(c, num_devices=8)
+
+
+def test_the_egovlp_b16_model_has_egovlps_parameter_count():
+    import jax
+    import jax.numpy as jnp
+
+    from tempret_jax.models import retrieval
+
+    c = ROWS["ek100_egovlp"].model
+    model = retrieval.RetrievalModel.from_config(c)
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 16, 224, 224, 3), jnp.float32),
+                            jax.ShapeDtypeStruct((1, 77), jnp.int32))["params"]
+    # tests/data/golden/egovlp/layout_b16.json: 180,934,400, plus our fixed logit scale.
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == 180_934_401

@@ -15,8 +15,10 @@ from tempret_jax import recipes
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "docs" / "recipes.md"
-# The rows: every configs/ek100_*.py, and the second stage of the two-stage ones.
-STAGES = {"ek100_tempret_vitb16.py": (None, "stage2"), "ek100_tempret_vitl14.py": (None, "stage2")}
+# The rows: every configs/ek100_*.py, the second stage of the two-stage ones and EgoVLP's
+# other rows.
+STAGES = {"ek100_tempret_vitb16.py": (None, "stage2"), "ek100_tempret_vitl14.py": (None, "stage2"),
+          "ek100_egovlp.py": (None, "mi_mm", "code")}
 
 
 def load(path: pathlib.Path, arg=None):
