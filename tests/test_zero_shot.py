@@ -93,3 +93,32 @@ def test_a_converted_checkpoint_can_be_searched(dataset, tmp_path):
     assert searcher.index.meta["checkpoint"] == converted and searcher.index.meta["step"] == -1
     assert len(searcher.search("cut the onion", 3)) == 3
 
+
+
+def test_egovlps_released_format_evaluates_zero_shot_with_its_vocabulary(dataset, tmp_path):
+    from tempret_jax.data import synthetic
+    from tools import convert_checkpoint as cli
+
+    golden = REPO / "tests" / "data" / "golden" / "egovlp" / "egovlp_tiny.pth"
+    converted = tmp_path / "egovlp"
+    assert cli.main([str(golden), str(converted), "--vision_heads", "4",
+                     "--text_heads", "4"]) == 0
+    vocab = tmp_path / "vocab.txt"  # the tiny DistilBERT has 64 token embeddings
+    vocab.write_text("\n".join(synthetic.wordpiece_vocab()[:64]) + "\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "tempret_jax.main", "--mode", "eval", "--checkpoint",
+         str(converted), "--workdir", str(tmp_path / "zs"), f"--config.dataset_dir={dataset}",
+         "--config.data.num_frames=4", "--config.model.vision.num_frames=4",
+         "--config.eval.num_workers=0", f"--config.model.text.vocab_file={vocab}"],
+        cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = json.loads((tmp_path / "zs" / "eval" / "metrics.json").read_text())
+    assert record["step"] == -1 and 0 < record["mAP"]["avg"] <= 100
+    without = subprocess.run(
+        [sys.executable, "-m", "tempret_jax.main", "--mode", "eval", "--checkpoint",
+         str(converted), "--workdir", str(tmp_path / "zs2"), f"--config.dataset_dir={dataset}",
+         "--config.data.num_frames=4", "--config.model.vision.num_frames=4",
+         "--config.eval.num_workers=0"],
+        cwd=REPO, capture_output=True, text=True)
+    assert without.returncode != 0
+    assert "model.text.vocab_file: expected the path" in without.stderr.splitlines()[-1]
