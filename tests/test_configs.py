@@ -169,3 +169,28 @@ def test_rerank_tuning_needs_held_out_clips():
     with pytest.raises(config_lib.ConfigError, match=re.escape(
             "eval.rerank.alphas: expected () unless data.holdout_clips > 0")):
         config_lib.validate(c, num_devices=8)
+
+
+@pytest.mark.parametrize("fsdp", [1, 4])
+def test_the_egovlp_demo_variant_learns_a_fixed_batch_replicated_or_fsdp_sharded(fsdp):
+    c = load("synthetic.py", "egovlp,adaptive_mi_mm,test")
+    c.optim.update(lr=2e-3, start_lr=2e-3, warmup_steps=0)
+    c.mesh.update(fsdp=fsdp, fsdp_min_size=256)
+    c.model.scan_layers = True
+    setup = state.TrainSetup(c)
+    train_step = step.TrainStep(setup)
+    train_state = setup.init_state()
+    if fsdp > 1:  # the scanned blocks' big kernels are split over the fsdp axis
+        kernel = train_state.params["visual"]["resblocks"]["mlp"]["c_fc"]["kernel"]
+        assert "fsdp" in kernel.sharding.spec
+    rng = np.random.default_rng(0)
+    batch = _random_batch(c, rng)
+    tokens = np.zeros((c.global_batch_size, c.model.text.context_length), np.int32)
+    tokens[:, 0], tokens[:, 3] = 2, 3  # [CLS] verb noun [SEP] of the SynthKitchens vocabulary
+    tokens[:, 1], tokens[:, 2] = 5 + batch["clip_verb"], 20 + batch["clip_nouns"].argmax(1)
+    batch["tokens"] = tokens
+    losses = []
+    for _ in range(8):
+        train_state, out = train_step(train_state, batch)
+        losses.append(float(out["loss"]))
+    assert losses[-1] < 0.7 * losses[0], losses
