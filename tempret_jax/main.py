@@ -42,6 +42,7 @@ from tempret_jax import (atomic, checkpoint, convert, evaluate, lock, metrics, r
                          train, zero_shot)
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic, verify
+from tempret_jax.data.text_tokens import TextTokenizer
 
 MODES = ("train_and_eval", "train", "eval", "search")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a Python file).")
@@ -101,6 +102,15 @@ def _find_dataset(config, workdir: pathlib.Path) -> None:
         prepare.check_annotation_dir(config.dataset_dir, config.annotation_dir)
 
 
+def _check_tokenizer(config) -> None:
+    """The text tower's tokenizer can be made (a DistilBERT tower's vocabulary file exists and
+    fits its embedding table): checked before any data is read or made."""
+    try:
+        TextTokenizer.of(config.model.text)
+    except (ValueError, OSError) as e:
+        raise config_lib.ConfigError(f"config: {e}") from None
+
+
 def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
         checkpoint_path: str = "") -> int:
     """Runs the configured job in ``mode`` (train_and_eval | train | eval); returns the exit
@@ -113,6 +123,7 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
             config.init_from.path):
         convert.adopt_architecture(config.model, config.init_from.path)
     config_lib.validate(config, jax.device_count(), jax.process_count())
+    _check_tokenizer(config)
     if mode == "eval":
         _find_dataset(config, workdir)
         evaluate.run(config, workdir, step=step, checkpoint=checkpoint_path)

@@ -120,5 +120,8 @@ def test_egovlps_released_format_evaluates_zero_shot_with_its_vocabulary(dataset
          "--config.data.num_frames=4", "--config.model.vision.num_frames=4",
          "--config.eval.num_workers=0"],
         cwd=REPO, capture_output=True, text=True)
-    assert without.returncode != 0
-    assert "model.text.vocab_file: expected the path" in without.stderr.splitlines()[-1]
+    assert without.returncode != 0  # refused at start, before any clip is read
+    assert without.stderr.splitlines()[-1] == (
+        "error: config: model.text.vocab_file: expected the path of the WordPiece vocabulary "
+        "(distilbert-base-uncased's vocab.txt for EgoVLP's weights); it cannot be downloaded "
+        "here")
