@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -285,7 +286,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
         embedding (it starts at zeros); a checkpoint's own embedding sets it.
       hidden_act: the MLP activation where the file cannot say ('quick_gelu' | 'gelu'; open_clip
         LAION weights: 'gelu'); default: the family's (module docstring).
-      args: the training script's saved args (`Source.args`), checked (`_check_args`).
+      args: the training script's saved args (`Source.args`): AVION's checked
+        (`formats.head_counts`), EgoVLP's saved config (`egovlp_import.check_config`).
       base_config: non-architecture settings of the returned config (default: 'vit_b16').
 
     Raises ConversionError for unknown keys, missing keys, and shape mismatches.
@@ -294,13 +296,21 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, fmt: str = "auto",
     state_dict = _Recorder({k: v for k, v in state_dict.items()
                             if not formats.IGNORED.search(k)})
     _check_layer_shapes(state_dict)
-    heads = formats.head_counts(_tower_widths(state_dict, fmt), vision_heads, text_heads, args or {}, fmt)
-    convert = {"hf": hf_import.params_from_hf_clip, "openai": hf_import.params_from_openai_clip,
-               "eva_clip": hf_import.params_from_eva_clip,
-               "egovlp": egovlp_import.params_from_egovlp}[fmt]
+    if fmt == "egovlp":
+        problems = egovlp_import.check_config((args or {}).get("config", {}))
+        if problems:
+            raise ConversionError("not EgoVLP's Frozen-in-Time: " + "; ".join(problems))
+    heads = formats.head_counts(_tower_widths(state_dict, fmt), vision_heads, text_heads,
+                                args or {})
+    if fmt == "egovlp":  # its temporal embedding is always in the file
+        convert = egovlp_import.params_from_egovlp
+    else:
+        convert = functools.partial({"hf": hf_import.params_from_hf_clip,
+                                     "openai": hf_import.params_from_openai_clip,
+                                     "eva_clip": hf_import.params_from_eva_clip}[fmt],
+                                    num_frames=num_frames)
     try:
-        params = convert(state_dict, **heads, **({} if fmt == "egovlp" else
-                                                 {"num_frames": num_frames}))
+        params = convert(state_dict, **heads)
     except KeyError as e:
         raise ConversionError(e.args[0]) from None
     unknown = sorted(set(state_dict) - state_dict.read)

@@ -3,7 +3,8 @@ the two layouts `models.hf_import` converts (OpenAI CLIP's and EVA-CLIP's).
 
 Formats (`tempret_jax.convert` documents what each file holds): 'hf', 'openai', 'avion'
 (AVION / LaViLa, renamed to OpenAI's), 'eva_clip', 'eva02at' (timm Eva names, renamed to
-EVA-CLIP's), 'egovlp' (EgoVLP's Frozen-in-Time, read by `models.egovlp_import`). `FAMILY_SETTINGS` holds what a family's code fixes that its shapes cannot show.
+EVA-CLIP's), 'egovlp' (EgoVLP's Frozen-in-Time, read by `models.egovlp_import`).
+`FAMILY_SETTINGS` holds what a family's code fixes that its shapes cannot show.
 """
 
 from __future__ import annotations
@@ -182,16 +183,12 @@ def _check_args(args: Mapping[str, Any], heads: dict[str, Optional[int]]) -> dic
 
 
 def head_counts(widths: tuple[int, int], vision_heads: Optional[int],
-                text_heads: Optional[int], args: Mapping[str, Any], fmt: str) -> dict[str, int]:
+                text_heads: Optional[int], args: Mapping[str, Any]) -> dict[str, int]:
     """The towers' head counts: given, else the saved args' model (AVION), else width // 64
     (every released CLIP, EVA02, EgoVLP ViT-B/16 and DistilBERT); each must divide its width."""
     v_width, t_width = widths
     explicit = dict(vision_heads=vision_heads, text_heads=text_heads)
-    if fmt == "egovlp":
-        problems = egovlp_import.check_config(args.get("config", {}))
-        if problems:
-            raise ConversionError("not EgoVLP's Frozen-in-Time: " + "; ".join(problems))
-    heads = dict(explicit, **({} if fmt == "egovlp" else _check_args(args, explicit)))
+    heads = dict(explicit, **_check_args(args, explicit))
     heads = dict(vision_heads=heads["vision_heads"] or max(v_width // 64, 1),
                  text_heads=heads["text_heads"] or max(t_width // 64, 1))
     for name, count in heads.items():

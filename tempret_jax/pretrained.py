@@ -55,9 +55,9 @@ class Pretrained:
 
     @functools.cached_property
     def _apply(self):
-        def features(params, x, method):
-            return self.model.apply({"params": params}, x, method=method)["features"]
-        return jax.jit(features, static_argnums=2)
+        def features(params, method, *inputs):
+            return self.model.apply({"params": params}, *inputs, method=method)["features"]
+        return jax.jit(features, static_argnums=1)
 
     def encode_video(self, frames) -> jax.Array:
         """frames float32 (B, T, H, W, 3), normalised -> (B, E) unnormalised features."""
@@ -67,7 +67,7 @@ class Pretrained:
         if frames.ndim != 5 or frames.shape[1:] != expected:
             raise ValueError(f"frames: expected (B, {', '.join(map(str, expected))}), got "
                              f"{frames.shape}")
-        return self._apply(self.params, frames, retrieval.RetrievalModel.encode_video)
+        return self._apply(self.params, retrieval.RetrievalModel.encode_video, frames)
 
     def tokenize(self, texts) -> np.ndarray:
         """texts -> (n, L) int32 ids for this model's text tower (module docstring)."""
@@ -76,17 +76,10 @@ class Pretrained:
     def encode_text(self, ids, mask=None) -> jax.Array:
         """ids int (B, L), L <= context_length [mask (B, L) bool: DistilBERT's attention mask]
         -> (B, E) unnormalised features."""
-        ids = jnp.asarray(ids, jnp.int32)
-        if mask is None:
-            return self._apply(self.params, ids, retrieval.RetrievalModel.encode_text)
-        return self._apply_masked(self.params, ids, jnp.asarray(mask, bool))
-
-    @functools.cached_property
-    def _apply_masked(self):
-        def features(params, ids, mask):
-            return self.model.apply({"params": params}, ids, mask,
-                                    method=retrieval.RetrievalModel.encode_text)["features"]
-        return jax.jit(features)
+        inputs = [jnp.asarray(ids, jnp.int32)]
+        if mask is not None:
+            inputs.append(jnp.asarray(mask, bool))
+        return self._apply(self.params, retrieval.RetrievalModel.encode_text, *inputs)
 
     def embed_video(self, frames) -> jax.Array:
         """frames (B, T, H, W, 3) -> (B, E) L2-normalised float32."""

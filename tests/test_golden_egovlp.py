@@ -77,8 +77,8 @@ def test_the_pooled_video_feature_before_the_projection_equals_egovlps(converted
 
 def test_fewer_frames_than_the_temporal_embedding_equal_egovlps(converted, reference):
     model = pretrained.load(converted)
-    got = model._apply(model.params, jnp.asarray(_frames(reference["video2"])),
-                       retrieval.RetrievalModel.encode_video)
+    got = model.model.apply({"params": model.params}, jnp.asarray(_frames(reference["video2"])),
+                            method=retrieval.RetrievalModel.encode_video)["features"]
     np.testing.assert_allclose(np.asarray(got), reference["video2_embeddings"], rtol=0, atol=TOL)
 
 

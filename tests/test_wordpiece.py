@@ -258,8 +258,8 @@ def test_real_distilbert_vocab_matches_transformers(narrations):
         found = sorted(hub.glob("hub/models--distilbert-base-uncased/snapshots/*/vocab.txt"))
         path = str(found[0]) if found else None
     if not path:
-        pytest.skip(f"no distilbert-base-uncased vocab.txt: set {REAL_VOCAB_ENV}=/path/to/vocab.txt "
-                    "(or have it in the Hugging Face cache) to compare on the real vocabulary")
+        pytest.skip(f"no distilbert-base-uncased vocab.txt: set "
+                    f"{REAL_VOCAB_ENV}=/path/to/vocab.txt (or have it in the Hugging Face cache) to compare on the real vocabulary")
     tok = WordPieceTokenizer(path)
     reference = transformers.DistilBertTokenizerFast(path)
 

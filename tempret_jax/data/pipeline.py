@@ -399,8 +399,8 @@ def sentence_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test
                       tokenize: TextTokenizer = TextTokenizer()) -> grain.IterDataset:
     """Every sentence of ``split`` once, in file order (this process's share), tokenised.
 
-    Batches: tokens (B, L) int32 (``tokenize``'s rows), mask (B,) bool, index (B,) int64 row in the sentence file,
-    narration_id (B,) str.
+    Batches: tokens (B, L) int32 (``tokenize``'s rows), mask (B,) bool, index (B,) int64
+    row in the sentence file, narration_id (B,) str.
     """
     process_index, process_count = _process(process_index, process_count)
     _, sentences = prepare.load_annotations(dataset_dir, split)

@@ -16,9 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TOWERS = ("clip", "distilbert")
-
-
 @dataclasses.dataclass(frozen=True)
 class TextTokenizer:
     """texts -> (n, context_length) int32 token rows for a text tower (module docstring)."""
@@ -32,12 +29,9 @@ class TextTokenizer:
         """The tokenizer of a model's text config (``model.text``), checked: a 'distilbert'
         tower needs its vocabulary file, whose tokens must fit the model's embedding table.
         Raises ValueError naming the key."""
-        tower = text_config.get("tower", "clip")
-        if tower not in TOWERS:
-            raise ValueError(f"model.text.tower: expected one of {TOWERS}, got {tower!r}")
-        if tower == "clip":
+        if text_config.tower != "distilbert":  # 'clip' (the towers: config.validate_model)
             return cls("clip", "", int(text_config.context_length))
-        vocab_file = str(text_config.get("vocab_file", ""))
+        vocab_file = str(text_config.vocab_file)
         if not vocab_file:
             raise ValueError("model.text.vocab_file: expected the path of the WordPiece "
                              "vocabulary (distilbert-base-uncased's vocab.txt for EgoVLP's "

@@ -112,7 +112,8 @@ class WordPieceTokenizer:
         self.context_length = int(context_length)
         vocab = read_vocab(self.vocab_file)
         self.vocab_size = len(vocab)
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (vocab[t] for t in (PAD, UNK, CLS, SEP))
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (
+            vocab[t] for t in (PAD, UNK, CLS, SEP))
         # The pipeline transformers builds for BertTokenizer (tokenization_bert.py).
         # strip_accents=None follows lowercase, BERT's rule.
         tok = tokenizers.Tokenizer(

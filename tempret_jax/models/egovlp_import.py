@@ -30,12 +30,14 @@ logit_scale ()                              none: log(1 / 0.05), EgoVLP's fixed 
 `text_model.embeddings.position_ids` (a buffer of some transformers versions) carries nothing.
 """
 
+import copy
 import math
 from typing import Any, Mapping
 
 import numpy as np
 
 from tempret_jax.models import hf_import
+from tempret_jax.models import retrieval
 from tempret_jax.models.hf_import import Params, StateDict, layer_norm_params
 
 TEMPERATURE = 0.05  # EgoVLP: EgoNCE / InfoNCE temperature (configs/pt/egoclip.json, paper §4)
@@ -147,10 +149,6 @@ def infer_model_config(params: Mapping[str, Any], *, vision_heads: int, text_hea
     """The model config of converted EgoVLP parameters: the 'egovlp_b16' design
     (retrieval._egovlp) with the sizes the arrays have; `base` supplies everything that is
     not architecture (optional modules, dtype, layer stacking)."""
-    import copy
-
-    from tempret_jax.models import retrieval  # local: retrieval imports the towers
-
     design = retrieval.model_config("egovlp_b16")
     c = copy.deepcopy(base) if base is not None else design
     for key in (*retrieval.ARCHITECTURE, "vision.temporal_fix"):
