@@ -1,21 +1,17 @@
-"""Evaluation reports: plots (PNG) and a self-contained HTML gallery of retrieval results.
+"""Evaluation reports: plots (PNG) of an evaluation and of training (the HTML gallery of
+retrieval results is `tempret_jax.gallery`).
 
 - `plot_verb_ap`: mean V2T AP per verb class, the top and bottom 20 classes.
 - `plot_rerank_curve`: average mAP against the rerank depth K.
 - `plot_training_curves`: every numeric series of <workdir>/metrics.jsonl against the step.
-- `write_gallery`: for random test sentences their top-5 clips (a strip of middle frames) and
-  for random clips their top-5 sentences, each result coloured by its relevance.
 
 Everything is written atomically (`tempret_jax.atomic`).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
-from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -158,84 +154,3 @@ def plot_training_curves(path, metrics_jsonl) -> list[str]:
         ax.axis("off")
     _save_figure(fig, path)
     return names
-
-
-# ---------------------------------------------------------------------------------------------
-# HTML gallery.
-
-
-def frame_strip(frames: Sequence[np.ndarray], height: int = 64, count: int = 3) -> bytes:
-    """JPEG of ``count`` middle frames side by side. frames: (T,) of (H, W, 3) uint8."""
-    t = len(frames)
-    picks = [frames[i] for i in np.linspace(t // 4, t - 1 - t // 4, min(count, t)).round().astype(int)]
-    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in picks]
-    width = [round(im.width * height / im.height) for im in images]
-    strip = Image.new("RGB", (sum(width), height))
-    x = 0
-    for im, w in zip(images, width):
-        strip.paste(im.resize((w, height)), (x, 0))
-        x += w
-    out = io.BytesIO()
-    strip.save(out, format="JPEG", quality=80)
-    return out.getvalue()
-
-
-def _relevance_colour(rel: float) -> str:
-    if rel >= 1:
-        return "#2e7d32"  # a hit
-    return "#f9a825" if rel > 0 else "#c62828"
-
-
-def _img(jpeg: bytes) -> str:
-    return f'<img src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
-
-
-def write_gallery(path, sim: np.ndarray, rel: np.ndarray, clip_ids: Sequence[str],
-                  clip_narrations: Sequence[str], sentences: Sequence[str],
-                  clip_frames: Callable[[int], Sequence[np.ndarray]], *, n_sentences: int = 50,
-                  n_clips: int = 20, top: int = 5, seed: int = 0, title: str = "") -> int:
-    """Writes a self-contained HTML page of retrieval results; returns the number of images.
-
-    Args:
-      path: output .html.
-      sim, rel: (n_clips, n_sentences).
-      clip_ids, clip_narrations: (n_clips,) the clips' narration_ids and narrations.
-      sentences: (n_sentences,) the sentence texts.
-      clip_frames: clip index -> its frames, (T,) of (H, W, 3) uint8; called once per shown clip.
-      n_sentences, n_clips: how many random queries of each direction to show.
-    """
-    sim, rel = np.asarray(sim), np.asarray(rel)
-    rng = np.random.default_rng(seed)
-    text_queries = np.sort(rng.choice(sim.shape[1], min(n_sentences, sim.shape[1]), replace=False))
-    clip_queries = np.sort(rng.choice(sim.shape[0], min(n_clips, sim.shape[0]), replace=False))
-    strips: dict[int, str] = {}
-
-    def strip(i: int) -> str:
-        if i not in strips:
-            strips[i] = _img(frame_strip(clip_frames(i)))
-        return strips[i]
-
-    parts = [f"<h2>Text to video: top {top} clips for {len(text_queries)} sentences</h2>"]
-    for j in text_queries:
-        best = np.argsort(-sim[:, j], kind="stable")[:top]
-        cells = "".join(
-            f'<td style="border:4px solid {_relevance_colour(rel[i, j])}">{strip(i)}'
-            f"<br><small>{html.escape(str(clip_ids[i]))}: {html.escape(str(clip_narrations[i]))}"
-            f" (rel {rel[i, j]:.2f})</small></td>" for i in best)
-        parts.append(f"<h3>{html.escape(str(sentences[j]))}</h3><table><tr>{cells}</tr></table>")
-    parts.append(f"<h2>Video to text: top {top} sentences for {len(clip_queries)} clips</h2>")
-    for i in clip_queries:
-        best = np.argsort(-sim[i], kind="stable")[:top]
-        items = "".join(
-            f'<li style="color:{_relevance_colour(rel[i, j])}">{html.escape(str(sentences[j]))}'
-            f" (rel {rel[i, j]:.2f})</li>" for j in best)
-        parts.append(f"<h3>{html.escape(str(clip_ids[i]))}: "
-                     f"{html.escape(str(clip_narrations[i]))}</h3>{strip(i)}<ol>{items}</ol>")
-    legend = ('<p>Border / text colour: <b style="color:#2e7d32">relevance 1</b>, '
-              '<b style="color:#f9a825">partly relevant</b>, <b style="color:#c62828">not relevant</b></p>')
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title or 'retrieval gallery')}"
-            f"</title><style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:2px}}"
-            f"</style></head><body><h1>{html.escape(title or 'Retrieval gallery')}</h1>{legend}"
-            f"{''.join(parts)}</body></html>\n")
-    atomic.write_bytes(path, page.encode())
-    return len(text_queries) * min(top, sim.shape[0]) + len(clip_queries)

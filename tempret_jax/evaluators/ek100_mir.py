@@ -27,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from tempret_jax import atomic, embedding, metrics, rerank
+from tempret_jax import atomic, embedding, gallery, metrics, rerank
 from tempret_jax import config as config_lib
 from tempret_jax.data import pipeline, prepare
 from tempret_jax.evaluators import Result
@@ -131,7 +131,7 @@ def _write_outputs(out: pathlib.Path, config, embedded: embedding.Embedded, sim:
         if (run_dir / source).is_file():
             report.plot_training_curves(out / name, run_dir / source)
     # Prepared records are in CSV order without the skipped clips: sorted clip rows are records.
-    report.write_gallery(
+    gallery.write_gallery(
         out / "gallery.html", sim, embedded.rel, clips.narration_id[embedded.clip_rows],
         clips.narration[embedded.clip_rows], sentences.narration[embedded.sentence_rows],
         pipeline.clip_frames(config.dataset_dir, split), title=f"{config.name}: {split} split")
