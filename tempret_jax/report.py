@@ -1,7 +1,8 @@
 """Evaluation reports: plots (PNG) of an evaluation and of training (the HTML gallery of
 retrieval results is `tempret_jax.gallery`).
 
-- `plot_verb_ap`: mean V2T AP per verb class, the top and bottom 20 classes.
+- `plot_verb_ap` / `verb_ap_png`: mean V2T AP per verb class, the top and bottom 20 classes
+  (a file, or PNG bytes for TensorBoard).
 - `plot_rerank_curve`: average mAP against the rerank depth K.
 - `plot_training_curves`: every numeric series of <workdir>/metrics.jsonl against the step.
 
@@ -26,15 +27,21 @@ from tempret_jax import atomic  # noqa: E402
 PANELS_KEY = "tempret-panels"  # PNG text chunk: the panels' titles and axis labels (JSON)
 
 
-def _save_figure(fig, path) -> None:
-    """Writes ``fig`` as PNG with a description of each panel in its metadata (`panels`)."""
+def _figure_png(fig) -> bytes:
+    """``fig`` as PNG bytes with a description of each panel in its metadata (`panels`);
+    closes the figure."""
     described = [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel()}
                  for ax in fig.axes if ax.axison]
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight",
                 metadata={PANELS_KEY: json.dumps(described)})
     plt.close(fig)
-    atomic.write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _save_figure(fig, path) -> None:
+    """Writes ``fig`` as PNG (`_figure_png`)."""
+    atomic.write_bytes(path, _figure_png(fig))
 
 
 def panels(path) -> list[dict]:
@@ -60,8 +67,15 @@ def verb_ap(ap_per_clip: np.ndarray, verb_class: np.ndarray) -> dict[int, float]
 
 def plot_verb_ap(path, ap_per_clip: np.ndarray, verb_class: np.ndarray,
                  verb_names: dict[int, str] | None = None, top: int = 20) -> None:
-    """Bar charts of the ``top`` best and worst verb classes by mean V2T AP; one chart of every
-    class when there are at most 2 * top (two would show the same classes twice)."""
+    """Writes `verb_ap_png` to ``path``."""
+    atomic.write_bytes(path, verb_ap_png(ap_per_clip, verb_class, verb_names, top))
+
+
+def verb_ap_png(ap_per_clip: np.ndarray, verb_class: np.ndarray,
+                verb_names: dict[int, str] | None = None, top: int = 20) -> bytes:
+    """PNG of bar charts of the ``top`` best and worst verb classes by mean V2T AP; one chart
+    of every class when there are at most 2 * top (two would show the same classes twice).
+    ap_per_clip, verb_class (n_clips,): as `verb_ap` takes them."""
     per_verb = sorted(verb_ap(ap_per_clip, verb_class).items(), key=lambda kv: -kv[1])
     names = verb_names or {}
     if len(per_verb) <= 2 * top:
@@ -80,7 +94,7 @@ def plot_verb_ap(path, ap_per_clip: np.ndarray, verb_class: np.ndarray,
         ax.set_xlabel("mean AP of its clips (V2T, %)")
         ax.set_ylabel("verb class")
         ax.set_title(title, fontsize=10)
-    _save_figure(fig, path)
+    return _figure_png(fig)
 
 
 def plot_rerank_curve(path, map_by_k: dict[int, float], baseline: float | None = None) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import io
 import json
 import math
 import pathlib
@@ -100,6 +101,18 @@ class MetricWriter:
             return
         for k, v in scalars.items():
             self.tensorboard.add_scalar(f"{prefix}/{k}", v, step)
+        self.tensorboard.flush()
+
+    def add_images(self, step: int, images: dict[str, bytes], prefix: str) -> None:
+        """TensorBoard only: each PNG (an evaluator's figure) as the image <prefix>/<name>."""
+        if not self.enabled:
+            return
+        from PIL import Image
+
+        for k, png in images.items():
+            with Image.open(io.BytesIO(png)) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            self.tensorboard.add_image(f"{prefix}/{k}", pixels, step, dataformats="HWC")
         self.tensorboard.flush()
 
     def close(self) -> None:
@@ -345,6 +358,7 @@ def _evaluate(setup, config, workdir, ckpts, writer: MetricWriter, started: floa
         return None
     ckpts.record_scores(step, evaluation.scalars)
     writer.add_scalars(step, evaluation.scalars, "eval")
+    writer.add_images(step, evaluation.images, "eval")
     return _record_eval(workdir, config, step, evaluation, started)
 
 

@@ -26,11 +26,13 @@ class Result:
     record: JSON-able numbers and settings, merged into metrics.json ({'mAP': {'v2t': ..}, ..}).
     scalars: flat {name: float} (checkpoint ranking by ``checkpoint.best_metric``, logs).
     table: the human-readable summary printed after the evaluation.
+    images: {name: PNG bytes} figures for TensorBoard (training logs them as eval/<name>).
     """
 
     record: dict
     scalars: dict[str, float]
     table: str
+    images: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
 
 def get(name: str):
@@ -43,11 +45,11 @@ def run(model, params, mesh, config, out: pathlib.Path | None = None) -> Result:
 
     Raises ValueError if two evaluators report the same record or scalar name.
     """
-    merged = Result(record={}, scalars={}, table="")
+    merged = Result(record={}, scalars={}, table="", images={})
     tables = []
     for name in config.evals:
         result = get(name).evaluate(model, params, mesh, config, out)
-        for field in ("record", "scalars"):
+        for field in ("record", "scalars", "images"):
             mine, theirs = getattr(merged, field), getattr(result, field)
             clash = sorted(set(mine) & set(theirs))
             if clash:

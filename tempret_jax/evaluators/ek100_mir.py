@@ -46,13 +46,15 @@ def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Re
     dual_softmax = config_lib.dual_softmax_settings(e)
     sim = embedded.similarity(*dual_softmax)
     timings["scoring"], tick = time.perf_counter() - tick, time.perf_counter()
-    result = metrics.mir_metrics(sim, embedded.rel)
+    per_row = metrics.mir_per_row(sim, embedded.rel)
+    result = metrics.summarize(per_row)
     timings["metrics"] = time.perf_counter() - tick
     scalars = {f"{name}_{k}": float(v) for name, d in result.items() for k, v in d.items()}
     title = f"{e.split} split ({sim.shape[0]} clips x {sim.shape[1]} sentences)"
+    images = {"verb_ap": _verb_ap_png(config, embedded, per_row)}
     if not full:
         return Result(record=dict(result), scalars=scalars,
-                      table=f"{title}\n{metrics.format_table(result)}")
+                      table=f"{title}\n{metrics.format_table(result)}", images=images)
 
     record = {"split": e.split, "clips": int(sim.shape[0]), "sentences": int(sim.shape[1]),
               "views": len(embedding.eval_views(e)), "tta_reduce": e.tta_reduce,
@@ -65,8 +67,18 @@ def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Re
         tables.append(table)
     record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     if jax.process_index() == 0:
+        atomic.write_bytes(out / "verb_ap.png", images["verb_ap"])
         _write_outputs(out, config, embedded, sim, result, curve)
-    return Result(record=record, scalars=scalars, table="\n\n".join(tables))
+    return Result(record=record, scalars=scalars, table="\n\n".join(tables), images=images)
+
+
+def _verb_ap_png(config, embedded: embedding.Embedded, per_row: dict) -> bytes:
+    """The per-verb AP chart (`report.verb_ap_png`) of the split's clips."""
+    from tempret_jax import report  # matplotlib: only when a figure is drawn
+
+    clips, _ = prepare.load_annotations(config.dataset_dir, config.eval.split)
+    names = {int(c): str(v) for c, v in zip(clips.verb_class, clips.verb)}
+    return report.verb_ap_png(per_row["mAP", "v2t"], clips.verb_class[embedded.clip_rows], names)
 
 
 def _rerank(model, params, mesh, config, embedded, sim, timings) -> tuple[dict, dict, str]:
@@ -109,7 +121,7 @@ def tune(model, params, mesh, config) -> tuple[tuple[int, float], dict]:
 
 def _write_outputs(out: pathlib.Path, config, embedded: embedding.Embedded, sim: np.ndarray,
                    result: dict, curve: dict | None) -> None:
-    """similarity.npy, submission.pkl, the plots and the gallery (module docstring)."""
+    """similarity.npy, submission.pkl, the other plots and the gallery (module docstring)."""
     from tempret_jax import report  # matplotlib: only when a report is written
 
     split = config.eval.split
@@ -119,10 +131,6 @@ def _write_outputs(out: pathlib.Path, config, embedded: embedding.Embedded, sim:
     metrics.write_submission(out / "submission.pkl", sim, clips.narration_id[embedded.clip_rows],
                              sentences.narration_id[embedded.sentence_rows],
                              tuple(config.eval.submission_sls))
-    per_row = metrics.mir_per_row(sim, embedded.rel)
-    names = {int(c): str(v) for c, v in zip(clips.verb_class, clips.verb)}
-    report.plot_verb_ap(out / "verb_ap.png", per_row["mAP", "v2t"],
-                        clips.verb_class[embedded.clip_rows], names)
     if curve:
         report.plot_rerank_curve(out / "rerank_curve.png", curve, baseline=result["mAP"]["avg"])
     run_dir = out.parent
