@@ -25,6 +25,8 @@ import re
 import zipfile
 from typing import Any
 
+from tempret_jax import progress
+
 
 class UnreadableCheckpoint(ValueError):
     """The file is missing, truncated, of another format or holds objects not allowed."""
@@ -95,8 +97,9 @@ def _load(path: pathlib.Path) -> Any:
     names = torch.serialization.get_unsafe_globals_in_checkpoint(path) if zipfile.is_zipfile(
         path) else []
     allowed += [(_placeholder(n), n) for n in names if n not in known]
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(allowed), progress.Reading(
+            path, f"reading {path.name}") as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def read(path) -> Any:
