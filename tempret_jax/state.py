@@ -35,6 +35,7 @@ from tempret_jax import convert
 from tempret_jax import optim
 from tempret_jax import param_layout
 from tempret_jax import sharding
+from tempret_jax.models import attention
 from tempret_jax.models import retrieval
 
 DUAL_ENCODER = r"^(?!cross_encoder/)"  # every parameter but the cross-encoder's
@@ -68,7 +69,8 @@ class TrainSetup:
         if convert.is_converted(config.init_from.path):
             convert.check_fits(config.model, config.init_from.path)
         self.config, self.mesh = config, mesh
-        self.model = retrieval.RetrievalModel.from_config(config.model)
+        self.model = retrieval.RetrievalModel.from_config(
+            _on_platform(config.model, mesh.devices.flat[0].platform))
         optim_config = ml_collections.ConfigDict(config.optim.to_dict())
         if config.stage == 2 and config.itm.freeze_dual_encoder:
             optim_config.freeze = "|".join(f"(?:{r})" for r in (optim_config.freeze, DUAL_ENCODER)
@@ -130,6 +132,16 @@ class TrainSetup:
         return load_params(abstract.params, source, step=step, key=key,
                            expect_config=expect_config,
                            temporal_fix=self.config.model.vision.temporal_fix)
+
+
+def _on_platform(model: ml_collections.ConfigDict, platform: str) -> ml_collections.ConfigDict:
+    """``model`` with attention_impl 'auto' made the kernel of the mesh's devices (the model may
+    be compiled for devices this process does not have: `tempret_jax.aot`)."""
+    if model.attention_impl != "auto":
+        return model
+    resolved = ml_collections.ConfigDict(model.to_dict())
+    resolved.attention_impl = attention.for_platform(platform)
+    return resolved
 
 
 def _opt_state_specs(abstract_opt, param_specs):

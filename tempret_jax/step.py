@@ -92,16 +92,19 @@ class TrainStep:
 
         Returns (new state, metrics {name: replicated scalar}); ``state`` is donated.
         """
-        return self._step(state, self._global(local_batch))
+        with jax.set_mesh(self.mesh):  # the context of per-shard kernels (models/attention.py)
+            return self._step(state, self._global(local_batch))
 
     def lower(self, state, batch: dict):
         """The step lowered for ahead-of-time compilation (`tempret_jax.aot`): ``state`` and
         ``batch`` as ShapeDtypeStructs of the global arrays (`TrainSetup.abstract_state`)."""
-        return self._step.lower(state, batch)
+        with jax.set_mesh(self.mesh):
+            return self._step.lower(state, batch)
 
     def gradients(self, state: TrainState, local_batch: dict):
         """(loss, metrics, grads) the next step would use: grads sharded like the params."""
-        return self._gradients(state, self._global(local_batch))
+        with jax.set_mesh(self.mesh):
+            return self._gradients(state, self._global(local_batch))
 
     def _global(self, local_batch: dict) -> dict:
         keys = MODEL_KEYS + (("video",) if "video" in local_batch else pipeline.CROP_KEYS)

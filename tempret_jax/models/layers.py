@@ -1,10 +1,11 @@
 """Transformer building blocks shared by every tower (video, text, temporal, refine, cross-encoder).
 
 One attention module, one MLP, one pre-LN residual block and one layer stack (its sizes plus one
-`StackSettings`); the towers differ only in how they configure them. Parameter names follow
-OpenAI CLIP (`ln_1`, `attn`, `ln_2`, `mlp/c_fc`, `mlp/c_proj`) and EVA02 (`mlp/w1..w3`,
-`mlp/ffn_ln`, `attn/inner_attn_ln`) so that checkpoint conversion is a renaming plus reshapes
-(see `hf_import.py` for the table).
+`StackSettings`); the towers differ only in how they configure them. The attention kernel of
+each backend lives in attention.py (`dot_product_attention`, re-exported here for the towers).
+Parameter names follow OpenAI CLIP (`ln_1`, `attn`, `ln_2`, `mlp/c_fc`, `mlp/c_proj`) and EVA02
+(`mlp/w1..w3`, `mlp/ffn_ln`, `attn/inner_attn_ln`) so that checkpoint conversion is a renaming
+plus reshapes (see `hf_import.py` for the table).
 
 Shapes: B batch, L query length, S key/value length, D model width, H heads, K head dim (D = H*K).
 Parameters are always float32 (`param_dtype`); `dtype` is the compute dtype (bfloat16 on
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tempret_jax.models import attention as attention_lib
 from tempret_jax.models import rope as rope_lib
 
 Array = jax.Array
@@ -30,7 +32,8 @@ LN_EPS = 1e-5  # CLIP's LayerNorm epsilon (flax defaults to 1e-6); AVION's and E
 # towers use 1e-6 (`StackSettings.ln_eps`).
 MLP_KINDS = ("quick_gelu", "gelu", "swiglu")
 QKV_BIAS = ("qkv", "qv")  # which input projections have a bias: all (CLIP) or q and v (EVA02)
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
+ATTENTION_IMPLEMENTATIONS = attention_lib.IMPLEMENTATIONS
+dot_product_attention = attention_lib.dot_product_attention
 
 
 def quick_gelu(x: Array) -> Array:
@@ -56,70 +59,6 @@ def remat_policy(name: str):
                 "save_from_both_policies"):
         raise ValueError(f"remat_policy: {name!r} needs arguments; use a plain policy name")
     return policy
-
-
-def _attention_probs(q: Array, k: Array, mask: Optional[Array], causal: bool) -> Array:
-    """softmax(q k^T / sqrt(K)) over keys, float32 (B, H, L, S)."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k,
-                        preferred_element_type=jnp.float32)
-    if causal:
-        allowed = jnp.tril(jnp.ones(scores.shape[-2:], bool))
-        mask = allowed if mask is None else jnp.logical_and(mask, allowed)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _einsum_attention(q: Array, k: Array, v: Array, mask: Optional[Array],
-                      causal: bool) -> Array:
-    """Softmax attention as einsums with head-major (B, H, L, S) scores (float32 softmax) and
-    the standard attention backward (dS = P * (dP - rowsum(dO * O))).
-
-    On XLA:CPU this is several times faster forward+backward than
-    `jax.nn.dot_product_attention(implementation='xla')`: its (B, N, T, S) logits layout makes
-    XLA transpose the whole probability matrix before the second product, and autodiff of its
-    softmax differentiates through the normalising division, with four more passes over the
-    L x S matrix than this backward (BENCHMARKS.md, model train step).
-    """
-    probs = _attention_probs(q, k, mask, causal)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-
-
-def _einsum_attention_fwd(q, k, v, mask, causal):
-    probs = _attention_probs(q, k, mask, causal)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-    return out, (q, k, v, mask, probs, out)
-
-
-def _einsum_attention_bwd(causal, residuals, d_out):
-    del causal  # the saved probabilities carry the mask
-    q, k, v, mask, probs, out = residuals
-    d_v = jnp.einsum("bhqk,bqhd->bkhd", probs.astype(d_out.dtype), d_out)
-    d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, v, preferred_element_type=jnp.float32)
-    # rowsum(dP * P) = rowsum(dO * O) since O = P V: a (B, H, L) reduction instead of L x S.
-    delta = jnp.einsum("bqhd,bqhd->bhq", d_out, out, preferred_element_type=jnp.float32)
-    d_scores = (probs * (d_probs - delta[..., None])).astype(q.dtype)
-    scale = q.shape[-1] ** -0.5
-    d_q = jnp.einsum("bhqk,bkhd->bqhd", d_scores, k) * scale
-    d_k = jnp.einsum("bhqk,bqhd->bkhd", d_scores, q) * scale
-    return d_q, d_k, d_v, None if mask is None else jnp.zeros_like(mask, jax.dtypes.float0)
-
-
-_einsum_attention.defvjp(_einsum_attention_fwd, _einsum_attention_bwd)
-
-
-def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array] = None,
-                          is_causal: bool = False, implementation: Optional[str] = None) -> Array:
-    """q (B, L, H, K), k and v (B, S, H, K), mask broadcastable to (B, H, L, S) -> (B, L, H, K).
-
-    implementation: 'xla' | 'cudnn' -> `jax.nn.dot_product_attention`; 'einsum' ->
-    `_einsum_attention`; None -> 'einsum' on CPU, else jax's own choice.
-    """
-    if implementation == "einsum" or (implementation is None and jax.default_backend() == "cpu"):
-        return _einsum_attention(q, k, v, mask, is_causal)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                        implementation=implementation)
 
 
 class Attention(nn.Module):

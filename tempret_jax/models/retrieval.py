@@ -13,8 +13,9 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
 
     embed_dim            E, the joint embedding size (CLIP's projection dim)
     dtype                compute dtype: 'float32' | 'bfloat16' | 'float16' (params stay float32)
-    attention_impl       'auto' (einsum on CPU, else jax picks) | 'xla' | 'cudnn'
-                         (jax.nn.dot_product_attention) | 'einsum' (layers.dot_product_attention)
+    attention_impl       'auto' (the kernel of the devices: einsum on CPU, cudnn on GPU, pallas on
+                         TPU; `TrainSetup` takes the mesh's devices) | 'einsum' | 'xla' |
+                         'cudnn' | 'pallas' (models/attention.py)
     scan_layers, remat, remat_policy   layer stacks: nn.scan over layers, nn.remat + policy name
     vision.{tower ('vit': video.py, joint attention | 'space_time': space_time.py, EgoVLP's
             divided attention), image_size, patch_size, width, layers, heads, mlp_ratio, mlp,
@@ -62,7 +63,8 @@ PRESETS = ("tiny", "vit_b16", "vit_l14", "avion_b16", "avion_l14", "eva02_b16", 
 VISION_TOWERS = ("vit", "space_time")  # video.VisionTransformer | space_time.SpaceTimeTransformer
 TEXT_TOWERS = ("clip", "distilbert")  # text.TextTransformer | distilbert.DistilBert
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "einsum": "einsum"}
+ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "einsum": "einsum",
+                   "pallas": "pallas"}
 VIDEO_TOKENS = ("patch", "frame")
 
 
