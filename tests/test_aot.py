@@ -2,9 +2,13 @@
 no chip), and tools/fit_check.py says what fits: per-device memory, FLOPs, and a compile that
 runs out of memory as a row of the table, not a crash."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from tempret_jax import aot
+from tempret_jax import aot, sharding
+from tempret_jax.models import attention
+from tempret_jax.state import TrainSetup
 from tiny_run import REPO, tiny_config
 
 
@@ -35,3 +39,27 @@ def test_fit_check_reports_a_setup_that_does_not_fit_as_a_row(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert code == 1 and lines[0].split()[:2] == ["config", "target"]
     assert "does not compile: RESOURCE_EXHAUSTED" in lines[1] and "v5e:2x2" in lines[1]
+
+
+def test_a_tpu_mesh_gets_the_pallas_flash_kernel_one_batch_shard_a_chip(v5e):
+    # 'auto' follows the devices of the mesh, not this CPU process's backend.
+    setup = TrainSetup(tiny_config("unused", global_batch_size=8),
+                       sharding.make_mesh(2, 2, devices=v5e))
+    assert setup.model.config.attention_impl == "pallas"
+    # 197 tokens (ViT-B/16's) with key padding, forward and backward, batch split over 4 chips.
+    mesh = setup.mesh
+    tokens = jax.ShapeDtypeStruct((8, 197, 2, 64), jnp.bfloat16,
+                                  sharding=sharding.batch_sharding(mesh))
+    keys = jax.ShapeDtypeStruct((8, 1, 1, 197), jnp.bool_, sharding=sharding.batch_sharding(mesh))
+
+    def loss(q, k, v, mask):
+        out = attention.dot_product_attention(q, k, v, mask=mask, implementation="pallas")
+        return out.astype(jnp.float32).sum()
+
+    with jax.set_mesh(mesh):
+        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(tokens, tokens, tokens, keys)
+    assert "tpu_custom_call" in lowered.as_text()  # Mosaic: the Pallas kernel, not XLA's
+    compiled = lowered.compile().as_text()
+    kernels = [line for line in compiled.splitlines() if "= (bf16[2,2,256,64]" in line
+               and "flash_attention" in line]
+    assert kernels and "all-gather" not in compiled  # 2 clips a chip, 197 padded to 256 tokens
