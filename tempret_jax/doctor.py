@@ -1,8 +1,8 @@
 """What this machine gives a run: python -m tempret_jax.doctor [--dataset_dir D] [--workdir W]
 [--checkpoint C]
 
-Prints the Python and package versions, JAX's backend and devices, the attention
-implementation that ``model.attention_impl='auto'`` takes here, and, for each path given,
+Prints the Python and package versions, JAX's backend and devices, the attention kernel that
+``model.attention_impl='auto'`` takes here (and on other devices), and, for each path given,
 whether it is usable: a prepared data set (its splits and whether its annotation copies check),
 a run's workdir (its checkpoint steps, whether another trainer holds it), a converted
 checkpoint (its model config). Exit 1 if a given path is not usable; the line says why.
@@ -35,14 +35,17 @@ def versions() -> dict[str, str]:
 def devices() -> list[str]:
     """Lines on JAX's backend, its devices and the attention 'auto' takes with them."""
     import jax
+
+    from tempret_jax.models import attention
     local = jax.local_devices()
     backend = jax.default_backend()
-    attention = ("einsum (models/layers.py: faster than XLA's dot_product_attention on CPU)"
-                 if backend == "cpu" else "jax.nn.dot_product_attention, implementation "
-                 "chosen by XLA (cudnn flash where it applies on GPU)")
+    platform = local[0].platform
+    by_platform = ", ".join(f"{p} {attention.for_platform(p)}" for p in ("cpu", "gpu", "tpu"))
     return [f"backend: {backend}, {jax.device_count()} device(s) in {jax.process_count()} "
             f"process(es); here: {len(local)} x {local[0].device_kind}",
-            f"attention (model.attention_impl='auto'): {attention}"]
+            f"attention (model.attention_impl='auto'): {attention.for_platform(platform)} on "
+            f"these {platform} devices; a run takes its mesh devices' ({by_platform}; "
+            f"models/attention.py)"]
 
 
 def dataset(path: str) -> tuple[bool, str]:
