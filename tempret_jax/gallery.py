@@ -66,23 +66,23 @@ def strip_image(frames: Sequence[np.ndarray], alt: str) -> str:
     return f'<img class="strip" alt="{html.escape(alt)}" src="data:image/jpeg;base64,{data}">'
 
 
-def relevance_colour(rel: float) -> str:
+def _relevance_colour(rel: float) -> str:
     """Green for a hit (rel 1, what mAP counts), amber partly relevant, red not relevant."""
     if rel >= 1:
         return "#2e7d32"
     return "#e0a000" if rel > 0 else "#c62828"
 
 
-def relevance_badge(rel: float) -> str:
-    return (f'<span class="rel" style="background:{relevance_colour(rel)}">'
+def _relevance_badge(rel: float) -> str:
+    return (f'<span class="rel" style="background:{_relevance_colour(rel)}">'
             f"rel {rel:.2f}</span>")
 
 
 def result_item(rank: int, score: float, body: str, rel: float | None = None) -> str:
     """One ranked clip: rank, score, relevance (when known) and ``body`` (HTML: strip and
     caption)."""
-    border = f' style="border-left-color:{relevance_colour(rel)}"' if rel is not None else ""
-    badge = f"<br>{relevance_badge(rel)}" if rel is not None else ""
+    border = f' style="border-left-color:{_relevance_colour(rel)}"' if rel is not None else ""
+    badge = f"<br>{_relevance_badge(rel)}" if rel is not None else ""
     return (f'<li class="result"{border}><div class="meta"><span class="rank">#{rank}</span><br>'
             f'<span class="score">score {score:.4f}</span>{badge}</div><div>{body}</div></li>')
 
@@ -102,7 +102,7 @@ def _link(anchor: str, text: str, shown: bool) -> str:
     return f'<a href="#{anchor}">{text}</a>' if shown else text
 
 
-def pick_queries(sim: np.ndarray, n_sentences: int, n_clips: int, top: int, seed: int
+def _pick_queries(sim: np.ndarray, n_sentences: int, n_clips: int, top: int, seed: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(sentence indices, clip indices) to show, ascending: random sentences, then random clips
     among their top results (so the two directions link to each other), topped up with other
@@ -133,7 +133,7 @@ def write_gallery(path, sim: np.ndarray, rel: np.ndarray, clip_ids: Sequence[str
     """
     sim, rel = np.asarray(sim), np.asarray(rel)
     per_row = metrics.mir_per_row(sim, rel)
-    texts, clips = pick_queries(sim, n_sentences, n_clips, top, seed)
+    texts, clips = _pick_queries(sim, n_sentences, n_clips, top, seed)
     g = _Gallery(sim, rel, clip_ids, clip_narrations, sentences, clip_frames,
                  set(texts.tolist()), set(clips.tolist()))
     ap_t2v, ap_v2t = per_row["mAP", "t2v"], per_row["mAP", "v2t"]
@@ -189,7 +189,7 @@ class _Gallery:
         """A clip's section: its strip and its top sentences, each linked if shown."""
         rows = "".join(
             f"<tr><td>#{r + 1}</td><td>{self.sim[i, j]:.4f}</td>"
-            f"<td>{relevance_badge(self.rel[i, j])}</td>"
+            f"<td>{_relevance_badge(self.rel[i, j])}</td>"
             f"<td>{_link(f't{j}', self.sentence(j), j in self.shown_texts)}</td></tr>"
             for r, j in enumerate(np.argsort(-self.sim[i], kind="stable")[:top]))
         return (f'<section class="query" id="v{i}"><h3>{self.clip_label(i)}<span class="ap">'
@@ -201,8 +201,8 @@ class _Gallery:
 def _legend() -> str:
     return ("<p>Each query shows its AP (EK-100 mAP's definition: precision over raw relevance "
             "at each hit). Results: rank, score, relevance: "
-            f"{relevance_badge(1.0)} a hit, {relevance_badge(0.5)} partly relevant, "
-            f"{relevance_badge(0.0)} not relevant. A linked result is also a query on this "
+            f"{_relevance_badge(1.0)} a hit, {_relevance_badge(0.5)} partly relevant, "
+            f"{_relevance_badge(0.0)} not relevant. A linked result is also a query on this "
             "page.</p>")
 
 
