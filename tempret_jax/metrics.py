@@ -26,6 +26,7 @@ form of the official definition; the tests hold the two equal.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import pickle
 from typing import Sequence
 
@@ -60,94 +61,122 @@ def summarize(per_row: dict[tuple[str, str], np.ndarray]) -> dict[str, dict[str,
     return out
 
 
-def _sort_within_rows(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """The permutation that orders entries by ascending ``keys`` within each row.
-
-    rows (m,) ascending; keys (m,) float. Float32 keys go into one uint64 sort key (row in the
-    high 32 bits, the float's order-preserving bit pattern in the low 32), else two passes.
-    """
-    if keys.dtype == np.float32 and (not len(rows) or rows[-1] < 2**31):
-        bits = (keys + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into 0.0
-        ordered = bits ^ np.where(bits >> 31, np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
-        return np.argsort((rows.astype(np.uint64) << np.uint64(32)) | ordered)
-    by_key = np.argsort(keys)
-    return by_key[np.argsort(rows[by_key], kind="stable")]
+# Items per block of rows: its uint64 keys (2 MiB) stay in the core's cache.
+_BLOCK_ITEMS = 2 ** 18
 
 
-def _rank_relevant(sim: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ranks the relevant entries of each row among all the row's items.
+def _rank_keys(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Each row's items as uint64 keys, sorted ascending: the row's rank order.
 
-    Rank order is descending sim, stable among ties (smaller column first).
+    Key = (the float32 similarity's bits, ordered so that a larger value is smaller) << 32
+    | column << 1 | relevant. Distinct columns make every key distinct, so an ascending sort
+    is descending similarity with ties in column order (the stable order), and the low bits
+    say which item and whether it is relevant: no argsort, no search.
     Args:
-      sim: (R, C) similarities.
-      rows, cols, vals: (m,) the relevant entries, row-major (rows, then cols, ascending).
+      sim: (B, N) similarities (a view of any layout); float64 is rounded here, see
+        `_order_float64_ties`.
+      relevant: (B, N) bool.
     Returns:
-      perm (m,): the entries reordered by (row, rank); ranks (m,) int64: the 0-based rank of
-      each reordered entry in its row; ideal_dcg (R,): each row's DCG under the ideal order.
+      (B, N) uint64, C-contiguous.
     """
-    n_rows, n_cols = sim.shape
-    ascending = np.sort(sim, axis=1)
-    entries = sim[rows, cols]
-    perm = _sort_within_rows(rows, -entries)
-    entries = entries[perm]
-    starts = np.searchsorted(rows, np.arange(n_rows + 1))
-    ranks = np.empty(len(rows), np.int64)
-    for r in np.flatnonzero(np.diff(starts)):
-        lo, hi = starts[r], starts[r + 1]
-        # Binary search: the items strictly above (ties are fixed below).
-        ranks[lo:hi] = n_cols - np.searchsorted(ascending[r], entries[lo:hi], side="right")
-
-    discount = 1 / np.log2(np.arange(n_cols) + 2.0)
-    ideal = vals[_sort_within_rows(rows, -vals)]
-    ideal_dcg = np.bincount(rows, ideal * discount[np.arange(len(rows)) - starts[rows]],
-                            minlength=n_rows)
-
-    # An entry is tied when the next lower value equals its own: rare with real similarities
-    # (a few hundred of EK-100's 4M relevant entries with random float32). Equal values rank in
-    # column order, so a tied entry moves down by the equal items left of it.
-    below = n_cols - ranks - 2
-    tied = (below >= 0) & (ascending[rows, np.maximum(below, 0)] == entries)
-    for r in np.unique(rows[tied]):
-        lo, hi = starts[r], starts[r + 1]
-        idx = lo + np.flatnonzero(tied[lo:hi])
-        if len(idx) <= 64:  # count the equal items to the left of each tied entry
-            left = np.arange(n_cols) < cols[perm[idx], None]
-            ranks[idx] += np.count_nonzero((sim[r] == entries[idx, None]) & left, axis=1)
-        else:  # many ties (e.g. quantised scores): one stable argsort of the row
-            stable = np.empty(n_cols, np.int64)
-            stable[np.argsort(-sim[r], kind="stable")] = np.arange(n_cols)
-            ranks[lo:hi] = stable[cols[perm[lo:hi]]]
-        by_rank = np.argsort(ranks[lo:hi])
-        perm[lo:hi], ranks[lo:hi] = perm[lo:hi][by_rank], ranks[lo:hi][by_rank]
-    return perm, ranks, ideal_dcg
+    value = np.empty(sim.shape, np.float32)
+    _copy(sim, value)
+    value += np.float32(0)  # -0.0 -> 0.0: equal values, one key
+    bits = value.view(np.uint32)
+    # Positive values: flip every bit but the sign; negative ones: keep them (sign set).
+    bits ^= ((bits >> np.uint32(31)) - np.uint32(1)) & np.uint32(0x7FFFFFFF)
+    keys = bits.astype(np.uint64) << np.uint64(32)
+    keys |= (np.arange(sim.shape[1], dtype=np.uint64) << np.uint64(1)) | relevant
+    keys.sort(axis=1)
+    if not np.can_cast(sim.dtype, np.float32, "safe"):
+        _order_float64_ties(keys, sim)
+    return keys
 
 
-def _direction(sim: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
-               ) -> dict[str, np.ndarray]:
-    """Per-row AP and nDCG (NaN where undefined) of one direction from its relevant entries.
+def _copy(source: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = source, (B, N). A transposed view is copied in tiles of 512 columns, which
+    stay in cache: copied whole it takes twice as long."""
+    step = max(1, source.shape[1] if source.flags.c_contiguous else 512)
+    for lo in range(0, source.shape[1], step):
+        out[:, lo:lo + step] = source[:, lo:lo + step]
 
-    sim (R, C); rows, cols, vals (m,) the entries with rel > 0, row-major.
+
+def _c_order(x: np.ndarray) -> np.ndarray:
+    """``x`` (B, N), C-contiguous (copied with `_copy` if it is not)."""
+    if x.flags.c_contiguous:
+        return x
+    out = np.empty(x.shape, x.dtype)
+    _copy(x, out)
+    return out
+
+
+def _order_float64_ties(keys: np.ndarray, sim: np.ndarray) -> None:
+    """Reorders runs of items whose float32 values are equal by their exact values, in place.
+
+    Rounding to float32 keeps the order of unequal values or makes them equal, so only the
+    runs of equal keys (rare: a few items a row with dual-softmax scores) need the exact
+    values; a stable sort on them keeps the column order among true ties.
     """
-    n_rows = sim.shape[0]
-    perm, ranks, ideal_dcg = _rank_relevant(sim, rows, cols, vals)
-    vals = vals[perm].astype(np.float64)  # rows stay as they are: perm is within rows
+    value_bits = keys >> np.uint64(32)
+    same = value_bits[:, 1:] == value_bits[:, :-1]  # item j equals item j - 1 of its row
+    if not same.any():
+        return
+    in_run = np.zeros(keys.shape, bool)
+    in_run[:, 1:] = same
+    in_run[:, :-1] |= same
+    at = np.flatnonzero(in_run)
+    starts_run = np.ones(keys.shape, bool)
+    starts_run[:, 1:] = ~same
+    run = np.cumsum(starts_run.ravel()[at])
+    flat = keys.reshape(-1)
+    exact = sim[at // keys.shape[1], _columns(flat[at])]
+    flat[at] = flat[at][np.lexsort((-exact, run))]
+
+
+def _columns(keys: np.ndarray) -> np.ndarray:
+    """The column index held in `_rank_keys` keys."""
+    return ((keys & np.uint64(0xFFFFFFFF)) >> np.uint64(1)).astype(np.intp)
+
+
+def _block_scores(sim: np.ndarray, rel: np.ndarray, discount: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """AP and nDCG (NaN where undefined) of a block of rows.
+
+    sim, rel: (B, N) views (any layout); discount: (N,) 1 / log2(rank + 2).
+    Returns ap (B,), ndcg (B,) float64.
+    """
+    rel = _c_order(rel)
+    n_rows, n_cols = rel.shape
+    relevant = rel > 0
+    k = np.count_nonzero(relevant, axis=1)  # relevant items per row
+    keys = _rank_keys(sim, relevant)
+    at = np.flatnonzero((keys & np.uint64(1)).astype(bool))  # relevant, by (row, rank)
+    rows = np.repeat(np.arange(n_rows), k)
+    ranks = at - rows * n_cols
+    vals = rel.reshape(-1)[rows * n_cols + _columns(keys.reshape(-1)[at])]
 
     # mAP: at each hit, the raw relevance accumulated within the row over the rank.
-    cum = np.cumsum(vals)
-    row_start = np.searchsorted(rows, np.arange(n_rows))
-    row_base = np.concatenate([[0.0], cum])[row_start]
+    cum = np.cumsum(vals, dtype=np.float64)
+    before_row = np.concatenate([[0.0], cum])[np.cumsum(k) - k]
     hit = vals == 1
-    precision = (cum[hit] - row_base[rows[hit]]) / (ranks[hit] + 1)
+    precision = (cum[hit] - before_row[rows[hit]]) / (ranks[hit] + 1)
     n_hits = np.bincount(rows[hit], minlength=n_rows)
-    ap = np.bincount(rows[hit], precision, minlength=n_rows) / np.maximum(n_hits, 1)
+    ap = np.bincount(rows[hit], precision, minlength=n_rows)
 
-    # nDCG: linear gains over the top k = number of relevant items of the row.
-    k = np.bincount(rows, minlength=n_rows)
+    # nDCG: linear gains over the top k; the ideal is the row's relevances sorted descending.
     top = ranks < k[rows]
-    dcg = np.bincount(rows[top], vals[top] / np.log2(ranks[top] + 2.0), minlength=n_rows)
-    ndcg = dcg / np.where(ideal_dcg > 0, ideal_dcg, np.nan)
-    return {"mAP": np.where(n_hits > 0, ap, np.nan), "nDCG": ndcg}
+    dcg = np.bincount(rows[top], vals[top] * discount[ranks[top]], minlength=n_rows)
+    kmax = int(k.max(initial=0))
+    ideal = np.sort(rel, axis=1)[:, ::-1][:, :kmax]
+    ideal_dcg = np.where(np.arange(kmax) < k[:, None], ideal, 0) @ discount[:kmax]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.where(n_hits > 0, ap / n_hits, np.nan),
+                np.where(ideal_dcg > 0, dcg / ideal_dcg, np.nan))
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
+    step = max(1, _BLOCK_ITEMS // max(n_cols, 1))
+    return [slice(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
 
 
 def mir_per_row(sim: np.ndarray, rel: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
@@ -160,19 +189,20 @@ def mir_per_row(sim: np.ndarray, rel: np.ndarray) -> dict[tuple[str, str], np.nd
       {('mAP' | 'nDCG', 'v2t'): (n_videos,), ('mAP' | 'nDCG', 't2v'): (n_texts,)}.
     """
     sim, rel = _check(sim, rel)
-    rows, cols = np.nonzero(rel > 0)
-    vals = rel[rows, cols]
-    # The same entries grouped by column for T2V: a stable counting sort on the column index.
-    by_col = np.argsort(cols.astype(np.min_scalar_type(rel.shape[1])), kind="stable")
+    directions = {"v2t": (sim, rel), "t2v": (sim.T, rel.T)}  # T2V: transposed views, no copy
+    out = {(name, d): np.empty(s.shape[0]) for d, (s, _) in directions.items()
+           for name in ("mAP", "nDCG")}
 
-    def t2v():
-        return _direction(np.ascontiguousarray(sim.T), cols[by_col], rows[by_col], vals[by_col])
+    def run(d: str, rows: slice) -> None:
+        s, r = directions[d]
+        discount = 1 / np.log2(np.arange(s.shape[1]) + 2.0)
+        out["mAP", d][rows], out["nDCG", d][rows] = _block_scores(s[rows], r[rows], discount)
 
-    # The directions are independent and NumPy's sorts release the GIL: a thread each.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = {"v2t": pool.submit(_direction, sim, rows, cols, vals), "t2v": pool.submit(t2v)}
-        return {(name, d): value for d, future in results.items()
-                for name, value in future.result().items()}
+    # Blocks are independent and NumPy releases the GIL in sorts and array loops: every core.
+    with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(run, *zip(*[(d, rows) for d, (s, _) in directions.items()
+                                  for rows in _row_blocks(*s.shape)])))
+    return out
 
 
 def mir_metrics(sim: np.ndarray, rel: np.ndarray) -> dict[str, dict[str, float]]:
