@@ -19,5 +19,5 @@ def get_config(arg=None):
     del arg
     c = recipes.ek100("ek100_crclip_vitl14")
     c.model.refine.enabled = True
-    c.init_from.include = r"^(visual|text|logit_scale)/"  # refinement and heads start fresh
+    c.init_from.include = recipes.PRETRAINED_TOWERS  # refinement and heads start fresh
     return c

@@ -41,6 +41,9 @@ EGOVLP_T2 = "EgoVLP EK-100 report, Table 2"
 EGOVLP_FT = "EgoVLP configs/ft/epic.json"
 EGOVLP_TRAINER = "EgoVLP trainer/trainer_epic.py"
 OURS = "ours: no published value"
+# What a published dual encoder's converted checkpoint holds; a method's new modules
+# (TempRet's temporal transformer, CR-CLIP's refinement and heads) start fresh.
+PRETRAINED_TOWERS = r"^(visual|text|logit_scale)(/|$)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +369,7 @@ def tempret(name: str, arg) -> ml_collections.ConfigDict:
     c.name = f"{name}_stage{stage}"
     c.model.vision.frame_mode = True  # CLIP image encoder on each frame
     c.model.temporal.update(enabled=True, layers=4, heads=8, pool="mean")
+    c.init_from.include = PRETRAINED_TOWERS
     if stage == 2:
         stage2(c)
     return c

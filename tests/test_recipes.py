@@ -6,7 +6,9 @@ independently of tempret_jax/recipes.py: a config that drifts from its paper fai
 """
 
 import math
+import re
 
+import ml_collections
 import numpy as np
 
 import pytest
@@ -168,3 +170,28 @@ def test_the_egovlp_b16_model_has_egovlps_parameter_count():
                             jax.ShapeDtypeStruct((1, 77), jnp.int32))["params"]
     # tests/data/golden/egovlp/layout_b16.json: 180,934,400, plus our fixed logit scale.
     assert sum(x.size for x in jax.tree.leaves(shapes)) == 180_934_401
+
+
+@pytest.mark.parametrize("label", sorted(PUBLISHED))
+def test_a_fine_tune_loads_from_its_converted_checkpoint_exactly_the_towers_it_holds(label):
+    """A converted checkpoint holds the towers and logit_scale; every other module of the
+    method (temporal transformer, refinement, heads) starts fresh (stage 1 configs)."""
+    import jax
+    import jax.numpy as jnp
+
+    from tempret_jax import sharding
+    from tempret_jax.models import retrieval
+
+    c = ROWS[label]
+    model = c.model.to_dict()
+    tiny = retrieval.model_config("egovlp_tiny" if label == "ek100_egovlp" else "tiny")
+    model.update(vision=tiny.vision.to_dict(), text=tiny.text.to_dict())  # switches kept
+    net = retrieval.RetrievalModel.from_config(ml_collections.ConfigDict(model))
+    shapes = jax.eval_shape(net.init, jax.random.key(0),
+                            jnp.zeros((1, tiny.vision.num_frames, tiny.vision.image_size,
+                                       tiny.vision.image_size, 3)),
+                            jnp.zeros((1, tiny.text.context_length), jnp.int32))["params"]
+    paths = [sharding.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+    include = re.compile(c.init_from.include)
+    loaded = {p.split("/")[0] for p in paths if include.search(p)}
+    assert loaded == {"visual", "text", "logit_scale"}, (label, loaded)
