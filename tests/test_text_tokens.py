@@ -13,6 +13,15 @@ def test_a_clip_tower_reads_clips_bpe_rows():
     np.testing.assert_array_equal(tok(["cut the onion"]), tokenizer.tokenize(["cut the onion"]))
 
 
+def test_a_clip_tower_with_fewer_embeddings_than_bpe_tokens_is_refused():
+    # CLIP token ids reach 49407; past a smaller table they would embed as NaN.
+    text = retrieval.model_config("vit_b16").text
+    text.vocab_size = 1000
+    with pytest.raises(ValueError, match="model.text.vocab_size=1000: CLIP's BPE tokenizer has "
+                                         "49408 tokens"):
+        TextTokenizer.of(text)
+
+
 def test_a_distilbert_tower_reads_wordpiece_rows_of_its_vocabulary_and_length():
     text = retrieval.model_config("egovlp_tiny").text
     text.update(vocab_file=str(synthetic.vocab_path()), context_length=12, vocab_size=200)

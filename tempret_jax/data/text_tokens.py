@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+
 @dataclasses.dataclass(frozen=True)
 class TextTokenizer:
     """texts -> (n, context_length) int32 token rows for a text tower (module docstring)."""
@@ -26,10 +27,15 @@ class TextTokenizer:
 
     @classmethod
     def of(cls, text_config) -> "TextTokenizer":
-        """The tokenizer of a model's text config (``model.text``), checked: a 'distilbert'
-        tower needs its vocabulary file, whose tokens must fit the model's embedding table.
-        Raises ValueError naming the key."""
+        """The tokenizer of a model's text config (``model.text``), checked: its tokens must fit
+        the model's embedding table (a token past it would embed as NaN), and a 'distilbert'
+        tower needs its vocabulary file. Raises ValueError naming the key."""
         if text_config.tower != "distilbert":  # 'clip' (the towers: config.validate_model)
+            from tempret_jax.data import tokenizer
+            if text_config.vocab_size < tokenizer.VOCAB_SIZE:
+                raise ValueError(f"model.text.vocab_size={text_config.vocab_size}: CLIP's BPE "
+                                 f"tokenizer has {tokenizer.VOCAB_SIZE} tokens; a text tower "
+                                 f"with fewer embeddings cannot read its token ids")
             return cls("clip", "", int(text_config.context_length))
         vocab_file = str(text_config.vocab_file)
         if not vocab_file:
