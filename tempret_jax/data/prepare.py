@@ -96,6 +96,22 @@ def dataset_dir(output_dir, num_frames: int = 32, short_side: int = 256) -> path
     return pathlib.Path(output_dir) / DATASET_NAME / name / VERSION
 
 
+def find_dataset(path) -> str:
+    """The prepared data set at ``path``: ``path`` itself, or the one data set under a
+    preparation's output folder (`dataset_dir`'s layout), so that the ``--output`` of
+    tools/prepare_ek100.py can be given as it is. Raises PrepareError when the folder holds
+    several (naming them: give one) and returns ``path`` unchanged when it holds none."""
+    path = pathlib.Path(path)
+    if (path / ANNOTATIONS).is_dir():
+        return str(path)
+    found = sorted(p.parent for p in path.glob(f"{DATASET_NAME}/*/*/{ANNOTATIONS}"))
+    if len(found) > 1:
+        raise PrepareError(f"{path} holds {len(found)} prepared data sets "
+                           f"({', '.join(str(f.relative_to(path)) for f in found)}); give one "
+                           f"of them as the dataset_dir")
+    return str(found[0]) if found else str(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage 1: decode one video into a shard.
 
