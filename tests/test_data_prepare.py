@@ -385,3 +385,17 @@ def test_a_quiet_preparation_prints_no_progress_bars_of_tfds(tmp_path, capfd):
     _prepare(tmp_path / "src", tmp_path / "out")
     err = capfd.readouterr().err
     assert "Generating" not in err and "Shuffling" not in err, err[-500:]
+
+
+def test_a_preparations_output_folder_names_the_one_data_set_in_it(tmp_path):
+    one = prepare.dataset_dir(tmp_path / "out", num_frames=32, short_side=256)
+    (one / prepare.ANNOTATIONS).mkdir(parents=True)
+    assert prepare.find_dataset(tmp_path / "out") == str(one)
+    assert prepare.find_dataset(one) == str(one)  # a data set itself
+    assert prepare.find_dataset(tmp_path / "empty") == str(tmp_path / "empty")  # left to fail
+    other = prepare.dataset_dir(tmp_path / "out", num_frames=16, short_side=256)
+    (other / prepare.ANNOTATIONS).mkdir(parents=True)
+    with pytest.raises(prepare.PrepareError, match=r"holds 2 prepared data sets \(ek100_mir/"
+                                                   r"frames16_short256/1.0.0, ek100_mir/"
+                                                   r"frames32_short256/1.0.0\); give one"):
+        prepare.find_dataset(tmp_path / "out")
