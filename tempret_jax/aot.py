@@ -5,7 +5,8 @@
 `TrainSetup` and `TrainStep` (no parameter is allocated: the state is abstract), compiles the
 step and returns what XLA reports: per-device argument, output, temporary bytes and the FLOPs
 of its cost analysis. An out-of-memory compile is a result (`fits=False` with the error), not a
-crash. tools/fit_check.py prints the table.
+crash. `metrics_memory(n_videos, n_texts, devices)` does the same for the evaluation's metric
+program (`sharded_metrics`, rows split over the devices). tools/fit_check.py prints the table.
 
 The batch is ready clips ("video", (B, T, R, R, 3) in data.dtype) with the labels the loss
 reads; the pipeline's uint8 crop windows, resampled on the device, are smaller than that.
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tempret_jax import sharding
+from tempret_jax import sharded_metrics, sharding
 from tempret_jax import step as step_lib
 from tempret_jax.data import ek100
 from tempret_jax.state import TrainSetup
@@ -80,9 +81,23 @@ def train_step_memory(config: ml_collections.ConfigDict, devices) -> StepMemory:
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
     setup = TrainSetup(config, mesh)
     train_step = step_lib.TrainStep(setup)
+    return _compiled_memory(
+        lambda: train_step.lower(setup.abstract_state(), abstract_batch(config, mesh)))
+
+
+def metrics_memory(n_videos: int, n_texts: int, devices) -> StepMemory:
+    """Compiles `sharded_metrics.program` (both directions' mAP and nDCG) for a (n_videos,
+    n_texts) similarity matrix with its rows split over ``devices``."""
+    mesh = sharding.make_mesh(-1, 1, devices=devices)
+    return _compiled_memory(lambda: sharded_metrics.program(mesh).lower(
+        *sharded_metrics.abstract_inputs(n_videos, n_texts, mesh)))
+
+
+def _compiled_memory(lower) -> StepMemory:
+    """Lowers (``lower()``) and compiles a program; XLA's memory and cost analyses."""
     start = time.perf_counter()
     try:
-        compiled = train_step.lower(setup.abstract_state(), abstract_batch(config, mesh)).compile()
+        compiled = lower().compile()
     except Exception as e:  # noqa: BLE001  XLA reports running out of memory as an exception
         text = " ".join(str(e).split())
         return StepMemory(compile_s=time.perf_counter() - start, error=text[:300])
