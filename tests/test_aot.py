@@ -46,11 +46,11 @@ def test_a_tpu_mesh_gets_the_pallas_flash_kernel_one_batch_shard_a_chip(v5e):
     setup = TrainSetup(tiny_config("unused", global_batch_size=8),
                        sharding.make_mesh(2, 2, devices=v5e))
     assert setup.model.config.attention_impl == "pallas"
-    # 197 tokens (ViT-B/16's) with key padding, forward and backward, batch split over 4 chips.
+    # 600 tokens with key padding, forward and backward, the batch split over 4 chips.
     mesh = setup.mesh
-    tokens = jax.ShapeDtypeStruct((8, 197, 2, 64), jnp.bfloat16,
+    tokens = jax.ShapeDtypeStruct((8, 600, 2, 64), jnp.bfloat16,
                                   sharding=sharding.batch_sharding(mesh))
-    keys = jax.ShapeDtypeStruct((8, 1, 1, 197), jnp.bool_, sharding=sharding.batch_sharding(mesh))
+    keys = jax.ShapeDtypeStruct((8, 1, 1, 600), jnp.bool_, sharding=sharding.batch_sharding(mesh))
 
     def loss(q, k, v, mask):
         out = attention.dot_product_attention(q, k, v, mask=mask, implementation="pallas")
@@ -60,6 +60,17 @@ def test_a_tpu_mesh_gets_the_pallas_flash_kernel_one_batch_shard_a_chip(v5e):
         lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(tokens, tokens, tokens, keys)
     assert "tpu_custom_call" in lowered.as_text()  # Mosaic: the Pallas kernel, not XLA's
     compiled = lowered.compile().as_text()
-    kernels = [line for line in compiled.splitlines() if "= (bf16[2,2,256,64]" in line
+    kernels = [line for line in compiled.splitlines() if "= (bf16[2,2,640,64]" in line
                and "flash_attention" in line]
-    assert kernels and "all-gather" not in compiled  # 2 clips a chip, 197 padded to 256 tokens
+    assert kernels and "all-gather" not in compiled  # 2 clips a chip, 600 padded to 640 tokens
+
+
+def test_the_metric_program_compiles_for_four_v5e_chips_and_is_a_fit_check_row(v5e, capsys):
+    from tools import fit_check
+
+    small, large = (aot.metrics_memory(v, t, v5e) for v, t in ((64, 30), (256, 120)))
+    assert not small.error and small.argument_bytes == 2 * 64 * 32 * 4 // 4  # padded, split
+    assert large.temp_bytes > small.temp_bytes and large.flops > small.flops
+    assert fit_check.main(["--metrics", "64x30", "--target", "v5e:2x2"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.split()[:4] == ["metrics", "64x30", "v5e:2x2", f"{small.argument_bytes / aot.GIB:.2f}"]

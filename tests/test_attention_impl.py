@@ -76,7 +76,8 @@ PALLAS_CASES = {  # name: (batch, query length, key length, key padding mask, ca
 
 
 @pytest.mark.parametrize("case", PALLAS_CASES)
-def test_pallas_tpu_kernel_equals_the_reference_in_interpret_mode(case):
+def test_pallas_tpu_kernel_equals_the_reference_in_interpret_mode(case, monkeypatch):
+    monkeypatch.setattr(attention, "TPU_FLASH_MIN_KEYS", 0)  # small shapes, fast
     batch, query_len, key_len, masked, causal, rope = PALLAS_CASES[case]
     q, k, v = qkv(key_len, batch=batch, query_len=query_len, heads=2)
     if rope:  # the model rotates q and k before attention, whatever the kernel
@@ -104,10 +105,13 @@ def test_auto_takes_the_kernel_of_the_platform():
     assert kernel_calls(None, None) >= {"custom_vjp_call"}  # the local backend: CPU here
 
 
-def test_kernels_fall_back_to_xla_where_they_do_not_apply():
+def test_kernels_fall_back_to_xla_where_they_do_not_apply(monkeypatch):
+    # Too few keys for the TPU kernel to save memory (S = 9 here):
+    assert "pallas_call" not in kernel_calls("pallas", padding_mask(S))
+    monkeypatch.setattr(attention, "TPU_FLASH_MIN_KEYS", S)
+    assert "pallas_call" in kernel_calls("pallas", padding_mask(S))
     # A mask that varies over queries is no key padding: the TPU kernel takes none.
     per_query = jnp.asarray(np.random.default_rng(4).random((B, 1, L, S)) > 0.5)
-    assert "pallas_call" in kernel_calls("pallas", padding_mask(S))
     assert "pallas_call" not in kernel_calls("pallas", per_query)
     # cuDNN's flash attention takes half precision only: float32 runs XLA's (here, on CPU).
     q, k, v = qkv(S)

@@ -8,8 +8,8 @@
               where cuDNN takes the inputs (bfloat16/float16, head dim a multiple of 8 up to
               128, even lengths when masked), else 'xla'
     'pallas'  the Pallas TPU flash kernel (`jax.experimental.pallas.ops.tpu.flash_attention`,
-              TPU default): scores never materialised beyond one block; else 'xla' for masks
-              other than key padding
+              TPU default): scores never materialised beyond one block, for key-padding masks
+              and at least TPU_FLASH_MIN_KEYS keys; else 'xla'
 
 `for_platform(platform)` is what `model.attention_impl='auto'` becomes on a mesh whose devices
 have that platform (`state.TrainSetup` resolves it from the mesh, so compiling ahead of time for
@@ -33,6 +33,10 @@ IMPLEMENTATIONS = (None, "einsum", "xla", "cudnn", "pallas")
 PLATFORM_DEFAULTS = {"cpu": "einsum", "tpu": "pallas", "gpu": "cudnn", "cuda": "cudnn"}
 TPU_BLOCK = 128  # the flash kernel's minimum block: lengths are padded to a multiple of it
 TPU_MAX_BLOCK = 512
+# Below this many keys the kernel saves no memory: it keeps two float32 (L, 128) row statistics
+# and pads to 128, as much as XLA's (L, S) probabilities (TempRet's 197-token frames: 21.6 GiB
+# of temporaries with XLA's attention, 23.3 GiB with the kernel; BENCHMARKS.md).
+TPU_FLASH_MIN_KEYS = 512
 
 
 def for_platform(platform: str) -> str:
@@ -171,7 +175,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array]
         implementation = for_platform(jax.default_backend())
     if implementation == "einsum":
         return _einsum_attention(q, k, v, mask, is_causal)
-    if implementation == "pallas" and _is_key_padding(mask):
+    if (implementation == "pallas" and _is_key_padding(mask)
+            and k.shape[1] >= TPU_FLASH_MIN_KEYS):
         return _pallas_attention(q, k, v, mask, is_causal)
     if implementation == "cudnn" and not _cudnn_applies(q, k, mask):
         implementation = "xla"
