@@ -80,13 +80,57 @@ def test_fast_equals_reference_with_ties_and_partial_relevance(seed):
     _close(metrics.mir_metrics(sim, rel), metrics.reference_mir_metrics(sim, rel), tol=1e-9)
 
 
-def test_fast_equals_reference_on_real_relevance(ek100_dir):
+def test_float64_values_equal_in_float32_rank_by_their_exact_values():
+    # The ranking sorts float32 keys; float64 values that round to one float32 are ordered by
+    # their exact values, true ties by column.
+    rng = np.random.default_rng(0)
+    rel = rng.choice(EK100_VALUES, size=(30, 50), p=[0.6] + [0.05] * 8)
+    sim = 1 + rng.integers(0, 4, (30, 50)) * 1e-12  # 4 values, one float32
+    assert len(np.unique(sim.astype(np.float32))) == 1
+    _close(metrics.mir_metrics(sim, rel), metrics.reference_mir_metrics(sim, rel), tol=1e-9)
+    assert metrics.mir_metrics(sim, rel) != metrics.mir_metrics(sim.astype(np.float32), rel)
+
+
+def test_negative_zero_ties_with_zero():
+    m = _row([0.0, -0.0, 0.0, -0.0], [0, 1, 0, 1])  # one value: column order
+    assert m["mAP"]["v2t"] == pytest.approx(100 * (1 / 2 + 2 / 4) / 2)
+
+
+def test_a_relevance_view_and_float64_similarities_give_the_same_numbers():
+    rng = np.random.default_rng(3)
+    rel = rng.choice(EK100_VALUES, size=(60, 45), p=[0.6] + [0.05] * 8)
+    sim = rng.standard_normal((60, 45)).astype(np.float32)
+    expected = metrics.mir_per_row(sim, rel)
+    flipped = metrics.mir_per_row(np.asfortranarray(sim.astype(np.float64)), np.asfortranarray(rel))
+    for key, value in expected.items():
+        np.testing.assert_array_equal(flipped[key], value)
+
+
+def _real_case(rel, kind, seed=1):
+    """A similarity matrix for the real relevance: 'random' float32 with some ties, or
+    'structured': the relevance plus noise, rounded to 2 decimals (many ties, a good model)."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        sim = rng.standard_normal(rel.shape).astype(np.float32)
+        sim[:, :50] = np.round(sim[:, :50], 1)  # some ties among float32 similarities
+        return sim
+    return np.round(rel + 0.5 * rng.standard_normal(rel.shape), 2)
+
+
+@pytest.mark.parametrize("kind", ["random", "structured"])
+def test_fast_equals_reference_on_real_relevance(ek100_dir, kind):
     rel, _, _ = ek100.load_test_relevance(ek100_dir)
     rel = rel[::7, ::3]  # a real-valued slice, small enough for the slow reference
-    rng = np.random.default_rng(1)
-    sim = rng.standard_normal(rel.shape).astype(np.float32)
-    sim[:, :50] = np.round(sim[:, :50], 1)  # some ties among float32 similarities
-    _close(metrics.mir_metrics(sim, rel), metrics.reference_mir_metrics(sim, rel))
+    sim = _real_case(rel, kind)
+    _close(metrics.mir_metrics(sim, rel), metrics.reference_mir_metrics(sim, rel), tol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["random", "structured"])
+def test_fast_equals_reference_on_the_full_real_split(ek100_dir, kind):
+    rel, _, _ = ek100.load_test_relevance(ek100_dir)
+    sim = _real_case(rel, kind)
+    _close(metrics.mir_metrics(sim, rel), metrics.reference_mir_metrics(sim, rel), tol=1e-9)
 
 
 def test_random_similarity_on_real_split_lands_at_the_papers_random_row(ek100_dir):

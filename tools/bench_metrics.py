@@ -1,49 +1,86 @@
-"""Times EK-100 MIR metrics on the real test split: fast path vs the plain official form.
+"""Times EK-100 MIR metrics on the real test split: the official algorithm, the previous
+project path and the current one, side by side in one run.
 
     python tools/bench_metrics.py [--annotation_dir tests/data/ek100] [--repeats 5]
+        [--old_commit 8993f39765dd014acf09dcc2e24835b9e0a77e9a]
 
-Random similarities (float32, seed per repeat) against the real 9,668 x 3,842 relevance; both
-metrics, both directions. Prints median seconds of each and the ratio, and checks that the two
-agree to 1e-6.
+Random similarities (float32, a new seed per repeat) against the real 9,668 x 3,842 relevance;
+every call computes both metrics in both directions. Each repeat runs the three in turn on the
+same matrix, so a load that comes and goes weighs on all three. The official algorithm is
+`metrics.reference_mir_metrics` (the official definition written plainly: a stable argsort of
+every row, the relevances in that order, cumulative sums over the dense ranked matrix). The
+previous path is tempret_jax/metrics.py as it was at ``--old_commit`` (read with `git show`).
+Prints the median, min and max seconds of each, the current path's speed-up over the other
+two, and the largest difference of each metric from the official algorithm's (percentage
+points), so it also checks that the three agree.
 """
 
 import argparse
+import os
+import pathlib
 import statistics
+import subprocess
 import time
+import types
 
 import numpy as np
 
 from tempret_jax import metrics
 from tempret_jax.data import ek100
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# tempret_jax/metrics.py before the packed-key ranking (issue 23 item 6).
+OLD_COMMIT = "8993f39765dd014acf09dcc2e24835b9e0a77e9a"
+
+
+def old_metrics(commit: str) -> types.ModuleType:
+    """tempret_jax/metrics.py at ``commit`` as a module of its own."""
+    source = subprocess.run(["git", "show", f"{commit}:tempret_jax/metrics.py"], cwd=REPO,
+                            check=True, capture_output=True, text=True).stdout
+    module = types.ModuleType("metrics_at_" + commit[:8])
+    exec(compile(source, f"{commit[:8]}:tempret_jax/metrics.py", "exec"), module.__dict__)
+    return module
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotation_dir", default="tests/data/ek100")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--old_commit", default=OLD_COMMIT)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     rel, _, _ = ek100.load_test_relevance(args.annotation_dir)
-    times = {"mir_metrics": [], "reference_mir_metrics": []}
-    worst = 0.0
+    paths = {"official algorithm": metrics.reference_mir_metrics,
+             f"previous ({args.old_commit[:8]})": old_metrics(args.old_commit).mir_metrics,
+             "current": metrics.mir_metrics}
+    times = {name: [] for name in paths}
+    worst = {name: {"mAP": 0.0, "nDCG": 0.0} for name in paths}
     for seed in range(args.repeats):
         sim = np.random.default_rng(seed).standard_normal(rel.shape).astype(np.float32)
         results = {}
-        for name in times:
+        for name, fn in paths.items():
             start = time.perf_counter()
-            results[name] = getattr(metrics, name)(sim, rel)
+            results[name] = fn(sim, rel)
             times[name].append(time.perf_counter() - start)
-        worst = max(worst, max(abs(results["mir_metrics"][m][d] - results["reference_mir_metrics"][m][d])
-                               for m in ("mAP", "nDCG") for d in ("v2t", "t2v", "avg")))
-    fast = statistics.median(times["mir_metrics"])
-    slow = statistics.median(times["reference_mir_metrics"])
+        reference = results["official algorithm"]
+        for name, result in results.items():
+            for m in ("mAP", "nDCG"):
+                worst[name][m] = max(worst[name][m], *(abs(result[m][d] - reference[m][d])
+                                                       for d in ("v2t", "t2v", "avg")))
+
     print(f"EK-100 MIR test split {rel.shape[0]} x {rel.shape[1]}, {args.repeats} repeats, "
-          "random float32 similarities")
-    print(f"{'implementation':<24}{'median s':>10}{'min s':>8}{'max s':>8}")
+          f"random float32 similarities, {len(os.sched_getaffinity(0))} cores, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
+    print(f"{'implementation':<22}{'median s':>10}{'min s':>8}{'max s':>8}{'speed-up':>10}"
+          f"{'max |d mAP|':>13}{'max |d nDCG|':>14}")
+    current = statistics.median(times["current"])
     for name, ts in times.items():
-        print(f"{name:<24}{statistics.median(ts):>10.2f}{min(ts):>8.2f}{max(ts):>8.2f}")
-    print(f"speed-up: {slow / fast:.1f}x; largest difference: {worst:.2e} (percentage points)")
-    print(metrics.format_table(results["mir_metrics"]))
+        print(f"{name:<22}{statistics.median(ts):>10.3f}{min(ts):>8.3f}{max(ts):>8.3f}"
+              f"{statistics.median(ts) / current:>9.1f}x"
+              f"{worst[name]['mAP']:>13.1e}{worst[name]['nDCG']:>14.1e}")
+    print(metrics.format_table(results["current"]))
 
 
 if __name__ == "__main__":

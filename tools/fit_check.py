@@ -2,13 +2,16 @@
 
     python tools/fit_check.py --config configs/ek100_tempret_vitb16.py [--config ...]
         [--target v5e:2x2] [--target v5p:2x2x1] [--global_batch 32] [--set model.remat=True]
+        [--metrics 9668x3842 --metrics 38672x15368]
 
 For every config and TPU topology (libtpu installed: `pip install -e '.[tpu]'`), builds the real
 mesh and train step (`tempret_jax.aot`), compiles it and prints per-device argument, output,
 temporary and peak bytes, whether the peak fits the chip's memory (`aot.TPU_MEMORY`), XLA's FLOPs
 (a scanned layer stack counts its body once: read it as a lower bound) and the compile time.
 A compile that fails (e.g. out of memory) is a row with its error. `--set key=value` overrides
-config keys (Python literals). Exit 0 when every row fits, 1 otherwise.
+config keys (Python literals). `--metrics VxT` adds a row for the evaluation's metric program
+(`aot.metrics_memory`: mAP and nDCG of both directions of a V x T similarity matrix, rows split
+over the chips). Exit 0 when every row fits, 1 otherwise.
 """
 
 import argparse
@@ -42,6 +45,17 @@ def apply_overrides(config, overrides) -> None:
             node[name] = value
 
 
+def matrix_shape(text: str) -> tuple[int, int]:
+    """'9668x3842' -> (9668, 3842)."""
+    try:
+        videos, texts = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected VxT, e.g. 9668x3842, got {text!r}") from None
+    if videos < 1 or texts < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return videos, texts
+
+
 def row(name: str, target: str, memory: aot.StepMemory) -> tuple[str, bool]:
     chip = target.split(":")[0]
     capacity = aot.TPU_MEMORY.get(chip)
@@ -57,12 +71,16 @@ def row(name: str, target: str, memory: aot.StepMemory) -> tuple[str, bool]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action="append", required=True)
+    parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--target", action="append", default=None,
                         help="a TPU topology, e.g. v5e:2x2 (default), v5p:2x2x1, v6e:2x2")
     parser.add_argument("--global_batch", type=int, default=0, help="0: the config's")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--metrics", action="append", default=[], type=matrix_shape,
+                        help="a similarity matrix VxT, e.g. 9668x3842 (EK-100's test split)")
     args = parser.parse_args(argv)
+    if not args.config and not args.metrics:
+        parser.error("give at least one --config or --metrics")
     print(f"{'config':<28} {'target':<10} {'args GiB':>8} {'out GiB':>8} {'temp GiB':>8} "
           f"{'peak GiB':>8} {'fits':>5} {'TFLOP':>8} {'compile s':>8}")
     all_fit = True
@@ -74,6 +92,12 @@ def main(argv=None) -> int:
             apply_overrides(config, args.overrides)
             line, fits = row(config.name, target,
                              aot.train_step_memory(config, aot.tpu_devices(target)))
+            print(line, flush=True)
+            all_fit &= fits
+    for shape in args.metrics:
+        for target in args.target or ["v5e:2x2"]:
+            line, fits = row(f"metrics {shape[0]}x{shape[1]}", target,
+                             aot.metrics_memory(*shape, aot.tpu_devices(target)))
             print(line, flush=True)
             all_fit &= fits
     return 0 if all_fit else 1
