@@ -7,9 +7,10 @@
 Writes gallery.png and gallery_video_to_text.png (eval/gallery.html in headless Chromium),
 verb_ap.png and training_curves.png (the evaluation's plots, re-encoded), search.png (the
 search page of `tempret_jax.search_server` after a query) and tensorboard.png (TensorBoard's
-Scalars dashboard of <workdir>/tensorboard). Needs the system's Chromium and Playwright (the
-test extra; tools/browser.py) and a TensorBoard executable, which is not a dependency of the
-package: install it apart (``python3 -m venv tb && tb/bin/pip install tensorboard``).
+Scalars dashboard of <workdir>/tensorboard: loss and mAP). Needs the system's Chromium and
+Playwright (the test extra; tools/browser.py) and a TensorBoard executable, which is not a
+dependency of the package: install it apart (``python3 -m venv tb && tb/bin/pip install
+tensorboard``).
 Each PNG is palette-quantised to stay small for the repository.
 """
 
@@ -97,9 +98,11 @@ def tensorboard(chromium, executable: str, workdir: pathlib.Path, out: pathlib.P
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"TensorBoard did not answer on {url}") from None
                 time.sleep(0.5)
-        page = chromium.open(f"{url}/#scalars")
+        # The training loss and the evaluations' mAP; outliers kept: two evaluations are both.
+        page = chromium.open(f"{url}/#scalars&tagFilter=loss%7CmAP_avg")
         page.wait_for_load_state("networkidle")
-        page.wait_for_timeout(3000)  # the charts draw after their data arrives
+        page.get_by_text("Ignore outliers in chart scaling").click()
+        page.wait_for_timeout(8000)  # the charts draw after their data arrives
         shoot(page, out / "tensorboard.png")
     finally:
         process.terminate()
