@@ -16,11 +16,16 @@ each text column. Numbers are percentages.
   the mean (the official code would return NaN). EK-100 has none: every clip and every
   sentence has a rel == 1 partner.
 
-`mir_metrics` never materialises an argsort of the matrix. Only items with rel > 0 matter (11%
-of EK-100's test matrix): for each of them its rank is found by binary search in the
-row's values sorted descending (`np.sort`, vectorised), and AP and DCG follow from cumulative
-sums over those items in rank order. `reference_mir_metrics` is the straightforward vectorised
-form of the official definition; the tests hold the two equal.
+`mir_per_row` sorts, per row, one uint64 key per item: the float32 similarity's bits, ordered
+so that larger is smaller, above the column index and a relevance bit (`_rank_keys`). Keys are
+distinct, so NumPy's vectorised sort (no argsort: about 6x slower) yields the stable order, and
+the relevant items (11% of EK-100's test matrix) are read off it with their ranks and columns;
+AP and DCG are segment sums over them. Float64 similarities that round to one float32 are
+reordered by their exact values (`_order_float64_ties`), so the result is exact for any float
+input. Rows go in blocks that stay in cache, T2V's as transposed tiles, spread over every core.
+`reference_mir_metrics` is the straightforward vectorised form of the official definition; the
+tests hold the two equal. `sharded_metrics` is the same ranking as a jitted program for
+accelerators.
 """
 
 from __future__ import annotations
@@ -79,8 +84,12 @@ def _rank_keys(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     Returns:
       (B, N) uint64, C-contiguous.
     """
+    exact = np.can_cast(sim.dtype, np.float32, "safe")
     value = np.empty(sim.shape, np.float32)
-    _copy(sim, value)
+    # Float64 rows minus their mean: float32 then resolves differences relative to the row's
+    # spread, not its magnitude (dual-softmax rows of random embeddings at EK-100's size:
+    # under 1 equal pair a row instead of 2,000).
+    _copy(sim if exact else sim - sim.mean(axis=1, keepdims=True), value)
     value += np.float32(0)  # -0.0 -> 0.0: equal values, one key
     bits = value.view(np.uint32)
     # Positive values: flip every bit but the sign; negative ones: keep them (sign set).
@@ -88,7 +97,7 @@ def _rank_keys(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     keys = bits.astype(np.uint64) << np.uint64(32)
     keys |= (np.arange(sim.shape[1], dtype=np.uint64) << np.uint64(1)) | relevant
     keys.sort(axis=1)
-    if not np.can_cast(sim.dtype, np.float32, "safe"):
+    if not exact:
         _order_float64_ties(keys, sim)
     return keys
 
@@ -113,9 +122,9 @@ def _c_order(x: np.ndarray) -> np.ndarray:
 def _order_float64_ties(keys: np.ndarray, sim: np.ndarray) -> None:
     """Reorders runs of items whose float32 values are equal by their exact values, in place.
 
-    Rounding to float32 keeps the order of unequal values or makes them equal, so only the
-    runs of equal keys (rare: a few items a row with dual-softmax scores) need the exact
-    values; a stable sort on them keeps the column order among true ties.
+    Shifting and rounding to float32 keep the order of unequal values or make them equal, so
+    only the runs of equal keys need the exact values; a stable sort on them keeps the column
+    order among true ties.
     """
     value_bits = keys >> np.uint64(32)
     same = value_bits[:, 1:] == value_bits[:, :-1]  # item j equals item j - 1 of its row
@@ -175,6 +184,7 @@ def _block_scores(sim: np.ndarray, rel: np.ndarray, discount: np.ndarray
 
 
 def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
+    """Consecutive rows of about `_BLOCK_ITEMS` items each."""
     step = max(1, _BLOCK_ITEMS // max(n_cols, 1))
     return [slice(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
 
@@ -192,16 +202,17 @@ def mir_per_row(sim: np.ndarray, rel: np.ndarray) -> dict[tuple[str, str], np.nd
     directions = {"v2t": (sim, rel), "t2v": (sim.T, rel.T)}  # T2V: transposed views, no copy
     out = {(name, d): np.empty(s.shape[0]) for d, (s, _) in directions.items()
            for name in ("mAP", "nDCG")}
+    discounts = {d: 1 / np.log2(np.arange(s.shape[1]) + 2.0) for d, (s, _) in directions.items()}
 
-    def run(d: str, rows: slice) -> None:
+    def run(task: tuple[str, slice]) -> None:
+        d, rows = task
         s, r = directions[d]
-        discount = 1 / np.log2(np.arange(s.shape[1]) + 2.0)
-        out["mAP", d][rows], out["nDCG", d][rows] = _block_scores(s[rows], r[rows], discount)
+        out["mAP", d][rows], out["nDCG", d][rows] = _block_scores(s[rows], r[rows], discounts[d])
 
+    tasks = [(d, rows) for d, (s, _) in directions.items() for rows in _row_blocks(*s.shape)]
     # Blocks are independent and NumPy releases the GIL in sorts and array loops: every core.
     with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        list(pool.map(run, *zip(*[(d, rows) for d, (s, _) in directions.items()
-                                  for rows in _row_blocks(*s.shape)])))
+        list(pool.map(run, tasks))
     return out
 
 
