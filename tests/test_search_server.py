@@ -128,7 +128,11 @@ def test_the_command_line_serves_a_run(run, searcher, tmp_path):
         assert status == 200 and 'id="results"' in body
     finally:
         process.terminate()
-        process.wait(WAIT_S)
+        try:
+            process.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def test_the_command_line_fails_in_one_line_without_a_run(tmp_path):
