@@ -10,9 +10,10 @@ same matrix, so a load that comes and goes weighs on all three. The official alg
 `metrics.reference_mir_metrics` (the official definition written plainly: a stable argsort of
 every row, the relevances in that order, cumulative sums over the dense ranked matrix). The
 previous path is tempret_jax/metrics.py as it was at ``--old_commit`` (read with `git show`).
-Prints the median, min and max seconds of each, the current path's speed-up over the other
-two, and the largest difference of each metric from the official algorithm's (percentage
-points), so it also checks that the three agree.
+Prints the median, min and max wall seconds of each, the current path's speed-up over the
+other two, the median CPU seconds (all threads: the work done, which a shared machine's load
+moves less than the wall time) and their ratio, and the largest difference of each metric
+from the official algorithm's (percentage points), so it also checks that the three agree.
 """
 
 import argparse
@@ -56,14 +57,16 @@ def main() -> None:
              f"previous ({args.old_commit[:8]})": old_metrics(args.old_commit).mir_metrics,
              "current": metrics.mir_metrics}
     times = {name: [] for name in paths}
+    cpu = {name: [] for name in paths}
     worst = {name: {"mAP": 0.0, "nDCG": 0.0} for name in paths}
     for seed in range(args.repeats):
         sim = np.random.default_rng(seed).standard_normal(rel.shape).astype(np.float32)
         results = {}
         for name, fn in paths.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             results[name] = fn(sim, rel)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
         reference = results["official algorithm"]
         for name, result in results.items():
             for m in ("mAP", "nDCG"):
@@ -74,11 +77,13 @@ def main() -> None:
           f"random float32 similarities, {len(os.sched_getaffinity(0))} cores, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
     print(f"{'implementation':<22}{'median s':>10}{'min s':>8}{'max s':>8}{'speed-up':>10}"
-          f"{'max |d mAP|':>13}{'max |d nDCG|':>14}")
+          f"{'cpu s':>8}{'cpu ratio':>10}{'max |d mAP|':>13}{'max |d nDCG|':>14}")
     current = statistics.median(times["current"])
+    current_cpu = statistics.median(cpu["current"])
     for name, ts in times.items():
         print(f"{name:<22}{statistics.median(ts):>10.3f}{min(ts):>8.3f}{max(ts):>8.3f}"
-              f"{statistics.median(ts) / current:>9.1f}x"
+              f"{statistics.median(ts) / current:>9.1f}x{statistics.median(cpu[name]):>8.2f}"
+              f"{statistics.median(cpu[name]) / current_cpu:>9.1f}x"
               f"{worst[name]['mAP']:>13.1e}{worst[name]['nDCG']:>14.1e}")
     print(metrics.format_table(results["current"]))
 
