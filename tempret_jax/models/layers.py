@@ -31,6 +31,11 @@ RopeTable = Tuple[Array, Array]
 LN_EPS = 1e-5  # CLIP's LayerNorm epsilon (flax defaults to 1e-6); AVION's and EVA02's vision
 # towers use 1e-6 (`StackSettings.ln_eps`).
 MLP_KINDS = ("quick_gelu", "gelu", "swiglu")
+# The remat policy of a scanned stack without `remat`: keep the outputs of matrix products,
+# recompute the elementwise rest in the backward pass, as XLA's fusion does for unrolled layers.
+# A scan keeps every residual of every layer as a stacked array instead, which doubled the
+# temporaries (docs/design.md, Models: scan and remat).
+SCAN_POLICY = "dots_saveable"
 QKV_BIAS = ("qkv", "qv")  # which input projections have a bias: all (CLIP) or q and v (EVA02)
 ATTENTION_IMPLEMENTATIONS = attention_lib.IMPLEMENTATIONS
 dot_product_attention = attention_lib.dot_product_attention
@@ -156,7 +161,7 @@ class StackSettings:
     qkv_bias: str = "qkv"  # one of QKV_BIAS
     dtype: Dtype = jnp.float32  # compute dtype; parameters stay float32
     attention_impl: Optional[str] = None  # one of ATTENTION_IMPLEMENTATIONS
-    scan: bool = False  # nn.scan over the layers (one stacked parameter tree)
+    scan: bool = False  # nn.scan over the layers (one stacked parameter tree; see SCAN_POLICY)
     remat: bool = False  # recompute each block's activations in the backward pass
     remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, see remat_policy
 
@@ -231,7 +236,8 @@ class Transformer(nn.Module):
 def run_stack(block_cls: type, num_layers: int, settings: StackSettings, x: Array,
               args: tuple, **block_kwargs) -> Array:
     """`num_layers` blocks of `block_cls` applied to x, unrolled (`resblocks_{i}`) or under
-    nn.scan (`resblocks`, a leading layer axis), with nn.remat per `settings`.
+    nn.scan (`resblocks`, a leading layer axis), with nn.remat per `settings` (scanned without
+    remat: under SCAN_POLICY).
 
     Call inside a compact method (the blocks become its children). A block takes
     (settings=..., scanned=..., **block_kwargs), is called as block(x, *args) and returns x,
@@ -242,6 +248,8 @@ def run_stack(block_cls: type, num_layers: int, settings: StackSettings, x: Arra
         # Under scan, CSE across iterations is impossible anyway; prevent_cse only costs.
         block_cls = nn.remat(block_cls, policy=remat_policy(s.remat_policy),
                              prevent_cse=not s.scan)
+    elif s.scan:
+        block_cls = nn.remat(block_cls, policy=remat_policy(SCAN_POLICY), prevent_cse=False)
     if s.scan:
         stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,) * len(args), length=num_layers)
