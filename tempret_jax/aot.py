@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of a config's train step for accelerators this machine lacks.
 
 `train_step_memory(config, devices)` builds the real mesh on ``devices`` (e.g. the TPU devices of
-`tpu_devices('v5e:2x2')`, a topology that needs only libtpu, not the chips), the real
+`tpu_devices('v5e:2x2')`, a topology that needs only libtpu, not the chips, or the simulated
+GPU of `gpu_devices('h100')`, which needs the CUDA plugin, not the GPU), the real
 `TrainSetup` and `TrainStep` (no parameter is allocated: the state is abstract), compiles the
 step and returns what XLA reports: per-device argument, output, temporary bytes and the FLOPs
 of its cost analysis. An out-of-memory compile is a result (`fits=False` with the error), not a
@@ -31,6 +32,23 @@ from tempret_jax.state import TrainSetup
 GIB = 2 ** 30
 # High-bandwidth memory per chip (Cloud TPU system architecture pages).
 TPU_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB}
+# A GPU described to XLA (a GpuTargetConfigProto, the fields XLA reads to compile; values of
+# openxla/xla's backends/gpu/target_config/specs/h100_sxm.txtpb): compiling for it needs the
+# CUDA plugin and cuDNN's library (`pip install 'jax[cuda12]'`), no GPU.
+GPU_TARGETS = {"h100": """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: 3352320000000 l2_cache_size: 52428800
+  clock_rate_ghz: 1.98 device_memory_size: 84942979072 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}
+platform_name: "CUDA" dnn_version_info { major: 9 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""}
+GPU_MEMORY = {"h100": 79 * GIB}  # device_memory_size above
 
 
 def tpu_devices(topology: str):
@@ -41,6 +59,28 @@ def tpu_devices(topology: str):
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     from jax.experimental import topologies
     return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+
+
+def gpu_devices(name: str):
+    """One GPU of `GPU_TARGETS` (e.g. 'h100') to compile for; raises KeyError for another name.
+
+    Call it before JAX starts its backends: without the variable below, the CUDA plugin, which
+    checks the CUDA driver's version, registers nothing on a machine without one.
+    """
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    from jax.experimental import topologies
+    return topologies.get_topology_desc(name, "cuda", target_config=GPU_TARGETS[name],
+                                        topology="1x1x1").devices
+
+
+def devices(target: str):
+    """A fit-check target's devices: a TPU topology ('v5e:2x2') or a GPU name ('h100')."""
+    return gpu_devices(target) if target in GPU_TARGETS else tpu_devices(target)
+
+
+def memory_of(target: str) -> int | None:
+    """Bytes of memory of one device of ``target``; None when unknown."""
+    return GPU_MEMORY.get(target, TPU_MEMORY.get(target.split(":")[0]))
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:

@@ -1,6 +1,11 @@
 """A config's train step compiles ahead of time for a TPU topology on this CPU machine (libtpu,
 no chip), and tools/fit_check.py says what fits: per-device memory, FLOPs, and a compile that
-runs out of memory as a row of the table, not a crash."""
+runs out of memory as a row of the table, not a crash. Attention takes the kernel of the
+target's devices: the Pallas kernel on TPU, cuDNN's on a simulated H100 (the CUDA plugin)."""
+
+import importlib.util
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +35,12 @@ def test_the_tiny_train_step_compiles_for_four_v5e_chips(v5e):
 
 
 def test_fit_check_reports_a_setup_that_does_not_fit_as_a_row(capsys):
-    # TempRet's ViT-B/16 recipe without remat at 8 clips a chip: ~22 GiB of temporaries on a
-    # 16 GiB v5e chip; with remat it fits.
+    # TempRet's ViT-B/16 recipe without remat at 32 clips a chip: over the 16 GiB of a v5e chip
+    # (at 8 clips a chip it needs 10.4 GiB of temporaries; BENCHMARKS.md).
     from tools import fit_check
 
     code = fit_check.main(["--config", str(REPO / "configs/ek100_tempret_vitb16.py"),
-                           "--global_batch", "32", "--target", "v5e:2x2"])
+                           "--global_batch", "128", "--target", "v5e:2x2"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 1 and lines[0].split()[:2] == ["config", "target"]
     assert "does not compile: RESOURCE_EXHAUSTED" in lines[1] and "v5e:2x2" in lines[1]
@@ -75,3 +80,31 @@ def test_the_metric_program_compiles_for_four_v5e_chips_and_is_a_fit_check_row(v
     assert fit_check.main(["--metrics", "62x128", "--target", "v5e:2x2"]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert line.split()[:4] == ["metrics", "62x128", "v5e:2x2", "0.00"] and "yes" in line.split()
+
+
+H100_ATTENTION = """
+import jax, jax.numpy as jnp
+from tempret_jax import aot
+from tempret_jax.models import attention
+(device,) = aot.gpu_devices("h100")
+kernel = attention.for_platform(device.platform)
+tokens = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16,
+                              sharding=jax.sharding.SingleDeviceSharding(device))
+loss = lambda q, k, v: attention.dot_product_attention(
+    q, k, v, implementation=kernel).astype(jnp.float32).sum()
+hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(tokens, tokens, tokens).compile().as_text()
+print(device.platform, kernel, sorted({line.split('custom_call_target="')[1].split('"')[0]
+                                       for line in hlo.splitlines() if "custom_call_target" in line}))
+"""
+
+
+def test_a_gpu_gets_cudnn_flash_attention_compiled_for_a_simulated_h100():
+    # The CUDA plugin is an extra (`pip install 'jax[cuda12]'`); it compiles without a GPU.
+    if importlib.util.find_spec("jax_cuda12_plugin") is None:
+        pytest.skip("needs the CUDA plugin: pip install 'jax[cuda12]'")
+    # Its own process: the plugin registers only if no backend has started yet (aot.gpu_devices).
+    run = subprocess.run([sys.executable, "-c", H100_ATTENTION], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[:2] == ["gpu", "cudnn"]
+    assert "__cudnn$fmhaSoftmax" in run.stdout and "__cudnn$fmhaSoftmaxBackward" in run.stdout

@@ -4,10 +4,12 @@
         [--target v5e:2x2] [--target v5p:2x2x1] [--global_batch 32] [--set model.remat=True]
         [--metrics 9668x3842 --metrics 38672x15368]
 
-For every config and TPU topology (libtpu installed: `pip install -e '.[tpu]'`), builds the real
-mesh and train step (`tempret_jax.aot`), compiles it and prints per-device argument, output,
-temporary and peak bytes, whether the peak fits the chip's memory (`aot.TPU_MEMORY`), XLA's FLOPs
-(a scanned layer stack counts its body once: read it as a lower bound) and the compile time.
+For every config and TPU topology (libtpu installed: `pip install -e '.[tpu]'`) or simulated GPU
+(`--target h100`: the CUDA plugin installed, no GPU), builds the real mesh and train step
+(`tempret_jax.aot`), compiles it and prints per-device argument, output, temporary and peak
+bytes, whether the peak fits the device's memory (`aot.memory_of`), XLA's FLOPs (a scanned layer
+stack counts its body once, custom kernels such as flash attention not at all: read it as a
+lower bound) and the compile time.
 A compile that fails (e.g. out of memory) is a row with its error. `--set key=value` overrides
 config keys (Python literals). `--metrics VxT` adds a row for the evaluation's metric program
 (`aot.metrics_memory`: mAP and nDCG of both directions of a V x T similarity matrix, rows split
@@ -57,8 +59,7 @@ def matrix_shape(text: str) -> tuple[int, int]:
 
 
 def row(name: str, target: str, memory: aot.StepMemory) -> tuple[str, bool]:
-    chip = target.split(":")[0]
-    capacity = aot.TPU_MEMORY.get(chip)
+    capacity = aot.memory_of(target)
     gib = lambda n: f"{n / aot.GIB:8.2f}"  # noqa: E731
     if memory.error:
         return f"{name:<28} {target:<10} does not compile: {memory.error}", False
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--target", action="append", default=None,
-                        help="a TPU topology, e.g. v5e:2x2 (default), v5p:2x2x1, v6e:2x2")
+                        help="a TPU topology, e.g. v5e:2x2 (default), v5p:2x2x1, v6e:2x2, or "
+                        "a GPU of aot.GPU_TARGETS: h100 (needs the CUDA plugin)")
     parser.add_argument("--global_batch", type=int, default=0, help="0: the config's")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--metrics", action="append", default=[], type=matrix_shape,
@@ -91,13 +93,13 @@ def main(argv=None) -> int:
                 config.global_batch_size = args.global_batch
             apply_overrides(config, args.overrides)
             line, fits = row(config.name, target,
-                             aot.train_step_memory(config, aot.tpu_devices(target)))
+                             aot.train_step_memory(config, aot.devices(target)))
             print(line, flush=True)
             all_fit &= fits
     for shape in args.metrics:
         for target in args.target or ["v5e:2x2"]:
             line, fits = row(f"metrics {shape[0]}x{shape[1]}", target,
-                             aot.metrics_memory(*shape, aot.tpu_devices(target)))
+                             aot.metrics_memory(*shape, aot.devices(target)))
             print(line, flush=True)
             all_fit &= fits
     return 0 if all_fit else 1

@@ -6,7 +6,7 @@
               materialised
     'cudnn'   cuDNN flash attention through `jax.nn.dot_product_attention` (GPU default)
               where cuDNN takes the inputs (bfloat16/float16, head dim a multiple of 8 up to
-              128, even lengths when masked), else 'xla'
+              128; odd lengths padded by one), else 'xla'
     'pallas'  the Pallas TPU flash kernel (`jax.experimental.pallas.ops.tpu.flash_attention`,
               TPU default): scores never materialised beyond one block, for key-padding masks
               and at least TPU_FLASH_MIN_KEYS keys; else 'xla'
@@ -153,12 +153,31 @@ def _pallas_attention(q: Array, k: Array, v: Array, mask: Optional[Array],
                          check_vma=False)(q, k, v, key_valid)
 
 
-def _cudnn_applies(q: Array, k: Array, mask: Optional[Array]) -> bool:
+def _cudnn_applies(q: Array) -> bool:
     """Whether cuDNN's flash attention takes these inputs (jax's own checks, made early)."""
     head_dim = q.shape[-1]
-    even = q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0
-    return (q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
-            and (mask is None or even))
+    return q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+
+
+def _cudnn_attention(q: Array, k: Array, v: Array, mask: Optional[Array],
+                     causal: bool) -> Array:
+    """cuDNN flash attention. Its backward takes even lengths only (jax's check): an odd length
+    (e.g. 3,137 tokens) is padded by one, which the sequence lengths leave out."""
+    (batch, q_len), key_len = q.shape[:2], k.shape[1]
+    q_pad, k_pad = q_len % 2, key_len % 2
+
+    def padded(t, pads):  # pads: the count for each axis
+        return jnp.pad(t, [(0, n) for n in pads])
+
+    if mask is not None:  # cuDNN takes a bias of the whole (L, S); the padding is masked
+        mask = padded(jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q_len, key_len)),
+                      (0, 0, q_pad, k_pad))
+    out = jax.nn.dot_product_attention(
+        padded(q, (0, q_pad, 0, 0)), padded(k, (0, k_pad, 0, 0)), padded(v, (0, k_pad, 0, 0)),
+        mask=mask, is_causal=causal, implementation="cudnn",
+        query_seq_lengths=jnp.full((batch,), q_len, jnp.int32),
+        key_value_seq_lengths=jnp.full((batch,), key_len, jnp.int32))
+    return out[:, :q_len]
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array] = None,
@@ -178,8 +197,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Optional[Array]
     if (implementation == "pallas" and _is_key_padding(mask)
             and k.shape[1] >= TPU_FLASH_MIN_KEYS):
         return _pallas_attention(q, k, v, mask, is_causal)
-    if implementation == "cudnn" and not _cudnn_applies(q, k, mask):
-        implementation = "xla"
+    if implementation == "cudnn" and _cudnn_applies(q):
+        return _cudnn_attention(q, k, v, mask, is_causal)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                        implementation="xla" if implementation == "pallas"
-                                        else implementation)
+                                        implementation="xla")
