@@ -71,8 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
     ))
     c.model = retrieval.model_config("tiny")  # keys: models/retrieval.py
     c.loss = ml_collections.ConfigDict(dict(
-        name="sms",  # sms | mi_mm | adaptive_mi_mm | info_nce
-        hparams={},  # overrides of the loss's hyper-parameters (margin, tau, eps)
+        name="sms",  # sms | mi_mm | adaptive_mi_mm | info_nce | egonce
+        hparams={},  # overrides of the hyper-parameters of the loss (margin, tau, eps, ...)
         reversed_negatives=(),  # ((verb_a, verb_b), ...): mirrored verbs; reversed clips are negatives
         reversed_weight=1.0,  # how many ordinary negatives one reversed clip counts as
     ))
@@ -187,6 +187,7 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
     _check(c.stage in (1, 2), "stage", "1 or 2", c.stage)
     _check(c.loss.name in losses.LOSS_NAMES, "loss.name", f"one of {losses.LOSS_NAMES}",
            c.loss.name)
+    _validate_loss(c.loss)
     _check(c.total_steps >= 1, "total_steps", ">= 1", c.total_steps)
     _check(c.microbatches >= 1, "microbatches", ">= 1", c.microbatches)
     unit = c.microbatches * num_devices
@@ -227,13 +228,25 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
                          and all(p[1] >= 0 for p in c.optim.lr_steps)),
            "optim.lr_steps", "(step, lr) pairs from step 0, steps increasing, lr >= 0",
            c.optim.get("lr_steps"))
-    pairs = [tuple(p) for p in c.loss.reversed_negatives]
+
+
+def _validate_loss(loss) -> None:
+    """The ``loss`` block of a config whose loss.name is known."""
+    defaults = losses.spec(loss.name).defaults
+    _check(set(loss.hparams) <= set(defaults), "loss.hparams",
+           f"hyper-parameters of {loss.name!r}: {sorted(defaults)}", dict(loss.hparams))
+    _check(loss.hparams.get("temperature", 1.0) > 0, "loss.hparams.temperature", "> 0",
+           loss.hparams.get("temperature"))
+    pairs = [tuple(p) for p in loss.reversed_negatives]
     verbs = [v for p in pairs for v in p]
     _check(all(len(p) == 2 for p in pairs) and all(isinstance(v, int) and v >= 0 for v in verbs)
            and len(set(verbs)) == len(verbs), "loss.reversed_negatives",
            "pairs (verb_a, verb_b) of distinct verb class ids >= 0, each verb in one pair",
-           c.loss.reversed_negatives)
-    _check(c.loss.reversed_weight > 0, "loss.reversed_weight", "> 0", c.loss.reversed_weight)
+           loss.reversed_negatives)
+    _check(not pairs or loss.name in losses.REVERSED_LOSSES, "loss.reversed_negatives",
+           f"() with loss.name {loss.name!r} (reversed clips work with "
+           f"{losses.REVERSED_LOSSES})", loss.reversed_negatives)
+    _check(loss.reversed_weight > 0, "loss.reversed_weight", "> 0", loss.reversed_weight)
 
 
 def _validate_evaluation(c, num_devices: int) -> None:

@@ -43,23 +43,37 @@ def _sharded_collectives(axis_name) -> _Collectives:
         offset=lambda m: jax.lax.axis_index(axis_name) * m)
 
 
-def _label_directions(video, text, inputs, ops: _Collectives):
+def _ek100_relevance(inputs, gather):
+    """(rel_t, rel_v) of SMS and the ITM sampler: EK-100 relevance from the class ids."""
+    cv, cn, tv, tn = (inputs[k] for k in losses.LABEL_KEYS)
+    # text i vs clip j: rel(clip j, text i); video i vs text j: rel(clip i, text j).
+    return (losses.batch_relevance(tv, tn, gather(cv), gather(cn)),
+            losses.batch_relevance(cv, cn, gather(tv), gather(tn)))
+
+
+def _egonce_relevance(inputs, gather):
+    """(rel_t, rel_v) of EgoNCE: one symmetric block from the narrations' tags."""
+    verb, nouns = (inputs[k] for k in losses.EGONCE_KEYS)
+    rel = losses.shared_action(verb, nouns, gather(verb), gather(nouns))
+    return rel, rel
+
+
+# How each loss that needs one builds the relevance of its local rows to the gathered batch.
+_RELEVANCE = {"sms": _ek100_relevance, "egonce": _egonce_relevance}
+
+
+def _label_directions(video, text, inputs, ops: _Collectives, relevance=None):
     """The text and video directions of the local rows against the gathered batch.
 
-    Relevance blocks are built here from class ids, so no device holds more than
-    (n_local, n_global) of them.
+    ``relevance(inputs, gather) -> (rel_t, rel_v)`` builds the relevance blocks from class
+    ids, so no device holds more than (n_local, n_global) of them; None: no relevance.
     """
     v, t = losses.normalize(video), losses.normalize(text)
     v_all, t_all = ops.gather(v), ops.gather(t)
     offset = ops.offset(v.shape[0])
     c = inputs.get("pos_relevance")
     c = None if c is None else c.astype(jnp.float32)
-    rel_t = rel_v = None
-    if "clip_verb" in inputs:
-        cv, cn, tv, tn = (inputs[k] for k in losses.LABEL_KEYS)
-        # text i vs clip j: rel(clip j, text i); video i vs text j: rel(clip i, text j).
-        rel_t = losses.batch_relevance(tv, tn, ops.gather(cv), ops.gather(cn))
-        rel_v = losses.batch_relevance(cv, cn, ops.gather(tv), ops.gather(tn))
+    rel_t, rel_v = (None, None) if relevance is None else relevance(inputs, ops.gather)
     return (losses.Direction.of(t, v_all, offset, rel_t, c),
             losses.Direction.of(v, t_all, offset, rel_v, c))
 
@@ -132,14 +146,16 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
     """A retrieval loss over the global batch, for the train step (call it inside jit).
 
     Args:
-      name: one of `losses.LOSS_NAMES` ("sms", "mi_mm", "adaptive_mi_mm", "info_nce").
+      name: one of `losses.LOSS_NAMES` ("sms", "mi_mm", "adaptive_mi_mm", "info_nce",
+        "egonce").
       mesh: the device mesh, with the batch sharded over ``axis_name``; None on one device.
       axis_name: mesh axis (or tuple of axes) the batch dimension is sharded over.
-      reversed_negatives: each text anchor also ranks its own clip played backwards below
-        its positive (`_with_reversed_clips`): the loss then takes reversed_video (n, d), the
-        embeddings of the reversed clips, and reversed_verb (n,) int, the verb a reversed clip
-        shows or -1 for none. The extra terms are added to the text direction's sum with the
-        same normalisation, so with every reversed_verb = -1 the loss is the plain one.
+      reversed_negatives: (a loss of `losses.REVERSED_LOSSES`) each text anchor also ranks
+        its own clip played backwards below its positive (`_with_reversed_clips`): the loss
+        then takes reversed_video (n, d), the embeddings of the reversed clips, and
+        reversed_verb (n,) int, the verb a reversed clip shows or -1 for none. The extra terms
+        are added to the text direction's sum with the same normalisation, so with every
+        reversed_verb = -1 the loss is the plain one.
       reversed_weight: how many ordinary candidates a reversed clip counts as (1: one more
         negative; n - 1: as much as all the other negatives of its anchor together).
       **hparams: overrides of the loss's hyper-parameters (docs/design.md, Losses; e.g.
@@ -150,7 +166,9 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
       (sharded over ``axis_name`` or not); inputs by loss: sms needs pos_relevance (n,) and the
       class ids clip_verb (n,), clip_nouns (n, K) bool, text_verb (n,), text_nouns (n, K) of each
       pair's clip and sentence; adaptive_mi_mm needs pos_relevance; info_nce needs temperature
-      (scalar); `losses.inputs(name)` lists them. The value and gradients equal the
+      (scalar); egonce needs text_verb (n,) and text_nouns (n, K), the tags of each pair's
+      narration, and its global batch holds the adjacent clips as pairs of their own
+      (`losses.egonce_loss`); `losses.inputs(name)` lists them. The value and gradients equal the
       single-device loss on the same global batch. Each device computes its own anchors
       against all-gathered embeddings and class ids and the partial sums are psum-ed: memory
       O(n_local x n_global) per device. n must be a multiple of the axis size (a clear
@@ -161,11 +179,14 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
     if unknown:
         raise ValueError(f"loss {name!r} has no hyper-parameter(s) {sorted(unknown)}; "
                          f"it has {sorted(loss.defaults)}")
+    if reversed_negatives and name not in losses.REVERSED_LOSSES:
+        raise ValueError(f"reversed_negatives work with losses {losses.REVERSED_LOSSES}, "
+                         f"not {name!r}")
     hparams = {**loss.defaults, **hparams}
     expected = loss.inputs + (REVERSED_KEYS if reversed_negatives else ())
 
     def body(ops, video, text, inputs):
-        rows_t, rows_v = _label_directions(video, text, inputs, ops)
+        rows_t, rows_v = _label_directions(video, text, inputs, ops, _RELEVANCE.get(name))
         if reversed_negatives:
             rows_t = _with_reversed_clips(rows_t, text, inputs, reversed_weight)
         kw = {**hparams, **{k: v for k, v in inputs.items() if k in losses.REPLICATED_INPUTS}}
@@ -239,7 +260,7 @@ def make_hard_negative_sampler(mesh: Mesh | None = None, axis_name: str | Sequen
     """
 
     def body(ops, key, video, text, inputs):
-        rows_t, rows_v = _label_directions(video, text, inputs, ops)
+        rows_t, rows_v = _label_directions(video, text, inputs, ops, _ek100_relevance)
         kt, kv = jax.random.split(key)
         offset = ops.offset(video.shape[0])
         video_for_text, video_valid = _draw(kt, rows_t, offset, temperature, threshold)

@@ -1,4 +1,4 @@
-"""Retrieval losses (docs/design.md, Losses): SMS, MI-MM, adaptive MI-MM, InfoNCE, ITM.
+"""Retrieval losses (docs/design.md, Losses): SMS, MI-MM, adaptive MI-MM, InfoNCE, EgoNCE, ITM.
 
 Notation: a batch holds n (clip, sentence) pairs; x[i, j] = cos(text_i, video_j). Each
 similarity loss looks at the batch from two *directions*: a text anchor i ranks the videos j
@@ -31,6 +31,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # the loss matmuls are tiny next to the to
 
 # Per-sample class labels that `batch_relevance` needs for rel(clip a, sentence b).
 LABEL_KEYS = ("clip_verb", "clip_nouns", "text_verb", "text_nouns")
+# EgoNCE's positives come from the narrations' tags alone, for clips and sentences alike.
+EGONCE_KEYS = ("text_verb", "text_nouns")
 # Inputs given once for the batch (scalars); every other input is one value per sample.
 REPLICATED_INPUTS = frozenset({"temperature"})
 
@@ -66,6 +68,28 @@ def batch_relevance(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     same_verb = (verb_a[:, None] == verb_b[None, :]).astype(jnp.float32)
     return formula.from_counts(same_verb, inter, union)
+
+
+def shared_action(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
+    """EgoNCE's action-aware positives: 1.0 where a and b share the verb and at least one noun.
+
+    Args:
+      verb_a: (n_a,) int verb class of each narration, negative for none (shares no verb).
+      nouns_a: (n_a, K) bool multi-hot nouns (an empty set shares no noun).
+      verb_b: (n_b,) int; nouns_b: (n_b, K) bool.
+
+    Returns:
+      (n_a, n_b) float32 of 0.0 and 1.0, symmetric under swapping a and b. EgoVLP tests
+      cos(multi-hot a, multi-hot b) > 0 for verbs and for nouns and multiplies the two
+      (trainer/trainer_egoclip.py, model/loss.py): "shares a verb AND a noun"; the own pair is
+      added there, not here (`Direction.own`).
+    """
+    verb_a, verb_b = jnp.asarray(verb_a), jnp.asarray(verb_b)
+    a = jnp.asarray(nouns_a).astype(jnp.float32)
+    b = jnp.asarray(nouns_b).astype(jnp.float32)
+    share_noun = jnp.matmul(a, b.T, precision=_HIGHEST) > 0  # small integers: exact
+    share_verb = (verb_a[:, None] == verb_b[None, :]) & (verb_a[:, None] >= 0)
+    return (share_verb & share_noun).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,13 +161,26 @@ def _sms_sum(rows: Direction, *, margin, tau, eps) -> jax.Array:
     return rows.weighted(terms)
 
 
-def _info_nce_sum(rows: Direction, *, temperature) -> jax.Array:
-    """Sum over anchors of the cross-entropy of softmax(sim_i / temperature) at the own pair."""
+def _nce_sum(rows: Direction, temperature, positive) -> jax.Array:
+    """Sum over anchors of -log of the softmax(sim_i / temperature) mass on the (m, n) bool
+    ``positive`` candidates (each row holds at least its own pair)."""
     logits = rows.sim / temperature
     if rows.weight is not None:  # a candidate of weight w counts as w copies of itself
         w = rows.weight
         logits = jnp.where(w > 0, logits + jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
-    return jnp.sum(jax.nn.logsumexp(logits, axis=1) - rows.pos / temperature)
+    on_positives = jax.nn.logsumexp(jnp.where(positive, logits, -jnp.inf), axis=1)
+    return jnp.sum(jax.nn.logsumexp(logits, axis=1) - on_positives)
+
+
+def _info_nce_sum(rows: Direction, *, temperature) -> jax.Array:
+    """Sum over anchors of the cross-entropy of softmax(sim_i / temperature) at the own pair."""
+    return _nce_sum(rows, temperature, rows.own)
+
+
+def _egonce_sum(rows: Direction, *, temperature) -> jax.Array:
+    """EgoNCE's sum over anchors: the positives are the own pair and every pair whose narration
+    shares a verb and a noun with the anchor's (rows.rel = `shared_action`)."""
+    return _nce_sum(rows, temperature, rows.own | (rows.rel > 0))
 
 
 class LossSpec(NamedTuple):
@@ -152,21 +189,34 @@ class LossSpec(NamedTuple):
     row_sum: Callable  # (Direction, **hparams) -> scalar sum over the direction's terms
     defaults: dict  # hyper-parameters (docs/design.md, Losses)
     inputs: tuple[str, ...]  # per-batch inputs besides video and text
-    pairs: bool  # normalise by 2n(n-1) (all ordered pairs, both directions) or by 2n (anchors)
+    normaliser: Callable[[int], float]  # n -> what the sum of both directions' terms is divided by
 
-    def normaliser(self, n: int) -> float:
-        """What the sum of both directions' terms over a batch of n pairs is divided by."""
-        return 2.0 * n * (n - 1) if self.pairs else 2.0 * n
+
+def _per_pair(n: int) -> float:
+    return 2.0 * n * (n - 1)  # every ordered pair (i, j != i) of both directions: a mean
+
+
+def _per_anchor(n: int) -> float:
+    return 2.0 * n  # every anchor of both directions: the mean of the two directions' means
+
+
+def _per_direction_anchor(n: int) -> float:
+    return float(n)  # every anchor of one direction: the SUM of the two directions' means
 
 
 _LOSSES = {
     "sms": LossSpec(_sms_sum, dict(margin=0.6, tau=0.1, eps=1.1 / 240),
-                    ("pos_relevance",) + LABEL_KEYS, True),
-    "mi_mm": LossSpec(_mi_mm_sum, dict(margin=0.2), (), True),
-    "adaptive_mi_mm": LossSpec(_adaptive_mi_mm_sum, dict(margin=0.4), ("pos_relevance",), True),
-    "info_nce": LossSpec(_info_nce_sum, {}, ("temperature",), False),
+                    ("pos_relevance",) + LABEL_KEYS, _per_pair),
+    "mi_mm": LossSpec(_mi_mm_sum, dict(margin=0.2), (), _per_pair),
+    "adaptive_mi_mm": LossSpec(_adaptive_mi_mm_sum, dict(margin=0.4), ("pos_relevance",),
+                               _per_pair),
+    "info_nce": LossSpec(_info_nce_sum, {}, ("temperature",), _per_anchor),
+    "egonce": LossSpec(_egonce_sum, dict(temperature=0.05), EGONCE_KEYS, _per_direction_anchor),
 }
 LOSS_NAMES = tuple(_LOSSES)
+# The losses that can take time-reversed clips as extra negatives (`global_loss`); EgoNCE's
+# positives would need a reversed clip's narration tags.
+REVERSED_LOSSES = ("sms", "mi_mm", "adaptive_mi_mm", "info_nce")
 
 
 def spec(name: str) -> LossSpec:
@@ -261,9 +311,45 @@ def adaptive_mi_mm_loss(video, text, pos_relevance, *, margin=0.4):
 def info_nce_loss(video, text, temperature):
     """Symmetric InfoNCE: mean of the text-to-video and video-to-text cross-entropies.
 
-    video, text: (n, d); temperature: scalar (may be a traced, learned value). Returns a scalar.
+    This is the bi-directional InfoNCE EVA02-AT pretrains with (its Sec. "Ego4D pretraining",
+    temperature 0.05; the paper gives no equation and its repository holds no code, so the
+    CLIP form: (1/2n) sum_i [-log softmax_j(x_ij / T)_i - log softmax_j(x_ji / T)_i]).
+
+    video, text: (n, d); temperature: scalar (may be a traced, learned value; 0.05 for
+    EVA02-AT). Returns a scalar.
     """
     return _dense_loss("info_nce", video, text, temperature=temperature)
+
+
+def egonce_loss(video, text, text_verb, text_nouns, *, temperature=0.05):
+    """EgoNCE (EgoVLP) as its authors' code computes it (docs/design.md, Losses).
+
+    Followed: showlab/EgoVLP at 928406c2, model/loss.py (EgoNCE), trainer/trainer_egoclip.py
+    (batch and masks), data_loader/EgoClip_EgoMCQ_dataset.py (the adjacent clip). A pair's
+    positives are itself and every pair of the batch whose narration shares a verb and a noun
+    with its own (`shared_action`, the narrations' tags for clips and sentences alike); the
+    loss is -(1/m) sum_i log(softmax mass on i's positives), text anchors plus video anchors.
+
+    Scene-aware negatives are pairs of the batch: for EgoVLP's n samples the batch holds m = 2n
+    pairs, each sample's clip and narration plus an adjacent clip of the same video with ITS
+    narration and tags, in any order (the loss is invariant to permuting the pairs). Without
+    adjacent clips (m = n) it is EgoVLP's EgoNCE with its released config (neg_param false).
+
+    Args:
+      video, text: (m, d) embeddings of the m pairs (normalised here: cosine similarity).
+      text_verb: (m,) int verb class of each pair's narration (negative: none).
+      text_nouns: (m, K) bool multi-hot nouns of each pair's narration.
+      temperature: EgoVLP's 0.05 (fixed, not learned).
+
+    Returns:
+      Scalar float32: L_t2v + L_v2t (a sum, as EgoVLP's Eq. 1 and code), each a mean over m.
+    """
+    m = check_batch(video, text)
+    verb, nouns = jnp.asarray(text_verb), jnp.asarray(text_nouns)
+    check_per_sample("text_verb", verb, m)
+    check_per_sample("text_nouns", nouns, m, ndim=2)
+    return _dense_loss("egonce", video, text, relevance=shared_action(verb, nouns, verb, nouns),
+                       temperature=temperature)
 
 
 def itm_loss(logits, labels, mask=None):

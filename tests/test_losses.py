@@ -198,6 +198,7 @@ def test_inputs_are_what_each_loss_takes_besides_the_embeddings():
     assert losses.inputs("mi_mm") == ()
     assert losses.inputs("adaptive_mi_mm") == ("pos_relevance",)
     assert losses.inputs("info_nce") == ("temperature",)
+    assert losses.inputs("egonce") == ("text_verb", "text_nouns")
     with pytest.raises(ValueError, match="unknown loss 'triplet'; expected one of .*'sms'"):
         losses.inputs("triplet")
 
@@ -330,12 +331,15 @@ def global_inputs(name, n, seed):
     c = np.diag(rel).copy()
     inputs = {"sms": dict(pos_relevance=c, **labels), "mi_mm": {},
               "adaptive_mi_mm": dict(pos_relevance=c),
-              "info_nce": dict(temperature=np.float32(0.2))}[name]
+              "info_nce": dict(temperature=np.float32(0.2)),
+              "egonce": {k: labels[k] for k in losses.EGONCE_KEYS}}[name]
     reference = {"sms": lambda v, t, i: losses.sms_loss(v, t, i["pos_relevance"], rel),
                  "mi_mm": lambda v, t, i: losses.mi_mm_loss(v, t),
                  "adaptive_mi_mm": lambda v, t, i: losses.adaptive_mi_mm_loss(
                      v, t, i["pos_relevance"]),
-                 "info_nce": lambda v, t, i: losses.info_nce_loss(v, t, i["temperature"])}[name]
+                 "info_nce": lambda v, t, i: losses.info_nce_loss(v, t, i["temperature"]),
+                 "egonce": lambda v, t, i: losses.egonce_loss(v, t, i["text_verb"],
+                                                              i["text_nouns"])}[name]
     return video, text, inputs, reference
 
 
@@ -452,7 +456,7 @@ def brute_reversed_terms(name, video, text, reversed_video, reversed_verb, input
 
 
 @pytest.mark.parametrize("weight", [1.0, 5.0])
-@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+@pytest.mark.parametrize("name", losses.REVERSED_LOSSES)
 def test_reversed_negatives_add_one_candidate_per_text_anchor(name, weight):
     """Each text anchor ranks its own reversed clip as one more candidate (where the clip has a
     mirrored verb, reversed_verb >= 0) that counts as ``weight`` candidates; with none the loss
