@@ -58,12 +58,12 @@ def program(mesh: Mesh):
     per_device = jax.shard_map(_direction, mesh=rows.mesh, in_specs=rows.spec,
                                out_specs=rows.spec)
 
-    def both(sim, rel):
+    def mir_both_directions(sim, rel):
         values = {"v2t": per_device(sim, rel), "t2v": per_device(sim.T, rel.T)}
         return {(name, d): value for d, pair in values.items()
                 for name, value in zip(("mAP", "nDCG"), pair)}
 
-    return jax.jit(both, in_shardings=(rows, rows), out_shardings=rows)
+    return jax.jit(mir_both_directions, in_shardings=(rows, rows), out_shardings=rows)
 
 
 def padded_shape(n_videos: int, n_texts: int, mesh: Mesh) -> tuple[int, int]:

@@ -77,9 +77,11 @@ def test_the_metric_program_compiles_for_four_v5e_chips_and_is_a_fit_check_row(v
     # sim and rel, 62 rows padded to 64, a quarter of them on each chip.
     assert not small.error and small.argument_bytes == 2 * 16 * 128 * 4
     assert large.temp_bytes > small.temp_bytes and large.flops > small.flops
-    assert fit_check.main(["--metrics", "62x128", "--target", "v5e:2x2"]) == 0
+    # Another shape than above: a program compiled for a topology cannot be read back from
+    # the tests' persistent compilation cache (only warned about, then compiled again).
+    assert fit_check.main(["--metrics", "60x128", "--target", "v5e:2x2"]) == 0
     line = capsys.readouterr().out.splitlines()[1]
-    assert line.split()[:4] == ["metrics", "62x128", "v5e:2x2", "0.00"] and "yes" in line.split()
+    assert line.split()[:4] == ["metrics", "60x128", "v5e:2x2", "0.00"] and "yes" in line.split()
 
 
 H100_ATTENTION = """
