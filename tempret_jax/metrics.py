@@ -211,7 +211,7 @@ def mir_per_row(sim: np.ndarray, rel: np.ndarray) -> dict[tuple[str, str], np.nd
 
     tasks = [(d, rows) for d, (s, _) in directions.items() for rows in _row_blocks(*s.shape)]
     # Blocks are independent and NumPy releases the GIL in sorts and array loops: every core.
-    with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(run, tasks))
     return out
 

@@ -74,7 +74,7 @@ def main() -> None:
                                                        for d in ("v2t", "t2v", "avg")))
 
     print(f"EK-100 MIR test split {rel.shape[0]} x {rel.shape[1]}, {args.repeats} repeats, "
-          f"random float32 similarities, {len(os.sched_getaffinity(0))} cores, load average "
+          f"random float32 similarities, {os.cpu_count()} cores, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
     print(f"{'implementation':<22}{'median s':>10}{'min s':>8}{'max s':>8}{'speed-up':>10}"
           f"{'cpu s':>8}{'cpu ratio':>10}{'max |d mAP|':>13}{'max |d nDCG|':>14}")
