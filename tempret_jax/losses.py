@@ -81,8 +81,8 @@ def shared_action(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
     Returns:
       (n_a, n_b) float32 of 0.0 and 1.0, symmetric under swapping a and b. EgoVLP tests
       cos(multi-hot a, multi-hot b) > 0 for verbs and for nouns and multiplies the two
-      (trainer/trainer_egoclip.py, model/loss.py): "shares a verb AND a noun"; the own pair is
-      added there, not here (`Direction.own`).
+      (trainer/trainer_egoclip.py, model/loss.py): "shares a verb AND a noun". EgoVLP then
+      adds the own pair to the mask; `_egonce_sum` adds it from `Direction.own`.
     """
     verb_a, verb_b = jnp.asarray(verb_a), jnp.asarray(verb_b)
     a = jnp.asarray(nouns_a).astype(jnp.float32)
