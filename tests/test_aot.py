@@ -94,9 +94,11 @@ tokens = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16,
                               sharding=jax.sharding.SingleDeviceSharding(device))
 loss = lambda q, k, v: attention.dot_product_attention(
     q, k, v, implementation=kernel).astype(jnp.float32).sum()
-hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(tokens, tokens, tokens).compile().as_text()
-print(device.platform, kernel, sorted({line.split('custom_call_target="')[1].split('"')[0]
-                                       for line in hlo.splitlines() if "custom_call_target" in line}))
+grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+hlo = grad.lower(tokens, tokens, tokens).compile().as_text()
+targets = {line.split('custom_call_target="')[1].split('"')[0]
+           for line in hlo.splitlines() if "custom_call_target" in line}
+print(device.platform, kernel, sorted(targets))
 """
 
 

@@ -140,8 +140,10 @@ def _tpu_flash(q: Array, k: Array, v: Array, key_valid: Array, *, masked: bool,
 
 def _pallas_attention(q: Array, k: Array, v: Array, mask: Optional[Array],
                       causal: bool) -> Array:
-    """The TPU flash kernel for a key-padding mask (`_is_key_padding`), per batch shard of the context mesh (`jax.set_mesh`) when there
-    is one: a Pallas call is opaque to XLA's partitioner, which would gather the whole batch."""
+    """The TPU flash kernel for a key-padding mask (`_is_key_padding`), on each batch shard of
+    the context mesh (`jax.set_mesh`, as the train step sets it): a Pallas call is opaque to
+    XLA's partitioner, which would gather the whole batch onto every chip. Without a context
+    mesh (or a batch the mesh does not divide) the kernel sees the whole batch."""
     batch, key_len = q.shape[0], k.shape[1]
     kernel = functools.partial(_tpu_flash, masked=mask is not None, causal=causal)
     key_valid = jnp.broadcast_to(True if mask is None else mask[:, 0, 0, :], (batch, key_len))
