@@ -50,7 +50,10 @@ def devices() -> list[str]:
 
 def dataset(path: str) -> tuple[bool, str]:
     from tempret_jax.data import prepare, verify
-    folder = pathlib.Path(path)
+    try:
+        folder = pathlib.Path(prepare.find_dataset(path))  # a preparation's --output too
+    except prepare.PrepareError as e:
+        return False, str(e)
     splits = [s for s, (clips, _) in prepare.SPLIT_FILES.items()
               if (folder / prepare.ANNOTATIONS / clips).is_file()]
     if not splits:

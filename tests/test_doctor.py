@@ -2,6 +2,7 @@
 paths a run needs are usable (exit 1 naming the one that is not)."""
 
 import os
+import pathlib
 
 import pytest
 from tiny_run import make_dataset
@@ -30,6 +31,12 @@ def test_usable_paths_are_described(dataset, tmp_path, capsys):
     with lock.WorkdirLock(tmp_path):
         doctor.main(["--workdir", str(tmp_path)])
     assert f"in use by a trainer (pid {os.getpid()} on " in capsys.readouterr().out
+
+
+def test_a_preparations_output_folder_is_its_data_set(dataset, capsys):
+    output = str(pathlib.Path(dataset).parents[2])  # <output>/ek100_mir/<config>/<version>
+    assert doctor.main(["--dataset_dir", output]) == 0
+    assert f"data set: ok: {dataset}: splits" in capsys.readouterr().out
 
 
 def test_an_unusable_path_is_named_and_exits_1(tmp_path, capsys):
