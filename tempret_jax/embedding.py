@@ -81,8 +81,9 @@ def _run_batches(mesh, jitted, params, batches, data_keys, id_key, outputs, rows
         local["id"] = np.asarray(batch[id_key], np.int32)
         local["mask"] = np.asarray(batch["mask"], bool)
         arrays = sharding_lib.global_batch(local, mesh)
-        out, ids, mask = jitted(params, arrays["id"], arrays["mask"],
-                                *(arrays[k] for k in data_keys))
+        with jax.set_mesh(mesh):  # per-shard attention kernels (models/attention.py) see it
+            out, ids, mask = jitted(params, arrays["id"], arrays["mask"],
+                                    *(arrays[k] for k in data_keys))
         mask = np.asarray(mask)
         for name, value in {**out, "ids": ids}.items():
             outputs.setdefault(name, []).append(np.asarray(value)[mask])

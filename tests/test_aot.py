@@ -102,10 +102,11 @@ print(device.platform, kernel, sorted(targets))
 """
 
 
+@pytest.mark.slow  # needs the CUDA plugin (several hundred MB of cuDNN): make test-slow
 def test_a_gpu_gets_cudnn_flash_attention_compiled_for_a_simulated_h100():
-    # The CUDA plugin is an extra (`pip install 'jax[cuda12]'`); it compiles without a GPU.
-    if importlib.util.find_spec("jax_cuda12_plugin") is None:
-        pytest.skip("needs the CUDA plugin: pip install 'jax[cuda12]'")
+    # The CUDA plugin is an extra (`pip install -e '.[cuda12]'`); it compiles without a GPU.
+    assert importlib.util.find_spec("jax_cuda12_plugin") is not None, (
+        "this check needs the CUDA plugin: pip install -e '.[cuda12]' (no GPU needed)")
     # Its own process: the plugin registers only if no backend has started yet (aot.gpu_devices).
     run = subprocess.run([sys.executable, "-c", H100_ATTENTION], capture_output=True, text=True,
                          cwd=REPO, timeout=600)
