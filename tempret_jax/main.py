@@ -20,6 +20,12 @@ key is an error naming the nearest one. The config is validated before any work 
 Errors are one line on stderr (exit 2: bad input; 1: anything else); ``--debug`` or
 TEMPRET_DEBUG=1 shows the traceback instead.
 
+Several processes (the hosts of a TPU slice, the nodes of a GPU cluster) train one run when
+each runs the same command with ``--distributed`` (on TPU VMs, Slurm and Open MPI JAX finds
+the others; elsewhere add ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I``): the mesh spans every process's devices, each reads its share of the batch,
+process 0 writes the logs and metrics (docs/design.md, Scaling out).
+
 A config with a ``synthetic`` block (configs/synthetic.py) first generates SynthKitchens under
 <workdir>/synthkitchens and prepares it through the real preparation path into <workdir>/data
 (both skipped or resumed when already there). EK-100 configs take the prepared data set from
@@ -30,6 +36,7 @@ similarities on the EK-100 test split instead (the floor of every table).
 import os
 import pathlib
 import re
+import shlex
 import sys
 import time
 
@@ -54,6 +61,13 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval / search: a converted 
 _QUERY = flags.DEFINE_string("query", "", "search: the text to search for.")
 _TOP = flags.DEFINE_integer("top", 10, "search: how many clips to print.")
 flags.DEFINE_bool("debug", False, "Print the traceback of an error (also: TEMPRET_DEBUG=1).")
+# Several processes (hosts) on one run: each runs the same command (module docstring).
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join the run's other processes "
+                                 "(jax.distributed) before anything else.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of "
+                                   "process 0 (default: found on TPU VMs, Slurm, Open MPI).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
 flags.mark_flags_as_required(["workdir"])
 
 SYNTHETIC_DONE = ".generated"  # written once generation has finished
@@ -98,6 +112,7 @@ def _find_dataset(config, workdir: pathlib.Path) -> None:
     if not config.dataset_dir:
         raise config_lib.ConfigError("config: dataset_dir: expected a prepared data set "
                                      "(tools/prepare_ek100.py makes one), got ''")
+    config.dataset_dir = prepare.find_dataset(config.dataset_dir)
     if config.get("annotation_dir"):  # the user's annotations: the data set must be made of them
         prepare.check_annotation_dir(config.dataset_dir, config.annotation_dir)
 
@@ -127,6 +142,7 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
     if mode == "eval":
         _find_dataset(config, workdir)
         evaluate.run(config, workdir, step=step, checkpoint=checkpoint_path)
+        _print_outputs(workdir)
         return 0
     with lock.WorkdirLock(workdir):  # before anything is written: data, config, checkpoints
         _find_dataset(config, workdir)
@@ -141,13 +157,42 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
             return 1
     if result["preempted"]:
         print(f"preempted at step {result['step']}; rerun the same command to resume")
+    else:
+        _print_outputs(workdir)
     return 0
+
+
+def outputs(workdir: pathlib.Path) -> str:
+    """Where the run in ``workdir`` keeps its metrics, plots, gallery and TensorBoard logs
+    (what exists; for plots and gallery not written yet, the command that writes them): the
+    lines a run or an evaluation ends with, paths as given on the command line."""
+    eval_dir = workdir / evaluate.EVAL_DIR
+    metrics_files = [p for p in (workdir / "metrics.json", eval_dir / "metrics.json")
+                     if p.is_file()]
+    plots, gallery = sorted(eval_dir.glob("*.png")), eval_dir / "gallery.html"
+    make = (f"not written yet: python -m tempret_jax.main --mode eval --workdir "
+            f"{shlex.quote(str(workdir))} writes them to {eval_dir}/")
+    lines = [f"outputs of {workdir}:",
+             f"  metrics      {', '.join(map(str, metrics_files)) or 'none yet'}",
+             f"  plots        {', '.join(map(str, plots)) or make}",
+             f"  gallery      {gallery if gallery.is_file() else make}"]
+    logs = workdir / "tensorboard"
+    if logs.is_dir():
+        lines.append(f"  TensorBoard  tensorboard --logdir {shlex.quote(str(logs))}")
+    return "\n".join(lines)
+
+
+def _print_outputs(workdir: pathlib.Path) -> None:
+    if jax.process_index() == 0:
+        print(f"\n{outputs(workdir)}", flush=True)
 
 
 def print_search(workdir: pathlib.Path, query: str, top: int, config=None,
                  step: int | None = None, checkpoint_path: str = "") -> None:
     """Prints the ``top`` clips of the run in ``workdir`` (or of a converted checkpoint) for
     ``query``."""
+    if config is not None and config.get("dataset_dir"):
+        config.dataset_dir = prepare.find_dataset(config.dataset_dir)
     searcher = search.Searcher.open(workdir, config, step=step, checkpoint=checkpoint_path)
     hits = searcher.search(query, top)
     meta = searcher.index.meta
@@ -165,6 +210,7 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
     workdir, step = pathlib.Path(_WORKDIR.value), _STEP.value if _STEP.value >= 0 else None
     try:
+        _join_processes()
         if _MODE.value == "search":
             print_search(workdir, _QUERY.value, _TOP.value, _CONFIG.value, step,
                          _CHECKPOINT.value)
@@ -186,6 +232,21 @@ def main(argv) -> None:
               f"traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(code)
+
+
+def _join_processes() -> None:
+    """jax.distributed.initialize with the --distributed flags: before any JAX computation,
+    so that every process sees the devices of all (TPU slices, Slurm and Open MPI clusters
+    are found without the address flags)."""
+    given = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
+             "process_id": _PROCESS_ID.value}
+    if not _DISTRIBUTED.value:
+        named = [f"--{k}" for k, v in given.items() if v is not None]
+        if named:
+            raise config_lib.ConfigError(f"command line: {', '.join(named)} needs "
+                                         f"--distributed")
+        return
+    jax.distributed.initialize(**given)
 
 
 def _debugging(argv=None) -> bool:

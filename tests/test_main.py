@@ -43,12 +43,28 @@ def test_synthetic_job_generates_prepares_trains_and_evaluates(tmp_path):
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["name"] == "synthetic_tempret_info_nce_test"
     assert saved["dataset_dir"] == "data/ek100_mir/frames4_short40/1.0.0"  # inside: relative
+    # It ends saying where its outputs are: plots and gallery are the eval mode's.
+    assert run.stdout.rstrip().splitlines()[-5:] == [
+        f"outputs of {workdir}:",
+        f"  metrics      {workdir / 'metrics.json'}",
+        f"  plots        not written yet: python -m tempret_jax.main --mode eval --workdir "
+        f"{workdir} writes them to {workdir / 'eval'}/",
+        f"  gallery      not written yet: python -m tempret_jax.main --mode eval --workdir "
+        f"{workdir} writes them to {workdir / 'eval'}/",
+        f"  TensorBoard  tensorboard --logdir {workdir / 'tensorboard'}"]
     # The run folder moved: eval mode (its saved config, an override) scores it again, in eval/.
     moved = tmp_path / "moved"
     workdir.rename(moved)
     run = _main("--workdir", str(moved), "--mode", "eval", "--config.eval.num_workers=0")
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads((moved / "eval" / "metrics.json").read_text())["mAP"] == result["mAP"]
+    closing = run.stdout.rstrip().splitlines()[-5:]
+    assert closing[0] == f"outputs of {moved}:" and closing[1] == (
+        f"  metrics      {moved / 'metrics.json'}, {moved / 'eval' / 'metrics.json'}")
+    assert closing[2].startswith(f"  plots        {moved / 'eval'}/")
+    assert "verb_ap.png" in closing[2]
+    assert closing[3] == f"  gallery      {moved / 'eval' / 'gallery.html'}"
+    assert (moved / "eval" / "gallery.html").is_file()
     # search mode reopens the run from its saved config.
     run = _main("--mode", "search", "--workdir", str(moved), "--query", "open the red box",
                 "--top", "3")
