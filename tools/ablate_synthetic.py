@@ -47,7 +47,7 @@ def load_config(arg: str, data: str = "demo"):
     spec = importlib.util.spec_from_file_location("synthetic_config", CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(arg)
+    config = module.results_setup(module.get_config(arg))  # RESULTS.md's setup
     config.synthetic.update(DATA[data])
     return config
 

@@ -62,7 +62,7 @@ def load_config(arg: str, size: str, steps: int, overrides: dict):
     spec = importlib.util.spec_from_file_location("synthetic_config", CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    c = module.get_config(arg + (",test" if size == "test" else ""))
+    c = module.results_setup(module.get_config(arg + (",test" if size == "test" else "")))
     if size == "study":
         c.model.vision.update(width=64, layers=2)
         c.model.text.update(width=64, layers=2)
