@@ -282,8 +282,10 @@ def _commands(readme: str, world) -> list[str]:
     command = planned(readme)
     if command != "make demo":
         return [command]
-    lines = subprocess.run(["make", "-n", "demo"], cwd=world, capture_output=True, text=True,
-                           check=True).stdout.splitlines()
+    # --no-print-directory: under `make test` (CI) this make is a sub-make, which would also
+    # print its "Entering directory" lines.
+    lines = subprocess.run(["make", "-n", "--no-print-directory", "demo"], cwd=world,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
     assert any("tempret_jax.main" in line for line in lines), lines
     for old, new in DEMO_FILL:
         lines = [line.replace(old, new) for line in lines]
