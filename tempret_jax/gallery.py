@@ -120,7 +120,8 @@ def _pick_queries(sim: np.ndarray, n_sentences: int, n_clips: int, top: int, see
 def write_gallery(path, sim: np.ndarray, rel: np.ndarray, clip_ids: Sequence[str],
                   clip_narrations: Sequence[str], sentences: Sequence[str],
                   clip_frames: Callable[[int], Sequence[np.ndarray]], *, n_sentences: int = 30,
-                  n_clips: int = 15, top: int = 5, seed: int = 0, title: str = "") -> int:
+                  n_clips: int = 15, top: int = 5, seed: int = 0, title: str = "",
+                  per_row: dict | None = None) -> int:
     """Writes the gallery (module docstring) to ``path``; returns the number of images.
 
     Args:
@@ -130,9 +131,10 @@ def write_gallery(path, sim: np.ndarray, rel: np.ndarray, clip_ids: Sequence[str
       sentences: (n_sentences,) the sentence texts.
       clip_frames: clip index -> its frames, (T,) of (H, W, 3) uint8; called once per shown clip.
       n_sentences, n_clips: how many queries of each direction to show; top: results per query.
+      per_row: `metrics.mir_per_row(sim, rel)` when the caller has it (else computed here).
     """
     sim, rel = np.asarray(sim), np.asarray(rel)
-    per_row = metrics.mir_per_row(sim, rel)
+    per_row = per_row if per_row is not None else metrics.mir_per_row(sim, rel)
     texts, clips = _pick_queries(sim, n_sentences, n_clips, top, seed)
     g = _Gallery(sim, rel, clip_ids, clip_narrations, sentences, clip_frames,
                  set(texts.tolist()), set(clips.tolist()))

@@ -68,7 +68,7 @@ def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Re
     record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     if jax.process_index() == 0:
         atomic.write_bytes(out / "verb_ap.png", images["verb_ap"])
-        _write_outputs(out, config, embedded, sim, result, curve)
+        _write_outputs(out, config, embedded, sim, result, curve, per_row)
     return Result(record=record, scalars=scalars, table="\n\n".join(tables), images=images)
 
 
@@ -120,7 +120,7 @@ def tune(model, params, mesh, config) -> tuple[tuple[int, float], dict]:
 
 
 def _write_outputs(out: pathlib.Path, config, embedded: embedding.Embedded, sim: np.ndarray,
-                   result: dict, curve: dict | None) -> None:
+                   result: dict, curve: dict | None, per_row: dict) -> None:
     """similarity.npy, submission.pkl, the other plots and the gallery (module docstring)."""
     from tempret_jax import report  # matplotlib: only when a report is written
 
@@ -142,4 +142,5 @@ def _write_outputs(out: pathlib.Path, config, embedded: embedding.Embedded, sim:
     gallery.write_gallery(
         out / "gallery.html", sim, embedded.rel, clips.narration_id[embedded.clip_rows],
         clips.narration[embedded.clip_rows], sentences.narration[embedded.sentence_rows],
-        pipeline.clip_frames(config.dataset_dir, split), title=f"{config.name}: {split} split")
+        pipeline.clip_frames(config.dataset_dir, split), title=f"{config.name}: {split} split",
+        per_row=per_row)
