@@ -53,8 +53,8 @@ def _ek100_relevance(inputs, gather):
 
 def _egonce_relevance(inputs, gather):
     """(rel_t, rel_v) of EgoNCE: one symmetric block from the narrations' tags."""
-    verb, nouns = (inputs[k] for k in losses.EGONCE_KEYS)
-    rel = losses.shared_action(verb, nouns, gather(verb), gather(nouns))
+    verbs, nouns = (inputs[k] for k in losses.EGONCE_KEYS)
+    rel = losses.shared_action(verbs, nouns, gather(verbs), gather(nouns))
     return rel, rel
 
 
@@ -166,7 +166,7 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
       (sharded over ``axis_name`` or not); inputs by loss: sms needs pos_relevance (n,) and the
       class ids clip_verb (n,), clip_nouns (n, K) bool, text_verb (n,), text_nouns (n, K) of each
       pair's clip and sentence; adaptive_mi_mm needs pos_relevance; info_nce needs temperature
-      (scalar); egonce needs text_verb (n,) and text_nouns (n, K), the tags of each pair's
+      (scalar); egonce needs text_verbs (n, V) and text_nouns (n, K) bool, the tags of each pair's
       narration, and its global batch holds the adjacent clips as pairs of their own
       (`losses.egonce_loss`); `losses.inputs(name)` lists them. The value and gradients equal the
       single-device loss on the same global batch. Each device computes its own anchors
@@ -205,7 +205,8 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
                              f"{inputs['reversed_video'].shape}")
         for k, v in inputs.items():
             if k not in losses.REPLICATED_INPUTS:
-                losses.check_per_sample(k, v, n, ndim=2 if k.endswith(("nouns", "video")) else 1)
+                multi = k.endswith(("nouns", "verbs", "video"))  # (n, K) sets and embeddings
+                losses.check_per_sample(k, v, n, ndim=2 if multi else 1)
         batch_spec = P(axis_name)
         in_specs = (batch_spec, batch_spec,
                     {k: P() if k in losses.REPLICATED_INPUTS else batch_spec for k in inputs})

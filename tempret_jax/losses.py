@@ -31,8 +31,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # the loss matmuls are tiny next to the to
 
 # Per-sample class labels that `batch_relevance` needs for rel(clip a, sentence b).
 LABEL_KEYS = ("clip_verb", "clip_nouns", "text_verb", "text_nouns")
-# EgoNCE's positives come from the narrations' tags alone, for clips and sentences alike.
-EGONCE_KEYS = ("text_verb", "text_nouns")
+# EgoNCE's positives come from the narrations' tags alone, for clips and sentences alike:
+# multi-hot verbs and nouns, as EgoClip tags a narration with one or more of each.
+EGONCE_KEYS = ("text_verbs", "text_nouns")
 # Inputs given once for the batch (scalars); every other input is one value per sample.
 REPLICATED_INPUTS = frozenset({"temperature"})
 
@@ -70,13 +71,13 @@ def batch_relevance(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
     return formula.from_counts(same_verb, inter, union)
 
 
-def shared_action(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
-    """EgoNCE's action-aware positives: 1.0 where a and b share the verb and at least one noun.
+def shared_action(verbs_a, nouns_a, verbs_b, nouns_b) -> jax.Array:
+    """EgoNCE's action-aware positives: 1.0 where a and b share a verb and a noun.
 
     Args:
-      verb_a: (n_a,) int verb class of each narration, negative for none (shares no verb).
-      nouns_a: (n_a, K) bool multi-hot nouns (an empty set shares no noun).
-      verb_b: (n_b,) int; nouns_b: (n_b, K) bool.
+      verbs_a: (n_a, V) bool multi-hot verbs of each narration (EgoClip's ``tag_verb``; an
+        empty set shares no verb). nouns_a: (n_a, K) bool multi-hot nouns (``tag_noun``).
+      verbs_b: (n_b, V) bool; nouns_b: (n_b, K) bool.
 
     Returns:
       (n_a, n_b) float32 of 0.0 and 1.0, symmetric under swapping a and b. EgoVLP tests
@@ -84,12 +85,11 @@ def shared_action(verb_a, nouns_a, verb_b, nouns_b) -> jax.Array:
       (trainer/trainer_egoclip.py, model/loss.py): "shares a verb AND a noun". EgoVLP then
       adds the own pair to the mask; `_egonce_sum` adds it from `Direction.own`.
     """
-    verb_a, verb_b = jnp.asarray(verb_a), jnp.asarray(verb_b)
-    a = jnp.asarray(nouns_a).astype(jnp.float32)
-    b = jnp.asarray(nouns_b).astype(jnp.float32)
-    share_noun = jnp.matmul(a, b.T, precision=_HIGHEST) > 0  # small integers: exact
-    share_verb = (verb_a[:, None] == verb_b[None, :]) & (verb_a[:, None] >= 0)
-    return (share_verb & share_noun).astype(jnp.float32)
+    def shares(a, b):  # small integers: exact
+        a, b = jnp.asarray(a).astype(jnp.float32), jnp.asarray(b).astype(jnp.float32)
+        return jnp.matmul(a, b.T, precision=_HIGHEST) > 0
+
+    return (shares(verbs_a, verbs_b) & shares(nouns_a, nouns_b)).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def info_nce_loss(video, text, temperature):
     return _dense_loss("info_nce", video, text, temperature=temperature)
 
 
-def egonce_loss(video, text, text_verb, text_nouns, *, temperature=0.05):
+def egonce_loss(video, text, text_verbs, text_nouns, *, temperature=0.05):
     """EgoNCE (EgoVLP) as its authors' code computes it (docs/design.md, Losses).
 
     Followed: showlab/EgoVLP at 928406c2, model/loss.py (EgoNCE), trainer/trainer_egoclip.py
@@ -337,7 +337,7 @@ def egonce_loss(video, text, text_verb, text_nouns, *, temperature=0.05):
 
     Args:
       video, text: (m, d) embeddings of the m pairs (normalised here: cosine similarity).
-      text_verb: (m,) int verb class of each pair's narration (negative: none).
+      text_verbs: (m, V) bool multi-hot verbs of each pair's narration.
       text_nouns: (m, K) bool multi-hot nouns of each pair's narration.
       temperature: EgoVLP's 0.05 (fixed, not learned).
 
@@ -345,10 +345,10 @@ def egonce_loss(video, text, text_verb, text_nouns, *, temperature=0.05):
       Scalar float32: L_t2v + L_v2t (a sum, as EgoVLP's Eq. 1 and code), each a mean over m.
     """
     m = check_batch(video, text)
-    verb, nouns = jnp.asarray(text_verb), jnp.asarray(text_nouns)
-    check_per_sample("text_verb", verb, m)
+    verbs, nouns = jnp.asarray(text_verbs), jnp.asarray(text_nouns)
+    check_per_sample("text_verbs", verbs, m, ndim=2)
     check_per_sample("text_nouns", nouns, m, ndim=2)
-    return _dense_loss("egonce", video, text, relevance=shared_action(verb, nouns, verb, nouns),
+    return _dense_loss("egonce", video, text, relevance=shared_action(verbs, nouns, verbs, nouns),
                        temperature=temperature)
 
 

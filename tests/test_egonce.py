@@ -41,9 +41,9 @@ def unit(x):
 # Reference 1: Eq. 2 as a loop over sets, with the code's (a)-(d).
 
 
-def tags(verb, nouns):
-    """Verb and noun sets of one narration (a negative verb id: no verb)."""
-    return ({int(verb)} if verb >= 0 else set()), set(np.flatnonzero(nouns).tolist())
+def tags(verbs, nouns):
+    """Verb and noun sets of one narration (multi-hot rows)."""
+    return set(np.flatnonzero(verbs).tolist()), set(np.flatnonzero(nouns).tolist())
 
 
 def equation_egonce(batch, adjacent, tau=TAU):
@@ -75,14 +75,6 @@ def equation_egonce(batch, adjacent, tau=TAU):
 # Reference 2: the authors' algorithm, step by step, in numpy.
 
 
-def multi_hot(ids, size):
-    out = np.zeros((len(ids), size))
-    for row, i in enumerate(ids):
-        if i >= 0:
-            out[row, i] = 1.0
-    return out
-
-
 def cosine_matrix(a, b):  # their sim_matrix: rows normalised with max(norm, 1e-8)
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -96,11 +88,11 @@ def softmax_rows(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def transcribed_egonce(batch, adjacent, num_verbs, tau=TAU):
+def transcribed_egonce(batch, adjacent, tau=TAU):
     """Concatenate samples and their negatives, masks from tag cosines, two softmaxes."""
-    video, text, verb, nouns = (np.concatenate([b, a]) for b, a in zip(batch, adjacent))
+    video, text, verbs, nouns = (np.concatenate([b, a]) for b, a in zip(batch, adjacent))
     x = cosine_matrix(text, video)
-    mask_v = cosine_matrix(multi_hot(verb, num_verbs), multi_hot(verb, num_verbs))
+    mask_v = cosine_matrix(verbs.astype(np.float64), verbs.astype(np.float64))
     mask_n = cosine_matrix(nouns.astype(np.float64), nouns.astype(np.float64))
     mask = (mask_v * mask_n + np.eye(len(x))) > 0
     i_sm, j_sm = softmax_rows(x / tau), softmax_rows(x.T / tau)
@@ -113,9 +105,13 @@ def transcribed_egonce(batch, adjacent, num_verbs, tau=TAU):
 
 
 def half_batch(n, rng, num_verbs, num_nouns=6, d=8):
-    """(video, text, verb, nouns) of n pairs; some narrations have no verb or no noun."""
+    """(video, text, verbs, nouns) of n pairs, tags multi-hot: most narrations have one verb,
+    some two (EgoClip's tag_verb lists), some none; some have no noun."""
+    verbs = np.zeros((n, num_verbs), bool)
+    verbs[np.arange(n), rng.integers(0, num_verbs, n)] = rng.random(n) < 0.85
+    verbs[np.arange(n), rng.integers(0, num_verbs, n)] |= rng.random(n) < 0.2
     return (rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32),
-            rng.integers(-1, num_verbs, n).astype(np.int32), rng.random((n, num_nouns)) < 0.3)
+            verbs, rng.random((n, num_nouns)) < 0.3)
 
 
 def sample_and_adjacent(n, seed, num_verbs=3):
@@ -153,13 +149,13 @@ def egonce(video, text, verb, nouns, **kw):
 @pytest.mark.parametrize("n", [1, 4, 16])
 def test_egonce_equals_the_equations_and_the_authors_algorithm(n):
     batch, adjacent = sample_and_adjacent(n, seed=n)
-    verb, nouns = appended(batch, adjacent)[2:]
-    shared = np.asarray(losses.shared_action(verb, nouns, verb, nouns))
-    untagged = (verb < 0) | ~nouns.any(1)
+    verbs, nouns = appended(batch, adjacent)[2:]
+    shared = np.asarray(losses.shared_action(verbs, nouns, verbs, nouns))
+    untagged = ~verbs.any(1) | ~nouns.any(1)
     if n > 1:  # the batch exercises (b) and (c): adjacent positives, untagged own pairs
         assert shared[:, n:].sum() > 0 and untagged.any()
     want = equation_egonce(batch, adjacent)
-    np.testing.assert_allclose(transcribed_egonce(batch, adjacent, num_verbs=3), want, rtol=1e-12)
+    np.testing.assert_allclose(transcribed_egonce(batch, adjacent), want, rtol=1e-12)
     np.testing.assert_allclose(egonce(*appended(batch, adjacent)), want, rtol=2e-5)
 
 
@@ -173,15 +169,20 @@ def test_egonce_temperature_is_005_unless_given():
 
 
 def test_positives_share_a_verb_and_a_noun_or_are_the_own_pair():
-    """Pairs 0, 1: same verb and a common noun; 2: same verb, other nouns; 3: a common noun,
-    other verb; 4: no verb; 5: no noun. Only 0 and 1 are positives of each other."""
-    verb = np.int32([0, 0, 0, 1, -1, 0])
-    nouns = np.zeros((6, 4), bool)
-    nouns[[0, 1, 3, 4], 0] = True
+    """Pairs 0, 1: a common verb (1 has verbs {0, 2}) and a common noun; 2: same verb, other
+    nouns; 3: a common noun, other verb; 4: no verb; 5: no noun; 6: verbs {1, 3} and noun 0,
+    sharing verb 1 and the noun with 3. Positives: 0 and 1 of each other, 3 and 6 of each
+    other."""
+    verbs = np.zeros((7, 4), bool)
+    verbs[[0, 1, 2, 5], 0] = True
+    verbs[[3, 6], 1] = True
+    verbs[1, 2] = verbs[6, 3] = True
+    nouns = np.zeros((7, 4), bool)
+    nouns[[0, 1, 3, 4, 6], 0] = True
     nouns[1, 1] = nouns[2, 2] = True
-    want = np.eye(6)
-    want[0, 1] = want[1, 0] = 1
-    got = np.asarray(losses.shared_action(verb, nouns, verb, nouns)) + np.eye(6)
+    want = np.eye(7)
+    want[0, 1] = want[1, 0] = want[3, 6] = want[6, 3] = 1
+    got = np.asarray(losses.shared_action(verbs, nouns, verbs, nouns)) + np.eye(7)
     np.testing.assert_array_equal(got > 0, want > 0)
 
 
@@ -190,9 +191,9 @@ def test_without_shared_actions_egonce_is_twice_info_nce():
     of the two directions' InfoNCE means, i.e. twice the symmetric InfoNCE (their mean)."""
     rng = np.random.default_rng(2)
     video, text = rng.normal(size=(2, 10, 8)).astype(np.float32)
-    verb = np.arange(10, dtype=np.int32)
+    verbs = np.eye(10, dtype=bool)
     nouns = np.ones((10, 3), bool)
-    np.testing.assert_allclose(egonce(video, text, verb, nouns),
+    np.testing.assert_allclose(egonce(video, text, verbs, nouns),
                                2 * float(losses.info_nce_loss(video, text, TAU)), rtol=1e-6)
 
 
@@ -217,15 +218,17 @@ def test_gradients_match_finite_differences():
 def test_bad_inputs_are_clear_errors():
     batch, adjacent = sample_and_adjacent(3, seed=6)
     video, text, verb, nouns = appended(batch, adjacent)
-    with pytest.raises(ValueError, match="text_verb must have 6 rows"):
+    with pytest.raises(ValueError, match="text_verbs must have 6 rows"):
         losses.egonce_loss(video, text, verb[:5], nouns)
+    with pytest.raises(ValueError, match=r"text_verbs must have 6 rows \(2-D\)"):
+        losses.egonce_loss(video, text, verb[:, 0], nouns)
     with pytest.raises(ValueError, match="text_nouns must have 6 rows"):
         losses.egonce_loss(video, text, verb, nouns[:, 0])
     with pytest.raises(ValueError, match=r"missing \['text_nouns'\]"):
-        global_loss.make_global_loss("egonce")(video, text, text_verb=verb)
+        global_loss.make_global_loss("egonce")(video, text, text_verbs=verb)
     with pytest.raises(ValueError, match="reversed_negatives work with losses"):
         global_loss.make_global_loss("egonce", reversed_negatives=True)
-    assert losses.inputs("egonce") == ("text_verb", "text_nouns")
+    assert losses.inputs("egonce") == ("text_verbs", "text_nouns")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +247,7 @@ def test_global_egonce_equals_the_dense_loss_and_the_equations(devices):
     video, text, verb, nouns = per_device(batch, adjacent, devices)
     mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
     loss_fn = global_loss.make_global_loss("egonce", mesh, "data")
-    got = value_and_grads(lambda v, t: loss_fn(v, t, text_verb=verb, text_nouns=nouns),
+    got = value_and_grads(lambda v, t: loss_fn(v, t, text_verbs=verb, text_nouns=nouns),
                           video, text)
     want = value_and_grads(lambda v, t: losses.egonce_loss(v, t, verb, nouns), video, text)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)

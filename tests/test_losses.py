@@ -198,7 +198,7 @@ def test_inputs_are_what_each_loss_takes_besides_the_embeddings():
     assert losses.inputs("mi_mm") == ()
     assert losses.inputs("adaptive_mi_mm") == ("pos_relevance",)
     assert losses.inputs("info_nce") == ("temperature",)
-    assert losses.inputs("egonce") == ("text_verb", "text_nouns")
+    assert losses.inputs("egonce") == ("text_verbs", "text_nouns")
     with pytest.raises(ValueError, match="unknown loss 'triplet'; expected one of .*'sms'"):
         losses.inputs("triplet")
 
@@ -332,13 +332,14 @@ def global_inputs(name, n, seed):
     inputs = {"sms": dict(pos_relevance=c, **labels), "mi_mm": {},
               "adaptive_mi_mm": dict(pos_relevance=c),
               "info_nce": dict(temperature=np.float32(0.2)),
-              "egonce": {k: labels[k] for k in losses.EGONCE_KEYS}}[name]
+              "egonce": dict(text_verbs=np.eye(4, dtype=bool)[labels["text_verb"]],
+                             text_nouns=labels["text_nouns"])}[name]
     reference = {"sms": lambda v, t, i: losses.sms_loss(v, t, i["pos_relevance"], rel),
                  "mi_mm": lambda v, t, i: losses.mi_mm_loss(v, t),
                  "adaptive_mi_mm": lambda v, t, i: losses.adaptive_mi_mm_loss(
                      v, t, i["pos_relevance"]),
                  "info_nce": lambda v, t, i: losses.info_nce_loss(v, t, i["temperature"]),
-                 "egonce": lambda v, t, i: losses.egonce_loss(v, t, i["text_verb"],
+                 "egonce": lambda v, t, i: losses.egonce_loss(v, t, i["text_verbs"],
                                                               i["text_nouns"])}[name]
     return video, text, inputs, reference
 
