@@ -304,6 +304,7 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     check(m.dtype in retrieval.DTYPES, "dtype", f"one of {retrieval.DTYPES}", m.dtype)
     check(m.attention_impl in retrieval.ATTENTION_IMPLS, "attention_impl",
           f"one of {tuple(retrieval.ATTENTION_IMPLS)}", m.attention_impl)
+    check(m.init_temperature > 0, "init_temperature", "> 0", m.init_temperature)
     try:
         layers.remat_policy(m.remat_policy)
     except ValueError as e:

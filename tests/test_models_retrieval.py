@@ -158,10 +158,19 @@ def test_bfloat16_compute_runs_with_float32_params_and_is_close_to_float32():
     ("text__heads", 5, "text.heads"),
     ("cross_encoder__video_tokens", "clip", "cross_encoder.video_tokens"),
     ("remat_policy", "save_everything", "remat_policy"),
+    ("init_temperature", 0.0, "init_temperature: expected > 0"),
 ])
 def test_bad_config_names_the_key(key, value, message):
     with pytest.raises(config_lib.ConfigError, match=f"model.{message}"):
         config_lib.validate_model(tiny(**{key: value}))
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.05])
+def test_a_fresh_logit_scale_starts_at_one_over_init_temperature(temperature):
+    model = RetrievalModel(tiny(init_temperature=temperature))
+    video, tokens = inputs()
+    got = model.init(jax.random.PRNGKey(0), video, tokens)["params"]["logit_scale"]
+    np.testing.assert_allclose(np.exp(got), 1 / temperature, rtol=1e-6)
 
 
 def test_unknown_preset_is_rejected():

@@ -17,6 +17,7 @@ Config keys (`model_config(preset)` returns them with the preset's sizes):
                          TPU; `TrainSetup` takes the mesh's devices) | 'einsum' | 'xla' |
                          'cudnn' | 'pallas' (models/attention.py)
     scan_layers, remat, remat_policy   layer stacks: nn.scan over layers, nn.remat + policy name
+    init_temperature     the softmax temperature logit_scale starts at (CLIP's 0.07)
     vision.{tower ('vit': video.py, joint attention | 'space_time': space_time.py, EgoVLP's
             divided attention), image_size, patch_size, width, layers, heads, mlp_ratio, mlp,
             sub_ln, ln_eps, qkv_bias ('qkv' | 'qv'), ln_pre, patch_bias, proj_bias,
@@ -76,8 +77,8 @@ ARCHITECTURE = tuple(
     + [f"text.{k}" for k in ("vocab_size", "context_length", "width", "layers", "heads",
                              "mlp_ratio", "mlp", "sub_ln", "ln_eps", "tower", "max_positions")])
 # Keys a model config saved before they existed lacks; their value then is this default.
-ADDED_KEYS = {"vision.tower": "vit", "vision.temporal_fix": "bilinear", "text.tower": "clip",
-              "text.vocab_file": "", "text.max_positions": 77}
+ADDED_KEYS = {"init_temperature": 0.07, "vision.tower": "vit", "vision.temporal_fix": "bilinear",
+              "text.tower": "clip", "text.vocab_file": "", "text.max_positions": 77}
 
 
 def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
@@ -110,6 +111,9 @@ def model_config(preset: str = "vit_b16") -> ml_collections.ConfigDict:
     c.scan_layers = False
     c.remat = False
     c.remat_policy = "nothing_saveable"
+    # The softmax temperature a fresh logit_scale starts at (CLIP's 0.07; EVA02-AT pretrains
+    # with InfoNCE at a fixed 0.05: 0.05 here and `optim.freeze` on logit_scale).
+    c.init_temperature = 0.07
     c.vision = ml_collections.ConfigDict(dict(
         image_size=image, patch_size=patch, width=v_w, layers=v_l, heads=v_h, mlp_ratio=4.0,
         mlp="quick_gelu", sub_ln=False, ln_eps=layers.LN_EPS, qkv_bias="qkv", ln_pre=True,
@@ -161,9 +165,10 @@ def _egovlp(c: ml_collections.ConfigDict, tiny: bool) -> None:
 def fill_added_keys(c: ml_collections.ConfigDict) -> None:
     """Gives a model config saved before `ADDED_KEYS` existed their defaults (in place)."""
     for dotted, default in ADDED_KEYS.items():
-        block, key = dotted.split(".")
-        if key not in c[block]:
-            c[block][key] = default
+        *blocks, key = dotted.split(".")
+        block = c[blocks[0]] if blocks else c
+        if key not in block:
+            block[key] = default
 
 
 def text_padding_mask(ids: Array, tower: str) -> Array:
@@ -233,8 +238,8 @@ class RetrievalModel(nn.Module):
                 vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
                 layers=t.layers, heads=t.heads, output_dim=c.embed_dim, project=project,
                 stack=_tower_stack(stack, t))
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
-                                      ())
+        self.logit_scale = self.param(
+            "logit_scale", nn.initializers.constant(math.log(1 / c.init_temperature)), ())
         if c.temporal.enabled:
             # Never scanned nor rematerialised: its layers stay `resblocks_{i}` in every config.
             self.temporal = temporal_lib.TemporalTransformer(
