@@ -204,6 +204,8 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
            f"model.vision.image_size = {c.model.vision.image_size}", c.data.resolution)
     _check(c.data.holdout_clips >= 0, "data.holdout_clips", ">= 0", c.data.holdout_clips)
     _check(0 <= c.optim.ema_decay < 1, "optim.ema_decay", "in [0, 1)", c.optim.ema_decay)
+    name = c.optim.get("name", "adamw")  # runs saved before the key existed trained AdamW
+    _check(name in optim.OPTIMIZERS, "optim.name", f"one of {optim.OPTIMIZERS}", name)
     for key in ("include", "exclude"):
         _check(_is_regex(c.init_from[key]), f"init_from.{key}", "a regular expression",
                c.init_from[key])

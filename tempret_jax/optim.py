@@ -1,7 +1,12 @@
-"""Optimiser: AdamW with a warmup-cosine schedule, per-parameter lr multipliers and freezing.
+"""Optimiser: AdamW or Lamb with a warmup-cosine schedule, per-parameter lr multipliers and
+freezing.
 
 Config (``config.optim``; parameter paths are '/'-joined, see `sharding.path_str`):
 
+    name                   'adamw' | 'lamb': Lamb (You et al., ICLR 2020) is AdamW's update
+                           scaled per parameter by the trust ratio ||w|| / ||update|| (optax's
+                           `lamb`: EVA02-AT fine-tunes Charades-Ego with it; its code for this
+                           is not released)
     lr, start_lr, end_lr   peak lr; linear warmup from start_lr over warmup_steps, then cosine
     warmup_steps           decay to end_lr at the last step (AVION, EVA02-AT schedules)
     lr_steps               ((step, lr), ...) from step 0, increasing: instead, a piecewise
@@ -29,6 +34,7 @@ import optax
 
 from tempret_jax.sharding import path_str
 
+OPTIMIZERS = ("adamw", "lamb")
 NO_DECAY = (r"(^|/)(bias|scale)$|positional_embedding|temporal_embedding|class_embedding"
             r"|logit_scale")
 FROZEN = "frozen"
@@ -37,7 +43,7 @@ FROZEN = "frozen"
 def optim_config(**overrides) -> ml_collections.ConfigDict:
     """The defaults (CLIP fine-tuning style, as AVION), updated with ``overrides``."""
     c = ml_collections.ConfigDict(dict(
-        lr=3e-5, start_lr=1e-6, end_lr=1e-5, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
+        name="adamw", lr=3e-5, start_lr=1e-6, end_lr=1e-5, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.01, no_decay=NO_DECAY, lr_multipliers=(), freeze="", lr_steps=(),
         clip_grad_norm=0.0, ema_decay=0.0))
     c.update(overrides)
@@ -108,8 +114,11 @@ def make_optimizer(c: ml_collections.ConfigDict, params, total_steps: int
     """The optimiser for ``params`` (a tree of arrays or ShapeDtypeStructs) and its schedule.
 
     Frozen parameters get zero updates and hold no Adam moments; clipping sees only the
-    trainable gradients; each multiplier group runs AdamW at multiplier x schedule.
+    trainable gradients; each multiplier group runs AdamW (or Lamb) at multiplier x schedule.
     """
+    if c.get("name", "adamw") not in OPTIMIZERS:
+        raise ValueError(f"optim.name: expected one of {OPTIMIZERS}, got {c.name!r}")
+    trust_ratio = [optax.scale_by_trust_ratio()] if c.get("name") == "lamb" else []
     schedule = learning_rate_schedule(c, total_steps)
     groups, labels = param_groups(c, params)
     no_decay = _compile("no_decay", c.no_decay)
@@ -118,6 +127,7 @@ def make_optimizer(c: ml_collections.ConfigDict, params, total_steps: int
         return optax.chain(
             optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps),
             optax.add_decayed_weights(c.weight_decay, mask=_decay_mask(no_decay)),
+            *trust_ratio,
             optax.scale_by_learning_rate(lambda step: mult * schedule(step)))
 
     frozen = jax.tree.map(lambda label: label == FROZEN, labels)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -64,6 +65,31 @@ def test_optimizer_groups_multipliers_decay_and_freezing():
     np.testing.assert_allclose(updates["logit_scale"], -0.1, rtol=1e-5)  # no decay
     np.testing.assert_allclose(updates["text"]["proj"], -0.05 * 1.5, rtol=1e-5)
     np.testing.assert_array_equal(updates["cross_encoder"]["kernel"], 0)
+
+
+def test_lamb_is_optax_lamb_with_our_groups_and_schedule():
+    """optim.name='lamb' updates as optax.lamb (trust ratio per parameter) at the schedule's lr,
+    with weight decay off the no_decay paths and nothing for frozen parameters."""
+    params = {"visual": {"proj": jnp.full((3, 2), 2.0), "ln": {"bias": jnp.ones(2)}},
+              "cross_encoder": {"kernel": jnp.ones(2)}}
+    c = optim.optim_config(name="lamb", lr=0.1, start_lr=0.1, end_lr=0.1, weight_decay=0.5,
+                           freeze=r"^cross_encoder/")
+    tx, _ = optim.make_optimizer(c, params, total_steps=10)
+    grads = jax.tree.map(lambda p: jnp.linspace(-1.0, 2.0, p.size).reshape(p.shape), params)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+    trainable = {"visual": params["visual"]}
+    want_tx = optax.lamb(0.1, eps=c.eps, weight_decay=0.5,
+                         mask=lambda t: {"visual": {"proj": True, "ln": {"bias": False}}})
+    want_state = want_tx.init(trainable)
+    for _ in range(3):
+        want, want_state = want_tx.update({"visual": grads["visual"]}, want_state, trainable)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                 updates["visual"], want["visual"])
+    np.testing.assert_array_equal(updates["cross_encoder"]["kernel"], 0)
+    with pytest.raises(ValueError, match="optim.name: expected one of"):
+        optim.make_optimizer(optim.optim_config(name="sgd"), params, total_steps=10)
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_end_lr():
