@@ -1,9 +1,13 @@
 """The frames of EK-100 clips, taken from their source video (file, chunk folder or frames folder).
 
-Sources, looked up per video in this order under ``video_root`` (`find_source`):
-  <participant>/videos/<video_id>.MP4            the published videos
+Sources, looked up per video in this order under ``video_root`` (`find_source`, EK-100's;
+other corpora have their own, `tempret_jax.data.corpora`):
+  <participant>/videos/<video_id>.MP4            the published videos ('mp4')
   <participant>/videos/<video_id>.MP4/<s>.MP4     AVION's chunks of ``chunk_seconds`` starting at s
+                                                  ('chunked')
   <participant>/rgb_frames/<video_id>/frame_%010d.jpg   the published frames (1-based numbers)
+A fourth kind, 'indexed', is a folder of chunks numbered by index (EgoVLP's Ego4D chunks:
+``<i>.mp4`` holds [i, i + 1) * ``chunk_seconds``).
 From a video, the frame shown at time t is taken (the last frame with pts <= t; seeking to the
 keyframe before the first time and decoding forward, so it is frame-accurate); from a frames
 folder, frame ``start_frame + floor((i + 0.5) * F / N)`` with F = stop_frame - start_frame + 1.
@@ -155,7 +159,8 @@ def decode_at(kind: str, path, times, chunk_seconds: int = 15, seek_gap: float =
     """The frames shown at ``times`` (seconds of the video, any shape, flattened) of a source.
 
     ``kind``, ``path`` as `find_source` returns them: 'mp4', a video file; 'chunked', AVION's
-    folder of ``<start_sec>.MP4`` chunks of ``chunk_seconds``. None where there is no frame
+    folder of ``<start_sec>.MP4`` chunks of ``chunk_seconds``; 'indexed', a folder of
+    ``<i>.mp4`` chunks starting at i * ``chunk_seconds``. None where there is no frame
     (past the end, a missing chunk). Raises SkipVideo for a chunk folder without chunks or a
     video file that cannot be opened. ``errors``: gets {i: reason} for the times whose frame
     could not be decoded (`decode_video_at`; with a chunk that cannot be opened, all of its
@@ -165,12 +170,14 @@ def decode_at(kind: str, path, times, chunk_seconds: int = 15, seek_gap: float =
     if kind == "mp4":
         sources = {path: (times, np.ones(times.shape, bool))}
     else:
+        step = chunk_seconds if kind == "indexed" else 1  # a chunk's name -> its start
         chunks = {}
         for f in pathlib.Path(path).iterdir():
             if f.is_file() and f.stem.isdigit():
-                chunks[int(f.stem)] = f
+                chunks[int(f.stem) * step] = f
         if not chunks:
-            raise SkipVideo(f"chunk folder {path} holds no <start_sec>.MP4 files")
+            raise SkipVideo(f"chunk folder {path} holds no "
+                            f"{'<i>.mp4' if kind == 'indexed' else '<start_sec>.MP4'} files")
         starts = times // chunk_seconds * chunk_seconds
         sources = {}
         for s in np.unique(starts):

@@ -1,7 +1,7 @@
 """The work of a preparation (`tempret_jax.data.prepare`): one `VideoTask` per video of a split,
 and the key that says when the video's shard must be made again.
 
-A record is determined by the fields it stores from its CSV row (`row_digest`), the frames of
+A record is determined by the fields it stores from its table row (`row_digest`), the frames of
 its source as they are on disk (`decode.source_identity`: path, size and mtime_ns of the file
 or of every file of the folder) and the options (N frames, short side, JPEG quality, chunk
 length). A shard holds the records of one video, so its key (`VideoTask.key`) is the digest of
@@ -16,7 +16,11 @@ import hashlib
 import json
 import pathlib
 
-from tempret_jax.data import decode, ek100
+from tempret_jax.data import corpora, decode, ek100
+
+
+class PrepareError(RuntimeError):
+    """A video or clip could not be prepared (raised with ``strict``, or a bad set-up)."""
 
 
 def digest(value) -> str:
@@ -26,7 +30,7 @@ def digest(value) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ClipTask:
-    row: int  # row in the split's clip CSV
+    row: int  # row in the split's clip table
     narration_id: str
     start: float
     stop: float
@@ -53,7 +57,8 @@ class VideoTask:
 
     def source_key(self, config) -> tuple[str, pathlib.Path, str]:
         """(kind, path, key) of the video's source as it is now; raises decode.SkipVideo."""
-        kind, path = decode.find_source(config.video_root, self.participant_id, self.video_id)
+        find = corpora.get(config.corpus).find_source
+        kind, path = find(config.video_root, self.participant_id, self.video_id)
         return kind, path, self.key(config, decode.source_identity(kind, path))
 
 
@@ -70,7 +75,7 @@ def video_tasks(split: str, table: ek100.ClipTable) -> list[VideoTask]:
 
 
 def row_digest(table: ek100.ClipTable, row: int) -> str:
-    """Digest of the fields a record stores from its CSV row (all but clip_index, its number):
+    """Digest of the fields a record stores from its table row (all but clip_index, its number):
     ids, narration, classes, nouns, times and frame numbers."""
     return digest([str(getattr(table, c)[row]) for c in (
         "narration_id", "participant_id", "video_id", "narration")] + [
