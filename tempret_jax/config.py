@@ -71,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     ))
     c.model = retrieval.model_config("tiny")  # keys: models/retrieval.py
     c.loss = ml_collections.ConfigDict(dict(
-        name="sms",  # sms | mi_mm | adaptive_mi_mm | info_nce | egonce
+        name="sms",  # sms | mi_mm | adaptive_mi_mm | info_nce | egonce | sms_hard
         hparams={},  # overrides of the hyper-parameters of the loss (margin, tau, eps, ...)
         reversed_negatives=(),  # ((verb_a, verb_b), ...): mirrored verbs; reversed clips are negatives
         reversed_weight=1.0,  # how many ordinary negatives one reversed clip counts as

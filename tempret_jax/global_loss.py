@@ -58,8 +58,17 @@ def _egonce_relevance(inputs, gather):
     return rel, rel
 
 
+def _hard_label_relevance(inputs, gather):
+    """(rel_t, rel_v) of SMS on hard labels: 1 where the text's class is one of the clip's."""
+    classes, text_class = (inputs[k] for k in losses.HARD_LABEL_KEYS)
+    # text i vs clip j: is text i's class one of clip j's; video i vs text j: the other way.
+    return (losses.class_membership(gather(classes), text_class).T,
+            losses.class_membership(classes, gather(text_class)))
+
+
 # How each loss that needs one builds the relevance of its local rows to the gathered batch.
-_RELEVANCE = {"sms": _ek100_relevance, "egonce": _egonce_relevance}
+_RELEVANCE = {"sms": _ek100_relevance, "egonce": _egonce_relevance,
+              "sms_hard": _hard_label_relevance}
 
 
 def _label_directions(video, text, inputs, ops: _Collectives, relevance=None):
@@ -205,7 +214,7 @@ def make_global_loss(name: str, mesh: Mesh | None = None, axis_name: str | Seque
                              f"{inputs['reversed_video'].shape}")
         for k, v in inputs.items():
             if k not in losses.REPLICATED_INPUTS:
-                multi = k.endswith(("nouns", "verbs", "video"))  # (n, K) sets and embeddings
+                multi = k.endswith(("nouns", "verbs", "classes", "video"))  # sets, embeddings
                 losses.check_per_sample(k, v, n, ndim=2 if multi else 1)
         batch_spec = P(axis_name)
         in_specs = (batch_spec, batch_spec,

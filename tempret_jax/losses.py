@@ -34,6 +34,8 @@ LABEL_KEYS = ("clip_verb", "clip_nouns", "text_verb", "text_nouns")
 # EgoNCE's positives come from the narrations' tags alone, for clips and sentences alike:
 # multi-hot verbs and nouns, as EgoClip tags a narration with one or more of each.
 EGONCE_KEYS = ("text_verbs", "text_nouns")
+# SMS on hard labels (Charades-Ego): each clip's set of classes and each text's class.
+HARD_LABEL_KEYS = ("clip_classes", "text_class")
 # Inputs given once for the batch (scalars); every other input is one value per sample.
 REPLICATED_INPUTS = frozenset({"temperature"})
 
@@ -212,11 +214,28 @@ _LOSSES = {
                                _per_pair),
     "info_nce": LossSpec(_info_nce_sum, {}, ("temperature",), _per_anchor),
     "egonce": LossSpec(_egonce_sum, dict(temperature=0.05), EGONCE_KEYS, _per_direction_anchor),
+    # EVA02-AT's Eq. 17: SMS where rel is 1 when the text's class is one of the clip's, else
+    # 0 (R in {-1, 0, 1}); gamma 0.3 as its Charades-Ego fine-tune.
+    "sms_hard": LossSpec(_sms_sum, dict(margin=0.3, tau=0.1, eps=1.1 / 240),
+                         ("pos_relevance",) + HARD_LABEL_KEYS, _per_pair),
 }
 LOSS_NAMES = tuple(_LOSSES)
 # The losses that can take time-reversed clips as extra negatives (`global_loss`); EgoNCE's
 # positives would need a reversed clip's narration tags.
 REVERSED_LOSSES = ("sms", "mi_mm", "adaptive_mi_mm", "info_nce")
+
+
+def class_membership(clip_classes, text_class) -> jax.Array:
+    """Hard-label relevance: rel(clip a, text b) = 1.0 where b's class is one of a's.
+
+    Args:
+      clip_classes: (n_a, C) bool, the classes each clip shows.
+      text_class: (n_b,) int, the class each text names.
+    Returns:
+      (n_a, n_b) float32 of 0.0 and 1.0.
+    """
+    return jnp.take(jnp.asarray(clip_classes), jnp.asarray(text_class), axis=1).astype(
+        jnp.float32)
 
 
 def spec(name: str) -> LossSpec:
@@ -290,6 +309,29 @@ def sms_loss(video, text, pos_relevance, relevance, *, margin=0.6, tau=0.1, eps=
     """
     return _dense_loss("sms", video, text, pos_relevance, relevance,
                        margin=margin, tau=tau, eps=eps)
+
+
+def sms_hard_loss(video, text, clip_classes, text_class, *, margin=0.3, tau=0.1,
+                  eps=1.1 / 240):
+    """SMS on hard labels (EVA02-AT Eq. 17, its Charades-Ego fine-tune), docs/design.md, Losses.
+
+    Args:
+      video, text: (n, d) embeddings of the n pairs (normalised here: cosine similarity).
+      clip_classes: (n, C) bool, the classes clip a shows; text_class: (n,) int, the class
+        text b names. rel(clip a, text b) = [text_class_b in clip_classes_a]; each pair's own
+        text names one of its clip's classes (c_i = 1).
+      margin: gamma (0.3 in EVA02-AT's Charades-Ego fine-tune); tau: the R = 0 relaxation.
+
+    Returns:
+      Scalar float32: mean of the 2n(n-1) terms: [gamma - S_ii + S_ij]_+ where j is not
+      relevant (R = 1), [|S_ii - S_ij| - tau]_+ where it is too (R = 0).
+    """
+    n = check_batch(video, text)
+    classes, label = jnp.asarray(clip_classes), jnp.asarray(text_class)
+    check_per_sample("clip_classes", classes, n, ndim=2)
+    check_per_sample("text_class", label, n)
+    return _dense_loss("sms_hard", video, text, jnp.ones(n, jnp.float32),
+                       class_membership(classes, label), margin=margin, tau=tau, eps=eps)
 
 
 def mi_mm_loss(video, text, *, margin=0.2):
