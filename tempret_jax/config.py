@@ -41,6 +41,10 @@ TTA_REDUCE = ("embeddings_mean", "features_mean")
 # the key was a boolean reads as its alias: False 'none', True 'sentences'.
 DUAL_SOFTMAX = ("none", "egovlp", "sentences")
 DUAL_SOFTMAX_ALIASES = {False: "none", True: "sentences"}
+# Where the evaluator computes the metrics (docs/design.md, Metrics): 'auto' is the jitted,
+# row-sharded program (`sharded_metrics`) when the mesh's devices are accelerators and NumPy
+# on the host (`metrics`) when they are CPUs, whose XLA sort is about 100x slower than NumPy's.
+METRICS_BACKENDS = ("auto", "host", "device")
 LOOSE_TYPES = ("eval.dual_softmax",)  # a name, or a saved run's boolean: checked by value
 EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir", "recipe")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
@@ -108,6 +112,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_workers=0,  # Grain worker processes for the eval clips
         chunk=1024,  # rows per refinement call
         on_error="stop",  # a failing evaluation during training: stop | continue (warned)
+        metrics_backend="auto",  # one of METRICS_BACKENDS
     ))
     c.eval.rerank = ml_collections.ConfigDict(dict(
         k=0,  # candidates per query rescored by the cross-encoder (0: no rerank)
@@ -271,6 +276,9 @@ def _validate_evaluation(c, num_devices: int) -> None:
            f"one of {DUAL_SOFTMAX} or a boolean", e.dual_softmax)
     temperature = eval_key(e, "dual_softmax_temperature")
     _check(temperature > 0, "eval.dual_softmax_temperature", "> 0", temperature)
+    backend = eval_key(e, "metrics_backend")
+    _check(backend in METRICS_BACKENDS, "eval.metrics_backend", f"one of {METRICS_BACKENDS}",
+           backend)
     _check(len(e.submission_sls) == 3, "eval.submission_sls", "3 supervision levels",
            e.submission_sls)
     _check(e.rerank.k <= 0 or c.model.cross_encoder.enabled, "eval.rerank.k",

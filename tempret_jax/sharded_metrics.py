@@ -15,6 +15,9 @@ are within 1e-5 of `metrics`' float64 ones and the percentages within 1e-4 point
 
 Rows are padded to a multiple of the device count with similarity -inf and relevance 0: in
 the other direction they are items that rank last and count nowhere; as rows they are cut off.
+
+With several processes (a multi-host slice) each passes the same matrix, as the evaluator has
+it on every process, and gets every row's values back.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -94,7 +98,9 @@ def mir_per_row(sim: np.ndarray, rel: np.ndarray, mesh: Mesh) -> dict[tuple[str,
                          "(n_videos, n_texts), sim finite")
     shape = padded_shape(*sim.shape, mesh)
     pad = [(0, padded - n) for padded, n in zip(shape, sim.shape)]
-    out = program(mesh)(jax.device_put(np.pad(sim, pad, constant_values=-np.inf), _rows(mesh)),
-                        jax.device_put(np.pad(rel, pad), _rows(mesh)))
+    # Each process places only its own devices' rows; the outputs are gathered to every one.
+    inputs = [jax.make_array_from_callback(shape, _rows(mesh), lambda index, x=x: x[index])
+              for x in (np.pad(sim, pad, constant_values=-np.inf), np.pad(rel, pad))]
+    out = multihost_utils.process_allgather(program(mesh)(*inputs), tiled=True)
     sizes = {"v2t": sim.shape[0], "t2v": sim.shape[1]}
     return {(name, d): np.asarray(value)[:sizes[d]] for (name, d), value in out.items()}

@@ -150,6 +150,15 @@ def test_the_periodic_evaluation_reports_the_scalars_the_config_declares(run, lo
     assert result.scalars["mAP_avg"] == result.record["mAP"]["avg"]
 
 
+def test_the_evaluation_forced_onto_the_devices_reports_the_hosts_metrics(run, loaded):
+    config, _ = run
+    results = {}
+    for backend in ("host", "device"):
+        config.eval.metrics_backend = backend
+        results[backend] = ek100_mir.evaluate(*loaded, config).scalars
+    assert results["device"] == pytest.approx(results["host"], abs=1e-4)
+
+
 def test_embedded_split_covers_every_prepared_clip_and_sentence(run, embedded):
     config, _ = run
     clips, sentences = prepare.load_annotations(config.dataset_dir, "test")

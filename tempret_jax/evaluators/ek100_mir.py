@@ -3,11 +3,12 @@
     clips, sentences --embedding.embed_split--> unit embeddings (TTA views, refinement)
     similarity = video @ text.T (n_clips, n_sentences) [or dual-softmax: EgoVLP's | over them]
     [rerank: each query's top-K by the similarity get s + alpha * P(match) of the cross-encoder]
-    --metrics.mir_metrics--> mAP / nDCG (percent; V2T, T2V, average)
+    --metrics.mir_per_row (host) | sharded_metrics.mir_per_row (the mesh's accelerators)-->
+    each query's AP / nDCG --metrics.summarize--> mAP / nDCG (percent; V2T, T2V, average)
 
 Config keys (``config.eval``, documented in `tempret_jax.config`): split, batch_size,
 num_workers, chunk, tta, tta_views, tta_reduce, dual_softmax, dual_softmax_temperature,
-submission_sls, rerank.*.
+metrics_backend, submission_sls, rerank.*.
 
 During training (``out`` None) the evaluation stops at the dual encoder's metrics. The eval
 mode (``out`` = ``<workdir>/eval``) also reranks (``rerank.k`` > 0; ``rerank.alphas`` /
@@ -27,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from tempret_jax import atomic, embedding, gallery, metrics, rerank
+from tempret_jax import atomic, embedding, gallery, metrics, rerank, sharded_metrics
 from tempret_jax import config as config_lib
 from tempret_jax.data import pipeline, prepare
 from tempret_jax.evaluators import Result
@@ -46,7 +47,8 @@ def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Re
     dual_softmax = config_lib.dual_softmax_settings(e)
     sim = embedded.similarity(*dual_softmax)
     timings["scoring"], tick = time.perf_counter() - tick, time.perf_counter()
-    per_row = metrics.mir_per_row(sim, embedded.rel)
+    per_row = mir_per_row(sim, embedded.rel, mesh,
+                          metrics_backend(config_lib.eval_key(e, "metrics_backend"), mesh))
     result = metrics.summarize(per_row)
     timings["metrics"] = time.perf_counter() - tick
     scalars = {f"{name}_{k}": float(v) for name, d in result.items() for k, v in d.items()}
@@ -70,6 +72,25 @@ def evaluate(model, params, mesh, config, out: pathlib.Path | None = None) -> Re
         atomic.write_bytes(out / "verb_ap.png", images["verb_ap"])
         _write_outputs(out, config, embedded, sim, result, curve, per_row)
     return Result(record=record, scalars=scalars, table="\n\n".join(tables), images=images)
+
+
+def metrics_backend(setting: str, mesh) -> str:
+    """'host' or 'device': where ``eval.metrics_backend`` = ``setting`` (config.METRICS_BACKENDS)
+    computes the metrics of an evaluation on ``mesh``; 'auto' is 'device' on TPUs and GPUs."""
+    if setting == "auto":
+        return "host" if mesh.devices.flat[0].platform == "cpu" else "device"
+    return setting
+
+
+def mir_per_row(sim: np.ndarray, rel: np.ndarray, mesh, backend: str) -> dict:
+    """`metrics.mir_per_row` of (n_clips, n_sentences) ``sim`` and ``rel`` on the host or by
+    `sharded_metrics` on ``mesh``'s devices (``backend``): {('mAP' | 'nDCG', 'v2t'): (n_clips,),
+    (..., 't2v'): (n_sentences,)} float64 fractions, NaN where undefined."""
+    if backend == "host":
+        return metrics.mir_per_row(sim, rel)
+    # float64 as the host's: the means over thousands of queries are taken in float64.
+    return {key: value.astype(np.float64)
+            for key, value in sharded_metrics.mir_per_row(sim, rel, mesh).items()}
 
 
 def _verb_ap_png(config, embedded: embedding.Embedded, per_row: dict) -> bytes:
