@@ -35,12 +35,11 @@ import dataclasses
 import pathlib
 import string
 
-import av
 import numpy as np
 from PIL import Image
 
 from tempret_jax import atomic
-from tempret_jax.data import ek100
+from tempret_jax.data import ek100, encode
 
 STAMP_BITS = 12  # frame indices up to 4095 (136 s at 30 fps)
 ANNOTATION_DIR = "annotations"  # under the data set root, as the EK-100 annotations repository
@@ -175,14 +174,20 @@ def plan(config: SynthConfig) -> list[Video]:
         split = "train" if v < config.num_train_videos else "test"
         participant = f"P{v % config.num_participants + 1:02d}"
         video_id = f"{participant}_{v // config.num_participants + 1:02d}"
-        rng = np.random.default_rng([config.seed, v])
-        clips, t = [], _centi(rng.uniform(*config.gap_seconds))
-        for k in range(config.clips_per_video):
-            duration = _centi(rng.uniform(*config.clip_seconds))
-            clips.append(_plan_clip(rng, f"{video_id}_{k}", t, t + duration, config))
-            t = _centi(t + duration + rng.uniform(*config.gap_seconds))
-        videos.append(Video(video_id, participant, split, int(np.ceil(t * config.fps)), tuple(clips)))
+        clips, seconds = plan_clips(np.random.default_rng([config.seed, v]), video_id, config)
+        videos.append(Video(video_id, participant, split, int(np.ceil(seconds * config.fps)), clips))
     return videos
+
+
+def plan_clips(rng: np.random.Generator, video_id: str, config: SynthConfig):
+    """``config.clips_per_video`` clips '<video_id>_<k>' drawn from ``rng``, each after an idle
+    gap; returns (clips, seconds): the clips and the end of the gap after the last one."""
+    clips, t = [], _centi(rng.uniform(*config.gap_seconds))
+    for k in range(config.clips_per_video):
+        duration = _centi(rng.uniform(*config.clip_seconds))
+        clips.append(_plan_clip(rng, f"{video_id}_{k}", t, t + duration, config))
+        t = _centi(t + duration + rng.uniform(*config.gap_seconds))
+    return tuple(clips), t
 
 
 def _centi(x: float) -> float:
@@ -328,8 +333,7 @@ def read_frame_index(img: np.ndarray) -> int:
 def write_video(root, video: Video, config: SynthConfig) -> None:
     """Writes one video in ``config.layout`` (see the module docstring)."""
     root = pathlib.Path(root)
-    painter = _Painter(video, config)
-    frames = (painter.frame(i) for i in range(video.num_frames))
+    frames = video_frames(video, config)
     if config.layout == "frames":
         folder = root / video.participant_id / "rgb_frames" / video.video_id
         for i, img in enumerate(frames):
@@ -337,26 +341,18 @@ def write_video(root, video: Video, config: SynthConfig) -> None:
                 Image.fromarray(img).save(f, format="JPEG", quality=90)
         return
     path = root / video.participant_id / "videos" / f"{video.video_id}.MP4"
-    path.parent.mkdir(parents=True, exist_ok=True)
     if config.layout == "mp4":
-        _write_mp4(path, frames, config)
-        return
-    path.mkdir(exist_ok=True)
-    per_chunk = config.chunk_seconds * config.fps
-    for start in range(0, video.num_frames, per_chunk):
-        chunk = (next(frames) for _ in range(min(per_chunk, video.num_frames - start)))
-        _write_mp4(path / f"{start // config.fps}.MP4", chunk, config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encode.write_mp4(path, frames, config.fps, config.gop)
+    else:
+        encode.write_chunks(path, frames, config.fps, config.gop, config.chunk_seconds,
+                            "{second}.MP4")
 
 
-def _write_mp4(path: pathlib.Path, frames, config: SynthConfig) -> None:
-    # format="mp4": the temporary's name does not end in .MP4 for FFmpeg to guess it from.
-    with atomic.path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=config.fps)
-        stream.width, stream.height, stream.pix_fmt = config.width, config.height, "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast", "g": str(config.gop)}
-        for img in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        container.mux(stream.encode())
+def video_frames(video: Video, config: SynthConfig):
+    """The frames of ``video`` in order, each (height, width, 3) uint8, painted as they are taken."""
+    painter = _Painter(video, config)
+    return (painter.frame(i) for i in range(video.num_frames))
 
 
 def _timestamp(seconds: float) -> str:
@@ -364,9 +360,10 @@ def _timestamp(seconds: float) -> str:
     return f"{centis // 360000:02d}:{centis // 6000 % 60:02d}:{centis // 100 % 60:02d}.{centis % 100:02d}"
 
 
-def _write_csv(path: pathlib.Path, header, rows) -> None:
+def write_csv(path: pathlib.Path, header, rows, **dialect) -> None:
+    """Writes a header and rows with `csv.writer` (``dialect``: its format parameters)."""
     with atomic.writer(path, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, **dialect)
         writer.writerow(header)
         writer.writerows(rows)
 
@@ -395,25 +392,25 @@ def write_annotations(root, videos, config: SynthConfig) -> pathlib.Path:
             ("train", ek100.TRAIN_CLIPS_FILE, ek100.TRAIN_SENTENCES_FILE),
             ("test", ek100.TEST_CLIPS_FILE, ek100.TEST_SENTENCES_FILE)):
         rows = clip_rows(videos, split, config.fps)
-        _write_csv(out / clips_file, ek100.CLIP_COLUMNS, rows)
+        write_csv(out / clips_file, ek100.CLIP_COLUMNS, rows)
         # One sentence per distinct narration, represented by its first clip (as in EK-100).
         first = {}
         for r in rows:
             first.setdefault(r[8], r)
         if split == "test":
             sentences = [[r[0], r[8]] for r in first.values()]
-            _write_csv(out / sentences_file, ek100.TEST_SENTENCE_COLUMNS, sentences)
+            write_csv(out / sentences_file, ek100.TEST_SENTENCE_COLUMNS, sentences)
         else:
             sentences = [[r[0], r[8], r[10], r[14], r[9], r[13]] for r in first.values()]
-            _write_csv(out / sentences_file, ek100.TRAIN_SENTENCE_COLUMNS, sentences)
-    _write_csv(out / VERB_CLASSES_FILE, ("id", "key", "instances", "category"),
-               [[i, v.key, str([f"{w}-{v.particle}" if v.particle else w for w in v.words]), v.motion]
-                for i, v in enumerate(VERBS)])
-    _write_csv(out / NOUN_CLASSES_FILE, ("id", "key", "instances", "category"),
-               [[i, n, str([n]), n.split(":")[0]] for i, n in enumerate(NOUNS)])
-    _write_csv(out / VIDEO_INFO_FILE, ("video_id", "duration", "fps", "resolution"),
-               [[v.video_id, v.num_frames / config.fps, config.fps, f"{config.width}x{config.height}"]
-                for v in videos])
+            write_csv(out / sentences_file, ek100.TRAIN_SENTENCE_COLUMNS, sentences)
+    write_csv(out / VERB_CLASSES_FILE, ("id", "key", "instances", "category"),
+              [[i, v.key, str([f"{w}-{v.particle}" if v.particle else w for w in v.words]), v.motion]
+               for i, v in enumerate(VERBS)])
+    write_csv(out / NOUN_CLASSES_FILE, ("id", "key", "instances", "category"),
+              [[i, n, str([n]), n.split(":")[0]] for i, n in enumerate(NOUNS)])
+    write_csv(out / VIDEO_INFO_FILE, ("video_id", "duration", "fps", "resolution"),
+              [[v.video_id, v.num_frames / config.fps, config.fps, f"{config.width}x{config.height}"]
+               for v in videos])
     return out
 
 
@@ -440,4 +437,4 @@ def synthesize_train_csv(path, sentence_csv, num_clips: int = 67_217, seed: int 
                      int((start + 3.0) * 60) + 1, sentences.narration[j], sentences.verb[j],
                      int(sentences.verb_class[j]), nouns[0], classes[0], str(list(nouns)),
                      str(list(classes))])
-    _write_csv(pathlib.Path(path), ek100.CLIP_COLUMNS, rows)
+    write_csv(pathlib.Path(path), ek100.CLIP_COLUMNS, rows)
