@@ -321,6 +321,15 @@ def test_equal_relevance_gives_exactly_zero_r(ek100_dir):
 # Global batch over simulated devices.
 
 
+def hard_labels(labels):
+    """Charades-style labels from the class labels: a text names one class (its first noun),
+    a clip shows its noun set plus its own text's class."""
+    text_class = np.argmax(labels["text_nouns"], axis=1).astype(np.int32)
+    clip_classes = labels["clip_nouns"].copy()
+    clip_classes[np.arange(len(text_class)), text_class] = True
+    return dict(clip_classes=clip_classes, text_class=text_class)
+
+
 def global_inputs(name, n, seed):
     rng = np.random.default_rng(seed)
     video = rng.normal(size=(n, 8)).astype(np.float32)
@@ -333,14 +342,17 @@ def global_inputs(name, n, seed):
               "adaptive_mi_mm": dict(pos_relevance=c),
               "info_nce": dict(temperature=np.float32(0.2)),
               "egonce": dict(text_verbs=np.eye(4, dtype=bool)[labels["text_verb"]],
-                             text_nouns=labels["text_nouns"])}[name]
+                             text_nouns=labels["text_nouns"]),
+              "sms_hard": dict(pos_relevance=np.ones(n, np.float32), **hard_labels(labels))}[name]
     reference = {"sms": lambda v, t, i: losses.sms_loss(v, t, i["pos_relevance"], rel),
                  "mi_mm": lambda v, t, i: losses.mi_mm_loss(v, t),
                  "adaptive_mi_mm": lambda v, t, i: losses.adaptive_mi_mm_loss(
                      v, t, i["pos_relevance"]),
                  "info_nce": lambda v, t, i: losses.info_nce_loss(v, t, i["temperature"]),
                  "egonce": lambda v, t, i: losses.egonce_loss(v, t, i["text_verbs"],
-                                                              i["text_nouns"])}[name]
+                                                              i["text_nouns"]),
+                 "sms_hard": lambda v, t, i: losses.sms_hard_loss(v, t, i["clip_classes"],
+                                                                  i["text_class"])}[name]
     return video, text, inputs, reference
 
 
