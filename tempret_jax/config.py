@@ -30,6 +30,8 @@ from tempret_jax.models import layers, refine, retrieval, temporal, video
 # with the scalars each reports (``checkpoint.best_metric`` names one of them).
 EVALUATORS = {
     "ek100_mir": tuple(f"{m}_{d}" for m in ("mAP", "nDCG") for d in ("v2t", "t2v", "avg")),
+    "egomcq": ("egomcq_inter", "egomcq_intra"),  # accuracy (%) by question type
+    "charades_ego": ("charades_ego_mAP",),  # video-to-text mAP (%) over the 157 classes
 }
 EVAL_ON_ERROR = ("stop", "continue")
 # How the test-time views combine (docs/design.md, Test-time augmentation): the mean of their
@@ -97,7 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_workers=0,  # Grain worker processes (0: in the main process)
         dtype="float32",  # dtype of the clips the towers get
     ))
-    c.evals = tuple(EVALUATORS)  # evaluators run during training and by --mode eval, by name
+    c.evals = ("ek100_mir",)  # evaluators run during training and by --mode eval, by name
     c.eval = ml_collections.ConfigDict(dict(
         every_steps=0,  # evaluate every N steps (0: only at the end; -1: never)
         split="test",  # prepared split to score
@@ -113,6 +115,10 @@ def default_config() -> ml_collections.ConfigDict:
         chunk=1024,  # rows per refinement call
         on_error="stop",  # a failing evaluation during training: stop | continue (warned)
         metrics_backend="auto",  # one of METRICS_BACKENDS
+        # The prepared data set each of these evaluators scores ("": dataset_dir), e.g. EgoMCQ
+        # (an Ego4D data set) while pretraining on an EgoClip one: `evaluators.dataset`.
+        egomcq_dir="",
+        charades_ego_dir="",
     ))
     c.eval.rerank = ml_collections.ConfigDict(dict(
         k=0,  # candidates per query rescored by the cross-encoder (0: no rerank)
