@@ -50,6 +50,10 @@ METRICS_BACKENDS = ("auto", "host", "device")
 LOOSE_TYPES = ("eval.dual_softmax",)  # a name, or a saved run's boolean: checked by value
 EXTRA_BLOCKS = ("synthetic", "prepare", "job", "annotation_dir", "recipe")
 CONFIG_FILE = "config.json"  # a run's resolved config, saved beside its outputs
+# Keys that may be 'auto': resolved by compiling for the run's devices (`auto_fit.resolve`)
+# before the run starts and saved resolved.
+AUTO = "auto"
+AUTO_KEYS = ("model.remat", "microbatches", "mesh.fsdp", "mesh.data")
 
 
 BLOCK = (Mapping, ml_collections.ConfigDict)  # a ConfigDict is not a Mapping
@@ -67,7 +71,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.stage = 1  # 1: dual encoder on a retrieval loss; 2: ITM cross-encoder on hard negatives
     c.dataset_dir = ""  # a prepared data set (tools/prepare_ek100.py output)
     c.total_steps = 100  # optimiser steps
-    c.global_batch_size = 8  # pairs per step over all processes
+    c.epochs = 0.0  # > 0: total_steps (and *_epochs keys) from the prepared training split
+    # Samples per step over all processes (EgoVLP's batch size); the step sees as many pairs,
+    # twice as many with data.adjacent_negatives_seconds (each sample and its adjacent clip).
+    c.global_batch_size = 8
     c.microbatches = 1  # k > 1: towers run k times, the loss still over the global batch
     c.mesh = ml_collections.ConfigDict(dict(
         data=-1,  # data-parallel axis size (-1: the devices fsdp leaves)
@@ -98,6 +105,10 @@ def default_config() -> ml_collections.ConfigDict:
         crop_scale=(0.5, 1.0),  # area range of the random resized crop
         num_workers=0,  # Grain worker processes (0: in the main process)
         dtype="float32",  # dtype of the clips the towers get
+        # EgoClip (ego4d) only, EgoVLP's scene-aware negatives (neg_param): > 0 pairs each
+        # sample with a random clip of its video whose narration_time // this many seconds
+        # is the sample's (EgoVLP: 60; 0 = off, its released configs/pt/egoclip.json)
+        adjacent_negatives_seconds=0.0,
     ))
     c.evals = ("ek100_mir",)  # evaluators run during training and by --mode eval, by name
     c.eval = ml_collections.ConfigDict(dict(
@@ -130,6 +141,7 @@ def default_config() -> ml_collections.ConfigDict:
     ))
     c.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=1000,  # steps between checkpoints
+        every_epochs=0.0,  # > 0 (with epochs): every_steps from epochs (tempret_jax/epochs.py)
         keep=2,  # latest checkpoints kept
         keep_best=1,  # best checkpoints kept by best_metric
         best_metric="mAP_avg",  # an evaluator scalar
@@ -138,6 +150,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_from = ml_collections.ConfigDict(dict(
         path="",  # a run, checkpoint folder or converted checkpoint loaded before step 0
         step=-1,  # its step (-1: the latest)
+        best_metric="",  # a run's evaluator scalar: its kept checkpoint that scored highest
         include=".*",  # regex of the parameters to load
         exclude="",  # regex of the parameters not to load
         # A converted checkpoint's architecture (model.ARCHITECTURE keys): 'check' (it must
@@ -153,21 +166,26 @@ def _check(ok: bool, key: str, expected: str, got: Any) -> None:
         raise ConfigError(f"config: {key}: expected {expected}, got {got!r}")
 
 
-def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1, *,
+             allow_auto: bool = False) -> None:
     """Raises ConfigError naming the first bad key of a training / evaluation config.
 
     Args:
       c: the config; num_devices: devices of the mesh; process_count: JAX processes.
+      allow_auto: accept 'auto' in `AUTO_KEYS` (before `auto_fit.resolve`; a model is built
+        from a resolved config only).
     """
-    check_keys(c, default_config())
+    check_keys(c, default_config(), allow_auto=allow_auto)
     _validate_training(c, num_devices, process_count)
     _validate_evaluation(c, num_devices)
     validate_model(c.model)
 
 
-def check_keys(c: Mapping, defaults: Mapping, prefix: str = "") -> None:
+def check_keys(c: Mapping, defaults: Mapping, prefix: str = "", *,
+               allow_auto: bool = False) -> None:
     """Every key of ``c`` exists in ``defaults`` (the nearest is named for one that does not)
-    and holds a value of the default's type (ints pass for floats, lists for tuples)."""
+    and holds a value of the default's type (ints pass for floats, lists for tuples), or
+    'auto' in `AUTO_KEYS` with ``allow_auto``."""
     for key, value in c.items():
         name = prefix + key
         if key not in defaults:
@@ -179,7 +197,10 @@ def check_keys(c: Mapping, defaults: Mapping, prefix: str = "") -> None:
         default = defaults[key]
         if isinstance(default, BLOCK) and key != "hparams":  # hparams: free per-loss names
             _check(isinstance(value, BLOCK), name, "a block of keys", value)
-            check_keys(value, default, name + ".")
+            check_keys(value, default, name + ".", allow_auto=allow_auto)
+        elif name in AUTO_KEYS and value == AUTO:
+            _check(allow_auto, name, f"type {type(default).__name__} ('auto' is resolved "
+                   f"before a model is built: auto_fit.resolve)", value)
         elif name not in LOOSE_TYPES:
             _check(_same_type(value, default), name, f"type {type(default).__name__}", value)
 
@@ -200,9 +221,10 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
            c.loss.name)
     _validate_loss(c.loss)
     _check(c.total_steps >= 1, "total_steps", ">= 1", c.total_steps)
-    _check(c.microbatches >= 1, "microbatches", ">= 1", c.microbatches)
-    unit = c.microbatches * num_devices
-    _check(c.global_batch_size % unit == 0 and c.global_batch_size // c.microbatches >= 2,
+    microbatches = 1 if c.microbatches == AUTO else c.microbatches  # auto_fit keeps it valid
+    _check(microbatches >= 1, "microbatches", ">= 1", c.microbatches)
+    unit = microbatches * num_devices
+    _check(c.global_batch_size % unit == 0 and c.global_batch_size // microbatches >= 2,
            "global_batch_size", f"a multiple of microbatches x devices = {unit} with at least 2 "
            f"pairs per microbatch", c.global_batch_size)
     _check(c.global_batch_size % process_count == 0, "global_batch_size",
@@ -214,7 +236,13 @@ def _validate_training(c, num_devices: int, process_count: int) -> None:
     _check(c.data.resolution == c.model.vision.image_size, "data.resolution",
            f"model.vision.image_size = {c.model.vision.image_size}", c.data.resolution)
     _check(c.data.holdout_clips >= 0, "data.holdout_clips", ">= 0", c.data.holdout_clips)
+    adjacent = c.data.get("adjacent_negatives_seconds", 0.0)  # runs saved before the key
+    _check(adjacent >= 0, "data.adjacent_negatives_seconds", ">= 0 (0: off)", adjacent)
     _check(0 <= c.optim.ema_decay < 1, "optim.ema_decay", "in [0, 1)", c.optim.ema_decay)
+    for key, value in (("epochs", c.get("epochs", 0)),
+                       ("optim.warmup_epochs", c.optim.get("warmup_epochs", 0)),
+                       ("checkpoint.every_epochs", c.checkpoint.get("every_epochs", 0))):
+        _check(value >= 0, key, ">= 0 (epochs of the prepared training split)", value)
     name = c.optim.get("name", "adamw")  # runs saved before the key existed trained AdamW
     _check(name in optim.OPTIMIZERS, "optim.name", f"one of {optim.OPTIMIZERS}", name)
     for key in ("include", "exclude"):
