@@ -1,10 +1,11 @@
 """Grain input pipelines on a prepared data set (`tempret_jax.data.prepare`).
 
-  train:     shuffled, repeated clips with a sampled positive sentence (docs/design.md,
-             Relevance), T of the N stored frames (one random frame per segment) with a
-             random resized crop box, cut out as uint8 windows (the train step resamples and
-             normalises them on the device: `crops`), batches per JAX process; the iterator
-             state can be saved/restored.
+  train:     shuffled, repeated clips, T of the N stored frames (one random frame per
+             segment) with a random resized crop box, cut out as uint8 windows (the train step
+             resamples and normalises them on the device: `crops`), and the corpus's text and
+             labels: EK-100's sampled positive sentence here (docs/design.md, Relevance), the
+             other corpora's in `train_streams`; batches per JAX process, the iterator state
+             saved/restored.
   eval:      every clip of a split once, in record order, centre crops (optionally TTA views:
              horizontal flip, scales; `views`), the last batch padded and flagged by ``mask``.
   sentences: every sentence of a split once, tokenised, padded like eval.
@@ -12,15 +13,13 @@
 Everything random is a function of (seed, position in the stream): grain's ``random_map``
 seeds each element's generator from the pipeline seed and the element's index, so results do
 not depend on the number of worker processes, and restoring an iterator state replays exactly.
-
 Per-process sharding: the records are split between JAX processes (``process_index::count``)
-before shuffling, so processes see disjoint data; batch sizes are per process
-(global batch / process count). Eval and sentence shards are padded to the same number of
-batches in every process, so all processes run the same number of steps.
+before shuffling, so processes see disjoint data; batch sizes are per process (global batch /
+process count). Eval and sentence shards are padded to the same number of batches in every
+process, so all processes run the same number of steps.
 """
 
 from __future__ import annotations
-
 
 import grain
 import numpy as np
@@ -179,8 +178,27 @@ def cut_crops(images, num_frames: int, rng: np.random.Generator, resolution: int
 # Train.
 
 
-class TrainTransform(grain.transforms.RandomMap):
-    """One record -> one training example (see `train_pipeline` for the keys and shapes).
+class CropTransform(grain.transforms.RandomMap):
+    """What every corpus's train transform does first (`crop`): T of the N stored frames, one at
+    random per segment, then one random crop box (`cut_crops`); a subclass adds its text."""
+
+    def __init__(self, num_frames: int, resolution: int, short_side: int, crop_scale=(0.5, 1.0)):
+        self.num_frames, self.resolution, self.crop_scale = num_frames, resolution, crop_scale
+        self.canvas = crops.canvas_size(short_side, resolution)
+
+    def crop(self, index, record, rng: np.random.Generator) -> dict:
+        """`CROP_KEYS` of record ``index``; ValueError naming the record if a frame is bad."""
+        frames = record["frames"]
+        indices = segment_indices(len(frames), self.num_frames, rng)
+        try:
+            return cut_crops((decode_jpeg(frames[i]) for i in indices), self.num_frames, rng,
+                             self.resolution, self.crop_scale, self.canvas)
+        except ValueError as e:
+            raise _record_error("train", index, record, e) from e
+
+
+class TrainTransform(CropTransform):
+    """One EK-100 record -> one training example (see `train_pipeline` for the keys and shapes).
 
     The sentences are tokenised once here by ``tokenize`` ((S, 77) int32, 4.9 MB for EK-100's
     15,989), not per example; only the fallback to a clip's own narration tokenises on the fly.
@@ -189,23 +207,16 @@ class TrainTransform(grain.transforms.RandomMap):
     def __init__(self, relevance: ek100.TrainRelevance, sentences: ek100.SentenceTable,
                  num_frames: int, resolution: int, short_side: int, crop_scale=(0.5, 1.0),
                  tokenize: TextTokenizer = TextTokenizer()):
+        super().__init__(num_frames, resolution, short_side, crop_scale)
         self.relevance = relevance
         self.tokenize = tokenize
         self.sentence_tokens = tokenize(sentences.narration)
         self.sentence_labels = sentences.labels()
-        self.num_frames, self.resolution, self.crop_scale = num_frames, resolution, crop_scale
-        self.canvas = crops.canvas_size(short_side, resolution)
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         index, record = element
         clip = int(record["clip_index"])
-        frames = record["frames"]
-        indices = segment_indices(len(frames), self.num_frames, rng)
-        try:
-            example = cut_crops((decode_jpeg(frames[i]) for i in indices), self.num_frames, rng,
-                                self.resolution, self.crop_scale, self.canvas)
-        except ValueError as e:
-            raise _record_error("train", index, record, e) from e
+        example = self.crop(index, record, rng)
         tokens, text_labels, c = self.positive(clip, record["narration"], rng)
         clip_labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
         return {
@@ -226,15 +237,16 @@ class TrainTransform(grain.transforms.RandomMap):
         sentence, c = self.relevance.sample_positive(clip, rng)
         if sentence < 0:
             labels = self.relevance.clip_keys.take(self.relevance.clip_key_of[clip])
-            return self.tokenize([_text(narration)])[0], labels, c
+            return self.tokenize([as_str(narration)])[0], labels, c
         return self.sentence_tokens[sentence], self.sentence_labels.take(sentence), c
 
 
 def _record_error(kind: str, index, record, error: Exception) -> ValueError:
-    return ValueError(f"{kind} record {index} ({_text(record['narration_id'])}): {error}")
+    return ValueError(f"{kind} record {index} ({as_str(record['narration_id'])}): {error}")
 
 
-def _text(value) -> str:
+def as_str(value) -> str:
+    """A record's string field (bytes from TFDS) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -279,7 +291,7 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
                    process_count: int | None = None,
                    relevance: ek100.TrainRelevance | None = None,
                    exclude=(), tokenize: TextTokenizer = TextTokenizer()) -> grain.IterDataset:
-    """The training stream of this process; ``iter()`` it, save/restore with get/set_state.
+    """EK-100's training stream of this process (`train_stream`: iter() it, get/set_state).
 
     Each batch (B = global_batch_size / process_count, drop_remainder) holds:
       frames (B, T, C, C, 3) uint8, crop_box (B, 4) float32, crop_window (B, 2) int32: each
@@ -287,36 +299,48 @@ def train_pipeline(dataset_dir, global_batch_size: int, *, split: str = "train",
       the stored frames' short side, read from the first record); `crops.resized_crops` makes
       them (B, T, R, R, 3) CLIP-normalised crops on the device;
       tokens (B, L) int32 of the sampled positive sentence (``tokenize``'s rows, CLIP's 77 by
-      default); clip_verb (B,) int32, clip_nouns
-      (B, 300) bool: the clip's classes; text_verb, text_nouns: the sentence's; pos_relevance
-      (B,) float32: rel(clip, sentence); index (B,) int64: the record.
-    ``relevance`` defaults to one built from the split's annotations (built once, shared by
-    the workers). ``exclude``: record positions never drawn (`holdout_records`).
-    """
-    process_index, process_count = _process(process_index, process_count)
+      default); clip_verb (B,) int32, clip_nouns (B, 300) bool: the clip's classes; text_verb,
+      text_nouns: the sentence's; pos_relevance (B,) float32: rel(clip, sentence); index (B,)
+      int64: the record.
+    ``relevance``: by default built from the split's annotations. ``exclude``: record positions
+    never drawn (`holdout_records`)."""
     clips, sentences = prepare.load_annotations(dataset_dir, split)
     if not sentences.has_classes:
         raise ValueError(f"{sentences.path}: training needs a sentence file with class columns")
     if relevance is None:
         relevance = ek100.TrainRelevance.from_tables(clips, sentences)
     source = open_split(dataset_dir, split)
-    if len(source) == 0:
-        raise ValueError(f"{dataset_dir}: the {split!r} split holds no clips")
     transform = TrainTransform(relevance, sentences, num_frames, resolution,
                                stored_short_side(source), crop_scale, tokenize)
+    return train_stream(source, transform, global_batch_size, seed=seed, num_workers=num_workers,
+                        process_index=process_index, process_count=process_count,
+                        exclude=exclude)
+
+
+def train_stream(source, transform: grain.transforms.RandomMap, global_batch_size: int, *,
+                 seed: int = 0, num_workers: int = 0, process_index: int | None = None,
+                 process_count: int | None = None, exclude=(),
+                 batch_map: grain.transforms.Map | None = None) -> grain.IterDataset:
+    """Every corpus's training stream: this process's share of the records of ``source``
+    (`open_split`) but ``exclude``, shuffled, repeated, each (position, record) through
+    ``transform``, in batches of global_batch_size / process_count, then ``batch_map``."""
+    process_index, process_count = _process(process_index, process_count)
     records = np.setdiff1d(np.arange(len(source)), np.asarray(exclude, np.int64))
     if len(records) == 0:
-        raise ValueError(f"{dataset_dir}: every record of the {split!r} split is excluded")
+        raise ValueError(f"{source.name}: every record of the split is excluded")
     ds = grain.MapDataset.range(len(records)).map(_Positioned(source, records))
     ds = ds[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
     ds = ds.batch(_local_batch(global_batch_size, process_count), drop_remainder=True)
+    if batch_map is not None:
+        ds = ds.map(batch_map)
     return _iterable(ds, num_workers)
 
 
 def stored_short_side(source) -> int:
-    """The short side of a prepared split's frames (`prepare` stores them all at one), from its
-    first record."""
+    """The short side of a prepared split's frames (all one size), from its first record."""
+    if len(source) == 0:
+        raise ValueError(f"{source.name}: the split holds no clips")
     return min(decode_jpeg(source[0]["frames"][0]).shape[:2])
 
 
@@ -379,7 +403,7 @@ class EvalTransform(grain.transforms.Map):
                 self.normalize(center_view(frame, self.resolution, view), out=video[v, t])
         return {"video": video, "mask": np.True_, "index": np.int64(index),
                 "clip_index": np.int64(record["clip_index"]),
-                "narration_id": _text(record["narration_id"])}
+                "narration_id": as_str(record["narration_id"])}
 
 
 def eval_pipeline(dataset_dir, global_batch_size: int, *, split: str = "test",
