@@ -229,6 +229,27 @@ def step_dir(path, step: int | None = None) -> pathlib.Path:
     return folder / str(steps[-1])
 
 
+def best_step(path, metric: str) -> int:
+    """The step of a run (workdir or checkpoints folder) whose evaluation scored highest on
+    ``metric`` among the checkpoints still kept (`SCORES_FILE`): how a fine-tune starts from a
+    pretraining's best checkpoint (EgoVLP and EVA02-AT pick theirs by EgoMCQ intra accuracy).
+    Raises CheckpointError naming the file when no kept checkpoint has that score."""
+    folder = step_dir(path).parent
+    scores_file = folder / SCORES_FILE
+    try:
+        scores = json.loads(scores_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{scores_file}: no evaluation scores to choose a step by "
+                              f"({e})") from None
+    kept = set(_steps(folder))
+    scored = [(float(v[metric]), int(step)) for step, v in scores.items()
+              if int(step) in kept and metric in v]
+    if not scored:
+        raise CheckpointError(f"{scores_file}: no kept checkpoint ({sorted(kept)}) has a "
+                              f"{metric!r} score")
+    return max(scored)[1]
+
+
 def _steps(folder: pathlib.Path) -> list[int]:
     if not folder.is_dir():
         return []

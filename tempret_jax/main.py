@@ -45,8 +45,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import (atomic, checkpoint, convert, evaluate, lock, metrics, run_config, search,
-                         train, zero_shot)
+from tempret_jax import (atomic, checkpoint, convert, epochs, evaluate, lock, metrics,
+                         run_config, search, train, zero_shot)
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic, verify
 from tempret_jax.data.text_tokens import TextTokenizer
@@ -146,6 +146,11 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
         return 0
     with lock.WorkdirLock(workdir):  # before anything is written: data, config, checkpoints
         _find_dataset(config, workdir)
+        resolved = epochs.resolve(config)  # a recipe in epochs of its data set: now steps
+        if resolved:
+            if jax.process_index() == 0:
+                print(resolved, flush=True)
+            config_lib.validate(config, jax.device_count(), jax.process_count())
         # The resolved config beside the run: eval and search reopen the run from it.
         run_config.save(config, workdir / config_lib.CONFIG_FILE, workdir)
         if mode == "train":

@@ -9,6 +9,8 @@ Config (``config.optim``; parameter paths are '/'-joined, see `sharding.path_str
                            is not released)
     lr, start_lr, end_lr   peak lr; linear warmup from start_lr over warmup_steps, then cosine
     warmup_steps           decay to end_lr at the last step (AVION, EVA02-AT schedules)
+    warmup_epochs          > 0 with the config's ``epochs``: warmup_steps from epochs
+                           (tempret_jax/epochs.py)
     lr_steps               ((step, lr), ...) from step 0, increasing: instead, a piecewise
                            constant lr, each from its step on (EgoVLP's released trainer);
                            () uses the warmup-cosine schedule
@@ -43,9 +45,9 @@ FROZEN = "frozen"
 def optim_config(**overrides) -> ml_collections.ConfigDict:
     """The defaults (CLIP fine-tuning style, as AVION), updated with ``overrides``."""
     c = ml_collections.ConfigDict(dict(
-        name="adamw", lr=3e-5, start_lr=1e-6, end_lr=1e-5, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.01, no_decay=NO_DECAY, lr_multipliers=(), freeze="", lr_steps=(),
-        clip_grad_norm=0.0, ema_decay=0.0))
+        name="adamw", lr=3e-5, start_lr=1e-6, end_lr=1e-5, warmup_steps=0, warmup_epochs=0.0,
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, no_decay=NO_DECAY, lr_multipliers=(),
+        freeze="", lr_steps=(), clip_grad_norm=0.0, ema_decay=0.0))
     c.update(overrides)
     return c
 

@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 
 from tempret_jax import config as config_lib
-from tempret_jax import state
+from tempret_jax import optim, state
 from tempret_jax.models import retrieval
 
 TRAIN_CLIPS = 67_217  # EPIC_100_retrieval_train.csv
@@ -105,16 +105,19 @@ class Setup:
         return Setup(name, paper or self.paper, reproduces, expect, {**self.values, **values})
 
 
-def steps_per_epoch(global_batch: int) -> int:
-    """Optimiser steps per pass over the training clips (the last partial batch dropped)."""
-    return TRAIN_CLIPS // global_batch
+def steps_per_epoch(global_batch: int, clips: int = TRAIN_CLIPS) -> int:
+    """Optimiser steps per pass over ``clips`` training clips (EK-100's by default; the last
+    partial batch dropped)."""
+    return clips // global_batch
 
 
-def build(setup: Setup) -> ml_collections.ConfigDict:
-    """The run config of a setup (the dual encoder; `tempret` adds stage 2)."""
+def build(setup: Setup, clips: int = TRAIN_CLIPS) -> ml_collections.ConfigDict:
+    """The run config of a setup (the dual encoder; `tempret` adds stage 2), its epochs over
+    ``clips`` training clips (EK-100's by default)."""
     v = {k: x.value for k, x in setup.values.items()}
-    if v["optimizer"] != "adamw":
-        raise ValueError(f"recipe {setup.name}: optimizer {v['optimizer']!r}: only 'adamw'")
+    if v["optimizer"] not in optim.OPTIMIZERS:
+        raise ValueError(f"recipe {setup.name}: optimizer {v['optimizer']!r}: expected one of "
+                         f"{optim.OPTIMIZERS}")
     c = config_lib.default_config()
     c.name = setup.name
     c.dataset_dir = ""
@@ -125,11 +128,12 @@ def build(setup: Setup) -> ml_collections.ConfigDict:
     c.data.update(num_frames=v["frames"], resolution=v["resolution"],
                   crop_scale=tuple(v["crop_scale"]), num_workers=8,
                   dtype=PRECISION[v["precision"]])
-    epoch = steps_per_epoch(v["global_batch"])
+    epoch = steps_per_epoch(v["global_batch"], clips)
     c.global_batch_size = v["global_batch"]
     c.total_steps = v["epochs"] * epoch
     b1, b2 = v["betas"]
-    c.optim.update(lr=v["lr_peak"], start_lr=v["lr_start"], end_lr=v["lr_end"],
+    c.optim.update(name=v["optimizer"], lr=v["lr_peak"], start_lr=v["lr_start"],
+                   end_lr=v["lr_end"],
                    warmup_steps=round(v["warmup_epochs"] * epoch), b1=b1, b2=b2,
                    eps=v["adam_eps"], weight_decay=v["weight_decay"], freeze=r"^logit_scale$")
     c.loss.name = v["loss"]
@@ -144,6 +148,7 @@ def build(setup: Setup) -> ml_collections.ConfigDict:
     c.init_from.path = ""  # a converted checkpoint of `init`, from the command line
     c.log_every = 50
     c.recipe = recipe_block(setup)
+    c.recipe.train_clips = clips  # what an epoch is: tools/recipes_table.py counts with it
     return c
 
 

@@ -115,7 +115,10 @@ class TrainSetup:
     def with_init_from(self, state: TrainState) -> TrainState:
         """``state`` with ``config.init_from`` loaded over its parameters (and the EMA copy)."""
         f = self.config.init_from
-        params, _ = load_params(state.params, f.path, step=f.step if f.step >= 0 else None,
+        step = f.step if f.step >= 0 else None
+        if f.get("best_metric"):  # a run's best checkpoint by one of its evaluation scalars
+            step = checkpoint.best_step(f.path, f.best_metric)
+        params, _ = load_params(state.params, f.path, step=step,
                                 include=f.include, exclude=f.exclude,
                                 temporal_fix=self.config.model.vision.temporal_fix)
         return state.replace(params=params,

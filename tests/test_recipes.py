@@ -66,7 +66,7 @@ def test_docs_recipes_md_is_generated_from_the_configs():
 
 
 def test_every_ek100_config_has_a_published_setup():
-    assert {label.split(":")[0] for label in ROWS} == set(PUBLISHED)
+    assert {label.split(":")[0] for label in ROWS if label.startswith("ek100_")} == set(PUBLISHED)
 
 
 @pytest.mark.parametrize("label", sorted(PUBLISHED))
