@@ -404,6 +404,28 @@ def embed_split(model, params, mesh, dataset_dir, *, split: str = "test", batch_
     return out
 
 
+def embed_clips_and_texts(model, params, mesh, dataset_dir, split: str, texts: Sequence[str], *,
+                          batch_size: int, num_frames: int, resolution: int, views,
+                          reduce: str, num_workers: int = 0, dtype=np.float32,
+                          chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every clip of a prepared split and ``texts`` as unit embeddings, for the benchmarks
+    that score their own texts (EgoMCQ's queries, Charades-Ego's class names); refinement
+    attends over the other one's features. Keywords as `embed_split` (`split_settings`).
+
+    Returns (clip_ids (n,) the records' clip_index, sorted; video (n, E); text (m, E)).
+    """
+    listed, weights = distinct_views(views)
+    videos = video_features(model, params, clip_batches(
+        dataset_dir, split, batch_size, num_frames=num_frames, resolution=resolution,
+        views=listed, num_workers=num_workers, dtype=dtype), mesh, reduce="none",
+        total=len(pipeline.open_split(dataset_dir, split)))
+    t = text_features(model, params, sentence_batches(
+        texts, batch_size, tokenize=TextTokenizer.of(model.config.text)), mesh,
+        total=len(texts))["features"]
+    video, gallery = combine_views(model, params, videos["features"], weights, t, reduce, chunk)
+    return videos["ids"], video, embed(model, params, t, gallery, "text", chunk)
+
+
 def split_settings(config) -> dict:
     """`embed_split` keyword arguments from ``config.eval`` / ``config.data``."""
     e, d = config.eval, config.data

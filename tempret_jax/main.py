@@ -13,7 +13,8 @@ Modes:
 run is resumed, evaluated or searched from ``--workdir`` alone, overrides included, also after
 the folder was moved (the paths inside it are saved relative to it). ``--mode eval --checkpoint
 CONVERTED`` without it is the zero-shot evaluation of a converted checkpoint
-(`tempret_jax.zero_shot`: its own model config, the EK-100 eval recipe).
+(`tempret_jax.zero_shot`: its own model config, the eval protocol of the benchmark whose corpus
+``--config.dataset_dir`` is: EK-100 MIR, EgoMCQ or Charades-Ego).
 
 Any config key can be overridden on the command line (``--config.optim.lr=1e-4``); a misspelt
 key is an error naming the nearest one. The config is validated before any work starts.
@@ -45,8 +46,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import (atomic, checkpoint, convert, epochs, evaluate, lock, metrics,
-                         run_config, search, train, zero_shot)
+from tempret_jax import (atomic, checkpoint, convert, epochs, evaluate, evaluators, lock,
+                         metrics, run_config, search, train, zero_shot)
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic, verify
 from tempret_jax.data.text_tokens import TextTokenizer
@@ -104,8 +105,9 @@ def synthetic_dataset(config, workdir: pathlib.Path) -> str:
 
 
 def _find_dataset(config, workdir: pathlib.Path) -> None:
-    """Sets ``config.dataset_dir`` (SynthKitchens made under ``workdir`` if configured) and
-    checks it was prepared from ``config.annotation_dir`` when one is given."""
+    """Sets ``config.dataset_dir`` (SynthKitchens made under ``workdir`` if configured), checks
+    it was prepared from ``config.annotation_dir`` when one is given, and that each evaluator
+    has a data set of its corpus (`evaluators.check_datasets`)."""
     if config.get("synthetic") is not None and not config.dataset_dir:
         with config.unlocked():
             config.dataset_dir = synthetic_dataset(config, workdir)
@@ -115,6 +117,7 @@ def _find_dataset(config, workdir: pathlib.Path) -> None:
     config.dataset_dir = prepare.find_dataset(config.dataset_dir)
     if config.get("annotation_dir"):  # the user's annotations: the data set must be made of them
         prepare.check_annotation_dir(config.dataset_dir, config.annotation_dir)
+    evaluators.check_datasets(config)
 
 
 def _check_tokenizer(config) -> None:
@@ -276,16 +279,18 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 def _with_run_config(argv: list[str]) -> list[str]:
     """argv, with a ``--config`` added when it names none: ``tempret_jax/run_config.py:WORKDIR``
     when WORKDIR holds a saved config (a run is reopened: resumed, evaluated, searched, from
-    its folder alone), else ``tempret_jax/zero_shot.py:CKPT`` when ``--checkpoint CKPT`` is a
-    converted checkpoint (zero-shot evaluation); ``--config.key=value`` overrides included."""
+    its folder alone), else ``tempret_jax/zero_shot.py:CKPT[,benchmark]`` when ``--checkpoint
+    CKPT`` is a converted checkpoint (zero-shot evaluation on the corpus of
+    ``--config.dataset_dir``); ``--config.key=value`` overrides included."""
     if any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
     workdir, ckpt = _flag_value(argv, "workdir"), _flag_value(argv, "checkpoint")
     if workdir is not None and any((pathlib.Path(workdir) / n).is_file()
                                    for n in run_config.SAVED):
         return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
-    if ckpt and convert.is_converted(ckpt):
-        return [argv[0], f"--config={zero_shot.__file__}:{ckpt}", *argv[1:]]
+    if ckpt and convert.is_converted(ckpt):  # the benchmark of --config.dataset_dir's corpus
+        arg = zero_shot.config_arg(ckpt, _flag_value(argv, "config.dataset_dir"))
+        return [argv[0], f"--config={zero_shot.__file__}:{arg}", *argv[1:]]
     return argv
 
 
