@@ -3,6 +3,7 @@
   python tools/prepare.py --corpus ek100_mir|ego4d|charades_ego --annotations DIR \\
       --videos ROOT --output OUT [--splits train,test] [--num_frames 32] [--short_side 256]
       [--chunk_seconds S] [--workers 8] [--strict] [--allow_skipped]
+      [--runner beam [--beam_options="--runner=DataflowRunner ..."] [--direct_num_workers 8]]
 
 Annotations and videos per corpus (tempret_jax.data.corpora):
   ek100_mir     EPIC_100_retrieval_{train,test}[_sentence].csv; ROOT holds
@@ -18,6 +19,12 @@ when started again with the same arguments. Skipped clips and skipped annotation
 listed in OUT/prepare_report.csv; if clips were skipped, the data set is written only with
 --allow_skipped (else the exit status is 1, the count and the report named; a rerun with
 --allow_skipped reuses the decoded videos).
+
+--runner beam runs the decoding and the writing as Apache Beam pipelines (pip install
+'tempret-jax[beam]'; tempret_jax.data.beam_prepare): on this machine with the DirectRunner
+(--direct_num_workers processes, 0: one per core), or on Dataflow, Flink or Spark with their
+--beam_options. All paths must then be POSIX paths that every worker sees at the same place
+(NFS, a FUSE-mounted bucket).
 """
 
 import argparse
@@ -49,6 +56,13 @@ def main(argv=None, corpus: str | None = None, description: str = __doc__) -> in
     p.add_argument("--allow_skipped", action="store_true",
                    help="write the data set without the clips that could not be prepared")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--runner", choices=["local", "beam"], default="local",
+                   help="local: a process pool (--workers); beam: Apache Beam pipelines")
+    p.add_argument("--beam_options", default="",
+                   help="Beam pipeline options, one shell-quoted string given with '=': "
+                        "--beam_options=\"--runner=FlinkRunner ...\" (--runner beam)")
+    p.add_argument("--direct_num_workers", type=int, default=0,
+                   help="DirectRunner processes (--runner beam; 0: one per core)")
     a = p.parse_args(argv)
     try:
         config = prepare.PrepareConfig(
@@ -58,7 +72,12 @@ def main(argv=None, corpus: str | None = None, description: str = __doc__) -> in
             chunk_seconds=a.chunk_seconds, num_workers=a.workers, strict=a.strict,
             allow_skipped=a.allow_skipped, progress=not a.no_progress,
             corpus=corpus or a.corpus)
-        summary = prepare.prepare(config)
+        runner = None
+        if a.runner == "beam":
+            from tempret_jax.data import beam_prepare
+            runner = beam_prepare.BeamRunner(tuple(beam_prepare.pipeline_options(
+                a.beam_options, a.direct_num_workers)))
+        summary = prepare.prepare(config, runner)
     except (prepare.PrepareError, prepare.ek100.AnnotationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

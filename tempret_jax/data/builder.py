@@ -9,6 +9,7 @@ names the corpus. Records are `verify.features` for every corpus. ``config`` is 
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 
 import numpy as np
@@ -20,9 +21,11 @@ VERSION = "1.0.0"
 STAMP_FILE = "prepared_from.txt"  # in the data set: the digest of what its records were made from
 
 
-def builder(config, tables: dict[str, ek100.ClipTable], results: list[dict]):
+def builder(config, tables: dict[str, ek100.ClipTable], results: list[dict], source=None):
     """A TFDS builder whose examples come from the shards of `config.work`, in table order (the
-    shard of each video that ``results`` names, with the key they give)."""
+    shard of each video that ``results`` names, with the key they give). ``source`` has the
+    signature of `examples` and gives a split's examples: an iterable (default `examples`) or a
+    Beam PTransform (`beam_prepare`: then TFDS writes the split with Beam)."""
     import tensorflow_datasets as tfds
     corpus = corpora.get(config.corpus)
 
@@ -47,50 +50,65 @@ def builder(config, tables: dict[str, ek100.ClipTable], results: list[dict]):
 
         def _generate_examples(self, split):
             keys = {r["video_id"]: r["key"] for r in results if r["split"] == split}
-            yield from examples(config, split, tables[split], keys)
+            return (source or examples)(config, split, tables[split], keys)
 
     return Clips(data_dir=config.output_dir, file_format="array_record")
 
 
 def examples(config, split: str, table: ek100.ClipTable, keys: dict[str, str]):
-    """Yields (narration_id, record) for each clip of ``table`` with frames in the shard of its
+    """Yields (clip_index, record) for each clip of ``table`` with frames in the shard of its
     video (``keys``: video_id -> the key its shard must have; None or absent: skipped)."""
-    shard_id, frames = None, {}
-    for row in range(len(table)):
-        video_id = table.video_id[row]
-        if video_id != shard_id:  # tables group clips by video: each shard is read once
-            path, frames, shard_id = shards.shard_path(config, split, video_id), {}, video_id
-            if keys.get(video_id) is not None:  # None: the video is skipped, a shard is stale
-                meta, frames = shards.read_shard(path)
-                if meta["key"] != keys[video_id]:
-                    raise tasks.PrepareError(f"{path}: rewritten while the data set was assembled "
-                                       f"(key {meta['key']}, expected {keys[video_id]})")
-        nid = table.narration_id[row]
-        if nid not in frames:
-            continue
-        yield nid, {
-            "frames": frames[nid],
-            "frame_times": decode.sample_times(table.start_timestamp[row], table.stop_timestamp[row],
-                                               config.num_frames).astype(np.float32),
-            "narration_id": nid, "participant_id": table.participant_id[row],
-            "video_id": video_id, "narration": table.narration[row],
-            "verb_class": table.verb_class[row], "noun_class": table.noun_class[row],
-            "noun_classes": np.asarray(table.noun_classes[row], np.int32),
-            "start_timestamp": table.start_timestamp[row],
-            "stop_timestamp": table.stop_timestamp[row],
-            "start_frame": table.start_frame[row], "stop_frame": table.stop_frame[row],
-            "clip_index": row,
-        }
+    # Tables group clips by video: each shard is read once.
+    for video_id, rows in itertools.groupby(range(len(table)), lambda r: str(table.video_id[r])):
+        yield from video_examples(config, split, video_id, keys.get(video_id),
+                                  [row_fields(table, row) for row in rows])
+
+
+def video_examples(config, split: str, video_id: str, key: str | None, rows: list[dict]):
+    """Yields (clip_index, record) for each of ``rows`` (`row_fields` of clips of the video) with
+    frames in the video's shard, which must have ``key`` (None: the video is skipped)."""
+    if key is None:
+        return
+    path = shards.shard_path(config, split, video_id)
+    meta, frames = shards.read_shard(path)
+    if meta["key"] != key:
+        raise tasks.PrepareError(f"{path}: rewritten while the data set was assembled "
+                                 f"(key {meta['key']}, expected {key})")
+    for fields in rows:
+        if fields["narration_id"] in frames:
+            times = decode.sample_times(fields["start_timestamp"], fields["stop_timestamp"],
+                                        config.num_frames)
+            yield fields["clip_index"], {
+                **fields, "frames": frames[fields["narration_id"]],
+                "frame_times": times.astype(np.float32),
+                "noun_classes": np.asarray(fields["noun_classes"], np.int32)}
+
+
+def row_fields(table: ek100.ClipTable, row: int) -> dict:
+    """The fields a record takes from its table row, as JSON values: Beam workers get them as
+    text (`beam_prepare`) and make the same record from them."""
+    return {
+        "narration_id": str(table.narration_id[row]),
+        "participant_id": str(table.participant_id[row]), "video_id": str(table.video_id[row]),
+        "narration": str(table.narration[row]), "verb_class": int(table.verb_class[row]),
+        "noun_class": int(table.noun_class[row]),
+        "noun_classes": [int(c) for c in table.noun_classes[row]],
+        "start_timestamp": float(table.start_timestamp[row]),
+        "stop_timestamp": float(table.stop_timestamp[row]),
+        "start_frame": int(table.start_frame[row]), "stop_frame": int(table.stop_frame[row]),
+        "clip_index": row,
+    }
 
 
 def assemble(config, tables: dict[str, ek100.ClipTable], todo: list[tasks.VideoTask],
-             results: list[dict]) -> pathlib.Path:
+             results: list[dict], source=None, beam_options=None) -> pathlib.Path:
     """Writes the TFDS data set from the shards (``results[i]`` is ``todo[i]``'s
     `shards.process_video` result) and returns its folder, unless one made from exactly these
     records is already there: the same rows (clip_index), each with the same shard key (its
-    fields, frames, options). TFDS's own progress bars show only with ``config.progress``."""
+    fields, frames, options). TFDS's own progress bars show only with ``config.progress``.
+    ``source``: see `builder`; ``beam_options``: the Beam PipelineOptions TFDS runs it with."""
     import tensorflow_datasets as tfds
-    made = builder(config, tables, results)
+    made = builder(config, tables, results, source)
     made_from = tasks.digest([[t.split, c.row, c.narration_id, r["key"]]
                               for t, r in zip(todo, results) for written in [set(r["written"])]
                               for c in t.clips if c.narration_id in written])
@@ -99,7 +117,8 @@ def assemble(config, tables: dict[str, ek100.ClipTable], todo: list[tasks.VideoT
     mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if current
             else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
     tfds.display_progress_bar(config.progress)
-    made.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    made.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=mode, beam_options=beam_options))
     if not current:
         atomic.write_text(stamp, made_from)
     return pathlib.Path(made.data_dir)

@@ -244,8 +244,10 @@ def copy_annotations(config: PrepareConfig, data: pathlib.Path, names: list[str]
     verify.write_digests(target, {name: (digests[name], source / name) for name in names})
 
 
-def prepare(config: PrepareConfig) -> dict:
+def prepare(config: PrepareConfig, runner=None) -> dict:
     """Runs the whole preparation (resuming from ``config.work``); returns the summary.
+    ``runner`` runs stage 1 (``run_tasks(todo, config) -> results``) and stage 2 (as
+    `builder.assemble`) elsewhere: `beam_prepare.BeamRunner`; None: on this machine's cores.
 
     Summary: {'dataset_dir', 'clips': {split: written}, 'skipped': {split: n}, 'bad_rows':
     {split: annotation rows skipped}, 'bytes', 'seconds', 'report'}. It is also written to
@@ -260,7 +262,7 @@ def prepare(config: PrepareConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(config)
     todo = [t for s in config.splits for t in tasks.video_tasks(s, tables[s])]
-    results = _run_tasks(todo, config)
+    results = (runner.run_tasks if runner else _run_tasks)(todo, config)
     _write_report(output / REPORT_FILE, results, bad_rows)
     if any(bad_rows.values()):
         print(f"prepare: {sum(map(len, bad_rows.values()))} annotation row(s) skipped, each named "
@@ -276,7 +278,7 @@ def prepare(config: PrepareConfig) -> dict:
             f"{skipped} clip(s) skipped, the reasons in {output / REPORT_FILE}; no data set "
             f"written: mend the inputs (a wrong chunk_seconds skips the clips of chunk folders) "
             f"or allow the skipped clips (--allow_skipped) to write it without them")
-    data = builder.assemble(config, tables, todo, results)
+    data = (runner.assemble if runner else builder.assemble)(config, tables, todo, results)
     copy_annotations(config, data, names, digests)
     return _summary(config, results, bad_rows, data, t0)
 
