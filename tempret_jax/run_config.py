@@ -22,7 +22,8 @@ from tempret_jax import config as config_lib
 from tempret_jax.models import retrieval
 
 # The paths a config names.
-PATH_KEYS = ("dataset_dir", "annotation_dir", "init_from.path", "model.text.vocab_file")
+PATH_KEYS = ("dataset_dir", "annotation_dir", "init_from.path", "model.text.vocab_file",
+             "eval.egomcq_dir", "eval.charades_ego_dir")
 SAVED = (config_lib.CONFIG_FILE, f"eval/{config_lib.CONFIG_FILE}",
          f"search/{config_lib.CONFIG_FILE}")  # where a run's config may be, in this order
 

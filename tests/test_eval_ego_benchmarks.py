@@ -14,7 +14,7 @@ import pytest
 
 import stamped_videos as videos
 from tempret_jax import config as config_lib
-from tempret_jax import evaluate, evaluators, main, state, train, zero_shot
+from tempret_jax import evaluate, evaluators, main, run_config, state, train, zero_shot
 from tempret_jax.data import charades_ego as charades_data
 from tempret_jax.data import ego4d, pipeline, prepare
 from tempret_jax.data.text_tokens import TextTokenizer
@@ -149,6 +149,16 @@ def test_the_evaluators_key_names_a_data_set_beside_the_training_one(ek100_data,
     config.eval.egomcq_dir = str(pathlib.Path(egomcq_data).parents[2])  # prepare's --output
     assert evaluators.dataset(config, "egomcq") == egomcq_data
     assert evaluators.dataset(config, "ek100_mir") == ek100_data
+
+
+def test_a_runs_saved_config_finds_the_evaluators_data_set_after_a_move(tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(str(run / "data"), evals=("egomcq",))
+    config.eval.egomcq_dir = str(run / "egomcq")
+    run_config.save(config, run / config_lib.CONFIG_FILE, run)
+    run.rename(tmp_path / "moved")
+    assert run_config.load(tmp_path / "moved").eval.egomcq_dir == str(tmp_path / "moved" /
+                                                                     "egomcq")
 
 
 # ---------------------------------------------------------------------------------------------
