@@ -82,6 +82,9 @@ def test_ego4d_missing_video_is_reported_and_a_rerun_reuses_the_shards(tmp_path)
     write_video(tmp_path / "videos", "vid-a")
     config = _config(tmp_path / "annotations", tmp_path / "videos", tmp_path / "beam",
                      corpus="ego4d", chunk_seconds=CHUNK)
+    with pytest.raises(prepare.PrepareError, match=r"^train clip 3 \(vid-b\): missing video"):
+        prepare.prepare(dataclasses.replace(config, strict=True),  # the first in table order
+                        beam_prepare.BeamRunner(tuple(ONE_THREAD)))
     first = prepare.prepare(dataclasses.replace(config, allow_skipped=True),
                             beam_prepare.BeamRunner(tuple(TWO_THREADS)))
     report = pathlib.Path(first["report"]).read_text()
@@ -103,3 +106,15 @@ def test_ego4d_missing_video_is_reported_and_a_rerun_reuses_the_shards(tmp_path)
                                                                                 "test": 5}
     assert _dataset(again) == _dataset(local)
     assert _outcome(again) == _outcome(local)
+
+
+def test_the_options_given_win_over_the_defaults_and_a_bad_one_fails_before_any_work():
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+    given = beam_prepare.pipeline_options("--runner=FlinkRunner --direct_num_workers=3", 2)
+    direct = PipelineOptions(given).view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (3, "multi_processing")
+    assert PipelineOptions(given).get_all_options()["runner"] == "FlinkRunner"
+    with pytest.raises(prepare.PrepareError, match=r"Beam pipeline options .*two"):
+        beam_prepare.BeamRunner(tuple(beam_prepare.pipeline_options("--direct_num_workers=two")))
+    with pytest.raises(prepare.PrepareError, match="direct_num_workers -1: expected >= 0"):
+        beam_prepare.pipeline_options("", -1)
