@@ -263,13 +263,13 @@ def egomcq(rows: list[dict], config: EgoConfig) -> dict:
     unasked, questions = [rows[q] for q in rng.permutation(len(rows))], {}
     for i in range(config.num_mcq_questions):
         intra = i % 2 == 1
-        pools = next(((query, pools) for query in unasked
+        found = next(((query, pools) for query in unasked
                       if (pools := _choice_pools(query, by_video, intra))), None)
-        if pools is None:
+        if found is None:
             raise ValueError(f"EgoMCQ question {i} ({'intra' if intra else 'inter'}-video): no "
                              f"held-out narration left with four others to choose; expected "
                              f"fewer than {config.num_mcq_questions} questions or more videos")
-        query, pools = pools
+        query, pools = found
         unasked.remove(query)
         if intra:
             distractors = [pools[0][j] for j in rng.choice(len(pools[0]), 4, replace=False)]
