@@ -30,7 +30,6 @@ import dataclasses
 import json
 import pathlib
 import shlex
-from collections.abc import Sequence
 
 from tempret_jax import atomic
 from tempret_jax.data import builder, ek100, shards, tasks
@@ -96,10 +95,10 @@ class BeamRunner:
             raise tasks.PrepareError(f"{folder}/results-*.jsonl: no result for {len(missing)} "
                                      f"video(s), the first {missing[:3]}; run again")
         ordered = [results[i] for i in range(len(todo))]
-        first = next(([r, *s] for r in ordered for s in r["skipped"]), None)
-        if config.strict and first:
-            r, nid, reason = first
-            raise tasks.PrepareError(f"{r['split']} clip {nid} ({r['video_id']}): {reason}")
+        for r in ordered if config.strict else ():  # workers ran on: the first in table order
+            if r["skipped"]:
+                nid, reason = r["skipped"][0]
+                raise tasks.PrepareError(f"{r['split']} clip {nid} ({r['video_id']}): {reason}")
         return ordered
 
     def assemble(self, config, tables: dict[str, ek100.ClipTable],
