@@ -36,8 +36,8 @@ from tempret_jax import sharding
 from tempret_jax.data import crops, pipeline
 from tempret_jax.state import TrainSetup, TrainState
 
-# Sent to the devices, with either the pipeline's crops (`pipeline.CROP_KEYS`, resampled on the
-# device) or "video": ready (n, T, R, R, 3) clips.
+# What an EK-100 batch gives the step besides the clips (`aot`'s abstract batch); the step of
+# a config reads `batch_keys(config)` of them, or of another corpus's stream.
 MODEL_KEYS = ("tokens", "pos_relevance") + losses.LABEL_KEYS
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
 
@@ -51,6 +51,20 @@ def reversed_verbs(clip_verb: jax.Array, pairs) -> jax.Array:
     for a, b in pairs:
         out = jnp.where(clip_verb == a, b, jnp.where(clip_verb == b, a, out))
     return out
+
+
+def batch_keys(config) -> tuple[str, ...]:
+    """The per-example keys the step of ``config`` reads besides the clips (either the
+    pipeline's crops, `pipeline.CROP_KEYS`, resampled on the device, or "video": ready
+    (n, T, R, R, 3) clips): tokens, the inputs of its retrieval loss (`losses.inputs`), the
+    clip verbs of time-reversed negatives, and EK-100's labels for stage 2's hard negatives."""
+    c = config
+    keys = ["tokens"]
+    if c.stage == 1 or c.itm.dual_loss_weight > 0:
+        keys += [k for k in losses.inputs(c.loss.name) if k not in losses.REPLICATED_INPUTS]
+        keys += ["clip_verb"] if c.loss.reversed_negatives else []
+    keys += list(losses.LABEL_KEYS) if c.stage == 2 else []
+    return tuple(dict.fromkeys(keys))
 
 
 def _add_trees(a, b):
@@ -71,6 +85,7 @@ class TrainStep:
         self.reversed_pairs = tuple(tuple(p) for p in c.loss.reversed_negatives)
         self.reversed = bool(self.reversed_pairs) and self.use_dual_loss
         self.loss_inputs = losses.inputs(c.loss.name)
+        self.batch_keys = batch_keys(c)
         self.loss_fn = global_loss.make_global_loss(c.loss.name, self.mesh, sharding.BATCH_AXES,
                                                     reversed_negatives=self.reversed,
                                                     reversed_weight=c.loss.reversed_weight,
@@ -88,7 +103,7 @@ class TrainStep:
 
     def __call__(self, state: TrainState, local_batch: dict):
         """One step on this process's rows of the global batch (numpy, from the pipeline:
-        `MODEL_KEYS` and either `pipeline.CROP_KEYS` or "video").
+        `batch_keys` and either `pipeline.CROP_KEYS` or "video"; other keys are not sent).
 
         Returns (new state, metrics {name: replicated scalar}); ``state`` is donated.
         """
@@ -107,11 +122,12 @@ class TrainStep:
             return self._gradients(state, self._global(local_batch))
 
     def _global(self, local_batch: dict) -> dict:
-        keys = MODEL_KEYS + (("video",) if "video" in local_batch else pipeline.CROP_KEYS)
+        keys = self.batch_keys + (("video",) if "video" in local_batch else pipeline.CROP_KEYS)
         missing = [k for k in keys if k not in local_batch]
         if missing:
-            raise ValueError(f"train batch: missing keys {missing}; a batch holds {MODEL_KEYS} "
-                             f"and either 'video' or {pipeline.CROP_KEYS}")
+            raise ValueError(f"train batch: missing keys {missing}; the step of loss "
+                             f"{self.config.loss.name!r} (stage {self.config.stage}) reads "
+                             f"{self.batch_keys} and either 'video' or {pipeline.CROP_KEYS}")
         return sharding.global_batch({k: local_batch[k] for k in keys}, self.mesh)
 
     @staticmethod

@@ -4,7 +4,8 @@
     `train_and_evaluate(config, workdir)`)
 
 The parts it wires together: the state and its shardings (`state.TrainSetup`), the jitted step
-(`step.TrainStep`), the Grain train pipeline (`data.pipeline.train_pipeline`), the run's orbax
+(`step.TrainStep`), the Grain train stream of the data set's corpus (`data.train_streams`,
+checked at start-up to give what the step reads: `check_stream`), the run's orbax
 checkpoints with the pipeline's iterator saved beside the state (`checkpoint.RunCheckpoints`),
 and the evaluators of ``config.evals`` (`evaluators.run`). Config keys: `tempret_jax.config`.
 
@@ -46,10 +47,11 @@ import tqdm
 
 from tempret_jax import atomic, evaluators, integrity, lock
 from tempret_jax import checkpoint as checkpoint_lib
-from tempret_jax.data import ek100, pipeline, prepare
+from tempret_jax import step as step_lib
+from tempret_jax.config import ConfigError
+from tempret_jax.data import corpora, pipeline, train_streams
 from tempret_jax.data.text_tokens import TextTokenizer
 from tempret_jax.state import TrainSetup, TrainState
-from tempret_jax.step import TrainStep
 
 
 TRAIN_METRICS = "train_metrics.jsonl"  # in the workdir: one line per logged step
@@ -162,6 +164,12 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def pairs_per_step(config) -> int:
+    """The pairs a step trains on: the global batch's samples, and with
+    data.adjacent_negatives_seconds their adjacent clips too."""
+    return config.global_batch_size * (2 if config.data.get("adjacent_negatives_seconds") else 1)
+
+
 def describe(setup: TrainSetup) -> str:
     """Startup summary: devices, mesh, parameter count per top-level module, global batch."""
     c = setup.config
@@ -173,22 +181,38 @@ def describe(setup: TrainSetup) -> str:
              f"mesh: {dict(setup.mesh.shape)}",
              "parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
              + f" (total {sum(counts.values()) / 1e6:.2f}M)",
-             f"global batch: {c.global_batch_size} pairs ({c.microbatches} microbatch(es)), "
+             f"global batch: {c.global_batch_size} samples, {pairs_per_step(c)} pairs "
+             f"({c.microbatches} microbatch(es)), "
              f"{c.total_steps} steps, stage {c.stage}, loss {c.loss.name}"]
     return "\n".join(lines)
 
 
+def check_stream(config) -> None:
+    """Raises ConfigError, in one line naming the keys, unless the train stream of the data
+    set's corpus (`train_streams.STREAM_KEYS`) gives what the step of ``config`` reads
+    (`step.batch_keys`: e.g. egonce needs ego4d, sms ek100_mir, sms_hard charades_ego)."""
+    corpus = corpora.of_dataset(config.dataset_dir).name
+    needs, gives = step_lib.batch_keys(config), train_streams.STREAM_KEYS[corpus]
+    missing = [k for k in needs if k not in gives]
+    if missing:
+        raise ConfigError(f"config: loss.name {config.loss.name!r} (stage {config.stage}) needs "
+                          f"batch keys {list(needs)}; the {corpus} train stream of "
+                          f"{config.dataset_dir} gives {list(gives)}, missing {missing}")
+    adjacent = config.data.get("adjacent_negatives_seconds", 0.0)
+    if adjacent and corpus != corpora.EGO4D.name:
+        raise ConfigError(f"config: data.adjacent_negatives_seconds: expected 0 for a {corpus} "
+                          f"data set (adjacent clips are EgoClip's, ego4d), got {adjacent}")
+
+
 def _train_iterator(config):
     d = config.data
-    clips, sentences = prepare.load_annotations(config.dataset_dir, d.train_split)
-    relevance = ek100.TrainRelevance.from_tables(clips, sentences,
-                                                 threshold=d.positive_threshold)
-    return iter(pipeline.train_pipeline(
+    return iter(train_streams.corpus_train_pipeline(
         config.dataset_dir, config.global_batch_size, split=d.train_split,
         num_frames=d.num_frames, resolution=d.resolution, crop_scale=tuple(d.crop_scale),
-        seed=config.seed, num_workers=d.num_workers, relevance=relevance,
+        seed=config.seed, num_workers=d.num_workers,
         exclude=pipeline.holdout(config.dataset_dir, d),
-        tokenize=TextTokenizer.of(config.model.text)))
+        tokenize=TextTokenizer.of(config.model.text), positive_threshold=d.positive_threshold,
+        adjacent_seconds=d.get("adjacent_negatives_seconds", 0.0)))
 
 
 def _record_eval(workdir: pathlib.Path, config, step: int, result: evaluators.Result,
@@ -266,8 +290,9 @@ def _train(config, workdir: pathlib.Path, hooks, preemption: Preemption) -> dict
     say = functools.partial(print, flush=True) if is_main else lambda *_: None
     if is_main:
         _remove_leftovers(workdir, say)
+    check_stream(config)
     setup = TrainSetup(config)
-    train_step = TrainStep(setup)
+    train_step = step_lib.TrainStep(setup)
     train_iter = _train_iterator(config)
     c = config.checkpoint
     ckpts = checkpoint_lib.RunCheckpoints(workdir, keep=c.keep, keep_best=c.keep_best,
@@ -370,7 +395,7 @@ def _report(pending: _Pending, config, writer: MetricWriter, progress, tick: flo
     if bad:
         raise NonFiniteError(pending.step, _narration_ids(config, pending.record_indices), bad)
     now = time.perf_counter()
-    values["clips_per_s"] = config.global_batch_size / max(now - tick, 1e-9)
+    values["clips_per_s"] = pairs_per_step(config) / max(now - tick, 1e-9)
     progress.update(pending.step - progress.n)
     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
                          clips_s=f"{values['clips_per_s']:.1f}", refresh=False)
