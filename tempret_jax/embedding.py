@@ -106,12 +106,14 @@ def video_features(model, params, batches: Iterable[dict], mesh, *, reduce: str 
     """
     if reduce not in ("mean", "none"):
         raise ValueError(f"video_features: reduce is 'mean' or 'none', got {reduce!r}")
-    return _gather_rows(mesh, _video_fn(model, mesh, reduce, tokens), params, batches,
+    return _gather_rows(mesh, video_fn(model, mesh, reduce, tokens), params, batches,
                         ("video",), "clip_index", "embedding clips", total)
 
 
 @functools.lru_cache(maxsize=64)
-def _video_fn(model, mesh, reduce: str, tokens: bool):
+def video_fn(model, mesh, reduce: str, tokens: bool):
+    """The jitted clip embedding of `video_features`: (params, ids (B,), mask (B,), video
+    (B, V, T, R, R, 3)) -> ({'features': (B, [V,] D_v)}, ids, mask); also AOT-compiled (aot)."""
     def fn(params, ids, mask, video):
         b, v = video.shape[:2]
         out = model.apply({"params": params}, video.reshape((b * v,) + video.shape[2:]),
@@ -135,12 +137,14 @@ def text_features(model, params, batches: Iterable[dict], mesh, *, tokens: bool 
     Returns {'features': (n, E) float32 unnormalised, 'ids': (n,) positions (sorted),
     ['tokens': (n, 77, D_t) compute dtype, 'mask': (n, 77) bool real tokens]}.
     """
-    return _gather_rows(mesh, _text_fn(model, mesh, tokens), params, batches, ("tokens",),
+    return _gather_rows(mesh, text_fn(model, mesh, tokens), params, batches, ("tokens",),
                         "index", "embedding sentences", total)
 
 
 @functools.lru_cache(maxsize=64)
-def _text_fn(model, mesh, tokens: bool):
+def text_fn(model, mesh, tokens: bool):
+    """The jitted sentence embedding of `text_features`: (params, ids (B,), mask (B,), tokens
+    (B, L)) -> ({'features': (B, E)}, ids, mask); also AOT-compiled (aot)."""
     def fn(params, ids, mask, token_ids):
         out = model.apply({"params": params}, token_ids, method=model.encode_text)
         result = {"features": out["features"].astype(jnp.float32)}

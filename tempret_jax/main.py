@@ -46,8 +46,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tempret_jax import (atomic, checkpoint, convert, epochs, evaluate, evaluators, lock,
-                         metrics, run_config, search, train, zero_shot)
+from tempret_jax import (atomic, auto_fit, checkpoint, convert, epochs, evaluate, evaluators,
+                         lock, metrics, run_config, search, train, zero_shot)
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic, verify
 from tempret_jax.data.text_tokens import TextTokenizer
@@ -140,7 +140,11 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
     if config.init_from.architecture == "checkpoint" and convert.is_converted(
             config.init_from.path):
         convert.adopt_architecture(config.model, config.init_from.path)
-    config_lib.validate(config, jax.device_count(), jax.process_count())
+    config_lib.validate(config, jax.device_count(), jax.process_count(), allow_auto=True)
+    if auto_fit.has_auto(config):  # before the config is saved: the run keeps what was chosen
+        auto_fit.resolve(config, jax.devices(), auto_fit.device_memory(jax.devices()[0]),
+                         say=print if jax.process_index() == 0 else lambda _: None)
+        config_lib.validate(config, jax.device_count(), jax.process_count())
     _check_tokenizer(config)
     if mode == "eval":
         _find_dataset(config, workdir)

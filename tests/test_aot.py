@@ -1,5 +1,6 @@
-"""A config's train step compiles ahead of time for a TPU topology on this CPU machine (libtpu,
-no chip), and tools/fit_check.py says what fits: per-device memory, FLOPs, and a compile that
+"""A config's train and eval steps compile ahead of time for a TPU topology on this CPU machine
+(libtpu, no chip), and tools/fit_check.py says what fits: per-device memory, FLOPs counted
+through loops (`hlo_cost`), a labelled roofline estimate of step time and MFU, and a compile that
 runs out of memory as a row of the table, not a crash. Attention takes the kernel of the
 target's devices: the Pallas kernel on TPU, cuDNN's on a simulated H100 (the CUDA plugin)."""
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tempret_jax import aot, sharding
+from tempret_jax import aot, hlo_cost, sharding
 from tempret_jax.models import attention
 from tempret_jax.state import TrainSetup
 from tiny_run import REPO, tiny_config
@@ -40,10 +41,12 @@ def test_fit_check_reports_a_setup_that_does_not_fit_as_a_row(capsys):
     from tools import fit_check
 
     code = fit_check.main(["--config", str(REPO / "configs/ek100_tempret_vitb16.py"),
-                           "--global_batch", "128", "--target", "v5e:2x2"])
+                           "--global_batch", "128", "--target", "v5e:2x2", "--step", "train"])
     lines = capsys.readouterr().out.splitlines()
-    assert code == 1 and lines[0].split()[:2] == ["config", "target"]
-    assert "does not compile: RESOURCE_EXHAUSTED" in lines[1] and "v5e:2x2" in lines[1]
+    assert code == 1 and "ESTIMATE" in lines[0] and lines[1].split()[:3] == ["config", "step",
+                                                                             "target"]
+    assert lines[2].split()[1:3] == ["train", "v5e:2x2"]
+    assert "does not compile: RESOURCE_EXHAUSTED" in lines[2]
 
 
 def test_a_tpu_mesh_gets_the_pallas_flash_kernel_one_batch_shard_a_chip(v5e):
@@ -68,6 +71,9 @@ def test_a_tpu_mesh_gets_the_pallas_flash_kernel_one_batch_shard_a_chip(v5e):
     kernels = [line for line in compiled.splitlines() if "= (bf16[2,2,640,64]" in line
                and "flash_attention" in line]
     assert kernels and "all-gather" not in compiled  # 2 clips a chip, 600 padded to 640 tokens
+    # The kernels' FLOPs (XLA counts the forward's alone): forward 2 products of (L, S, head
+    # dim), backward dq 3 and dk/dv 4 (the scores recomputed); per chip 2 clips x 2 heads.
+    assert hlo_cost.count(compiled).flops == (2 + 3 + 4) * 2 * (2 * 2 * 640 * 640 * 64)
 
 
 def test_the_metric_program_compiles_for_four_v5e_chips_and_is_a_fit_check_row(v5e, capsys):
@@ -76,12 +82,64 @@ def test_the_metric_program_compiles_for_four_v5e_chips_and_is_a_fit_check_row(v
     small, large = (aot.metrics_memory(v, t, v5e) for v, t in ((62, 128), (256, 500)))
     # sim and rel, 62 rows padded to 64, a quarter of them on each chip.
     assert not small.error and small.argument_bytes == 2 * 16 * 128 * 4
-    assert large.temp_bytes > small.temp_bytes and large.flops > small.flops
+    # Sorting and sums, no matrix products: its cost is memory traffic.
+    assert large.temp_bytes > small.temp_bytes and large.traffic_bytes > small.traffic_bytes
+    assert small.flops == 0
     # Another shape than above: a program compiled for a topology cannot be read back from
     # the tests' persistent compilation cache (only warned about, then compiled again).
     assert fit_check.main(["--metrics", "60x128", "--target", "v5e:2x2"]) == 0
-    line = capsys.readouterr().out.splitlines()[1]
-    assert line.split()[:4] == ["metrics", "60x128", "v5e:2x2", "0.00"] and "yes" in line.split()
+    line = capsys.readouterr().out.splitlines()[2]
+    assert line.split()[:5] == ["metrics", "60x128", "metrics", "v5e:2x2", "0.00"]
+    assert "yes" in line.split()
+
+
+def test_the_eval_steps_of_both_towers_compile_for_the_target(v5e):
+    config = tiny_config("unused", global_batch_size=8)
+    steps = aot.eval_step_memory(config, v5e)
+    assert set(steps) == {"eval video", "eval text"}
+    for memory in steps.values():
+        assert not memory.error and memory.flops > 0 and memory.devices == 4
+    config.eval.batch_size = 32  # twice the rows, twice the work
+    assert aot.eval_step_memory(config, v5e)["eval video"].flops == pytest.approx(
+        2 * steps["eval video"].flops, rel=0.05)
+
+
+def test_flops_are_counted_exactly_for_a_product_and_a_padded_convolution():
+    a, b = jnp.ones((64, 32)), jnp.ones((32, 16))
+    product = jax.jit(jnp.matmul).lower(a, b).compile().as_text()
+    assert hlo_cost.count(product).flops == 2 * 64 * 32 * 16
+    image, kernel = jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    # 'SAME' pads by one: of the 8 x 3 window positions of a row, 2 fall on the padding.
+    assert hlo_cost.count(conv.lower(image, kernel).compile().as_text()).flops == (
+        2 * 4 * 3 * (8 * 3 - 2) ** 2)
+
+
+@pytest.mark.parametrize("target", ["cpu", "v5e:2x2"])
+def test_a_scanned_layer_stack_counts_every_layer_like_the_unrolled_one(target):
+    # XLA's cost analysis counts a loop's body once; hlo_cost multiplies it by the trip count
+    # (XLA's on CPU and GPU; the TPU compiler leaves it out: the loop condition's bound).
+    devices = jax.devices()[:4] if target == "cpu" else aot.tpu_devices(target)
+
+    def compiled(scan_layers: bool) -> aot.StepMemory:
+        config = tiny_config("unused", global_batch_size=8)
+        config.model.scan_layers = scan_layers
+        return aot.train_step_memory(config, devices)
+
+    unrolled, scanned = compiled(False), compiled(True)
+    assert unrolled.flops > 0 and scanned.flops == pytest.approx(unrolled.flops, rel=0.01)
+    assert scanned.step_flops == 4 * scanned.flops
+
+
+def test_the_estimate_is_the_roofline_of_flops_and_memory_traffic():
+    compute_bound = aot.StepMemory(flops=197e12, traffic_bytes=1e9, devices=4)
+    seconds, mfu = aot.estimate(compute_bound, "v5e:2x2")  # 197 TFLOP/s, 819 GB/s a chip
+    assert seconds == pytest.approx(1.0) and mfu == pytest.approx(1.0)
+    memory_bound = aot.StepMemory(flops=197e12, traffic_bytes=2 * 819e9)
+    assert aot.estimate(memory_bound, "v5e:2x2") == pytest.approx((2.0, 0.5))
+    assert aot.estimate(compute_bound, "v99:2x2") is None
+    assert aot.estimate(aot.StepMemory(error="RESOURCE_EXHAUSTED"), "v5e:2x2") is None
 
 
 H100_ATTENTION = """
@@ -113,3 +171,15 @@ def test_a_gpu_gets_cudnn_flash_attention_compiled_for_a_simulated_h100():
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split()[:2] == ["gpu", "cudnn"]
     assert "__cudnn$fmhaSoftmax" in run.stdout and "__cudnn$fmhaSoftmaxBackward" in run.stdout
+
+
+@pytest.mark.slow  # needs the CUDA plugin: make test-slow
+def test_fit_check_compiles_for_a_simulated_a100():
+    assert importlib.util.find_spec("jax_cuda12_plugin") is not None, (
+        "this check needs the CUDA plugin: pip install -e '.[cuda12]' (no GPU needed)")
+    run = subprocess.run([sys.executable, "tools/fit_check.py", "--config",
+                          "configs/synthetic.py:test", "--target", "a100", "--step", "train"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = run.stdout.splitlines()[2].split()
+    assert row[1:3] == ["train", "a100"] and row[7] == "yes" and float(row[10]) > 0  # est ms

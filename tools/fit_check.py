@@ -1,19 +1,23 @@
-"""Does a config's train step fit an accelerator? Compiled ahead of time, no accelerator needed.
+"""Do a config's train and eval steps fit an accelerator? Compiled ahead of time, without one.
 
     python tools/fit_check.py --config configs/ek100_tempret_vitb16.py [--config ...]
-        [--target v5e:2x2] [--target v5p:2x2x1] [--global_batch 32] [--set model.remat=True]
+        [--target v5e:2x2] [--target v5p:2x2x1] [--target a100] [--global_batch 32]
+        [--set model.remat=True] [--set microbatches=auto] [--step train] [--step eval]
         [--metrics 9668x3842 --metrics 38672x15368]
 
 For every config and TPU topology (libtpu installed: `pip install -e '.[tpu]'`) or simulated GPU
-(`--target h100`: the CUDA plugin installed, no GPU), builds the real mesh and train step
-(`tempret_jax.aot`), compiles it and prints per-device argument, output, temporary and peak
-bytes, whether the peak fits the device's memory (`aot.memory_of`), XLA's FLOPs (a scanned layer
-stack counts its body once, custom kernels such as flash attention not at all: read it as a
-lower bound) and the compile time.
+(`--target h100` or `a100`: the CUDA plugin installed, no GPU), builds the real mesh, train step
+and evaluation embedding steps (`tempret_jax.aot`; rows 'train', 'eval video', 'eval text'),
+compiles them and prints per-device argument, output, temporary and peak bytes, whether the
+peak fits the device's memory (`aot.memory_of`), the compile time, the step's matrix-product
+TFLOP over all devices (counted from the compiled HLO with loops by their trip counts:
+`hlo_cost`), and an ESTIMATE of step time and MFU at the target's peak (`aot.estimate`: a
+roofline, max(FLOPs / peak bf16 FLOP/s, HBM traffic / bandwidth) per device; no measurement).
 A compile that fails (e.g. out of memory) is a row with its error. `--set key=value` overrides
-config keys (Python literals). `--metrics VxT` adds a row for the evaluation's metric program
-(`aot.metrics_memory`: mAP and nDCG of both directions of a V x T similarity matrix, rows split
-over the chips). Exit 0 when every row fits, 1 otherwise.
+config keys (Python literals; 'auto' keys are resolved for the target: `auto_fit`).
+`--metrics VxT` adds a row for the evaluation's metric program (`aot.metrics_memory`: mAP and
+nDCG of both directions of a V x T similarity matrix, rows split over the chips). Exit 0 when
+every row fits, 1 otherwise.
 """
 
 import argparse
@@ -22,7 +26,7 @@ import importlib.util
 import pathlib
 import sys
 
-from tempret_jax import aot
+from tempret_jax import aot, auto_fit
 
 
 def load_config(path: str):
@@ -35,6 +39,7 @@ def load_config(path: str):
 
 
 def apply_overrides(config, overrides) -> None:
+    """Sets each 'a.b=value' (a Python literal, else the string); 'auto' in any key."""
     for item in overrides:
         key, _, value = item.partition("=")
         *blocks, name = key.split(".")
@@ -42,8 +47,10 @@ def apply_overrides(config, overrides) -> None:
         for block in blocks:
             node = node[block]
         try:
-            node[name] = ast.literal_eval(value)
+            value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
+            pass
+        with config.ignore_type():  # 'auto' where the key holds a bool or an int
             node[name] = value
 
 
@@ -58,16 +65,35 @@ def matrix_shape(text: str) -> tuple[int, int]:
     return videos, texts
 
 
-def row(name: str, target: str, memory: aot.StepMemory) -> tuple[str, bool]:
+HEADER = (f"{'config':<28} {'step':<10} {'target':<10} {'args GiB':>8} {'out GiB':>8} "
+          f"{'temp GiB':>8} {'peak GiB':>8} {'fits':>5} {'compile s':>9} {'TFLOP':>8} "
+          f"{'est ms':>8} {'est MFU':>7}")
+
+
+def row(name: str, step: str, target: str, memory: aot.StepMemory) -> tuple[str, bool]:
+    """One line of the table and whether the step fits the target's memory."""
     capacity = aot.memory_of(target)
     gib = lambda n: f"{n / aot.GIB:8.2f}"  # noqa: E731
     if memory.error:
-        return f"{name:<28} {target:<10} does not compile: {memory.error}", False
+        return f"{name:<28} {step:<10} {target:<10} does not compile: {memory.error}", False
     fits = capacity is not None and memory.peak_bytes <= capacity
-    flops = "n/a" if memory.flops is None else f"{memory.flops / 1e12:.2f}"
-    return (f"{name:<28} {target:<10} {gib(memory.argument_bytes)} {gib(memory.output_bytes)} "
-            f"{gib(memory.temp_bytes)} {gib(memory.peak_bytes)} "
-            f"{'yes' if fits else 'NO':>5} {flops:>8} {memory.compile_s:8.1f}"), fits
+    guess = aot.estimate(memory, target)
+    seconds, mfu = (f"{guess[0] * 1e3:8.1f}", f"{guess[1]:7.0%}") if guess else ("n/a", "n/a")
+    return (f"{name:<28} {step:<10} {target:<10} {gib(memory.argument_bytes)} "
+            f"{gib(memory.output_bytes)} {gib(memory.temp_bytes)} {gib(memory.peak_bytes)} "
+            f"{'yes' if fits else 'NO':>5} {memory.compile_s:9.1f} "
+            f"{memory.step_flops / 1e12:8.2f} {seconds:>8} {mfu:>7}"), fits
+
+
+def config_rows(config, target: str, steps=("train", "eval")):
+    """(step name, StepMemory) of a config's train step and eval steps (those in ``steps``)."""
+    devices = aot.devices(target)
+    if auto_fit.has_auto(config):
+        auto_fit.resolve(config, devices, aot.memory_of(target))
+    if "train" in steps:
+        yield "train", aot.train_step_memory(config, devices)
+    if "eval" in steps:
+        yield from aot.eval_step_memory(config, devices).items()
 
 
 def main(argv=None) -> int:
@@ -75,16 +101,20 @@ def main(argv=None) -> int:
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--target", action="append", default=None,
                         help="a TPU topology, e.g. v5e:2x2 (default), v5p:2x2x1, v6e:2x2, or "
-                        "a GPU of aot.GPU_TARGETS: h100 (needs the CUDA plugin)")
+                        "a GPU of aot.GPU_TARGETS: h100, a100 (needs the CUDA plugin)")
     parser.add_argument("--global_batch", type=int, default=0, help="0: the config's")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--step", action="append", choices=("train", "eval"), default=None,
+                        help="the steps to compile (default both): the train step, the eval "
+                        "embedding steps (video and text towers)")
     parser.add_argument("--metrics", action="append", default=[], type=matrix_shape,
                         help="a similarity matrix VxT, e.g. 9668x3842 (EK-100's test split)")
     args = parser.parse_args(argv)
     if not args.config and not args.metrics:
         parser.error("give at least one --config or --metrics")
-    print(f"{'config':<28} {'target':<10} {'args GiB':>8} {'out GiB':>8} {'temp GiB':>8} "
-          f"{'peak GiB':>8} {'fits':>5} {'TFLOP':>8} {'compile s':>8}")
+    print("TFLOP: matrix products of one step on all devices, loops counted by trip count; "
+          "est ms / est MFU: roofline ESTIMATE at the target's peak, not measured")
+    print(HEADER)
     all_fit = True
     for path in args.config:
         for target in args.target or ["v5e:2x2"]:
@@ -92,13 +122,13 @@ def main(argv=None) -> int:
             if args.global_batch:
                 config.global_batch_size = args.global_batch
             apply_overrides(config, args.overrides)
-            line, fits = row(config.name, target,
-                             aot.train_step_memory(config, aot.devices(target)))
-            print(line, flush=True)
-            all_fit &= fits
+            for step, memory in config_rows(config, target, args.step or ("train", "eval")):
+                line, fits = row(config.name, step, target, memory)
+                print(line, flush=True)
+                all_fit &= fits
     for shape in args.metrics:
         for target in args.target or ["v5e:2x2"]:
-            line, fits = row(f"metrics {shape[0]}x{shape[1]}", target,
+            line, fits = row(f"metrics {shape[0]}x{shape[1]}", "metrics", target,
                              aot.metrics_memory(*shape, aot.devices(target)))
             print(line, flush=True)
             all_fit &= fits
