@@ -91,6 +91,10 @@ def test_the_metric_program_compiles_for_four_v5e_chips_and_is_a_fit_check_row(v
     line = capsys.readouterr().out.splitlines()[2]
     assert line.split()[:5] == ["metrics", "60x128", "metrics", "v5e:2x2", "0.00"]
     assert "yes" in line.split()
+    # Judged against another device's memory (--memory_gib): a KiB is too little.
+    assert fit_check.main(["--metrics", "60x128", "--target", "v5e:2x2",
+                           "--memory_gib", "1e-6"]) == 1
+    assert "NO" in capsys.readouterr().out.splitlines()[2].split()
 
 
 def test_the_eval_steps_of_both_towers_compile_for_the_target(v5e):

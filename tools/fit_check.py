@@ -3,6 +3,7 @@
     python tools/fit_check.py --config configs/ek100_tempret_vitb16.py [--config ...]
         [--target v5e:2x2] [--target v5p:2x2x1] [--target a100] [--global_batch 32]
         [--set model.remat=True] [--set microbatches=auto] [--step train] [--step eval]
+        [--memory_gib 48]
         [--metrics 9668x3842 --metrics 38672x15368]
 
 For every config and TPU topology (libtpu installed: `pip install -e '.[tpu]'`) or simulated GPU
@@ -15,13 +16,16 @@ TFLOP over all devices (counted from the compiled HLO with loops by their trip c
 roofline, max(FLOPs / peak bf16 FLOP/s, HBM traffic / bandwidth) per device; no measurement).
 A compile that fails (e.g. out of memory) is a row with its error. `--set key=value` overrides
 config keys (Python literals; 'auto' keys are resolved for the target: `auto_fit`).
-`--metrics VxT` adds a row for the evaluation's metric program (`aot.metrics_memory`: mAP and
+`--memory_gib G` judges fits (and 'auto') against G GiB a device instead of the target's
+memory: a GPU of another size compiled as its nearest target (e.g. a 48 GB RTX 6000 Ada as an
+a100, `--memory_gib 48`). `--metrics VxT` adds a row for the evaluation's metric program (`aot.metrics_memory`: mAP and
 nDCG of both directions of a V x T similarity matrix, rows split over the chips). Exit 0 when
 every row fits, 1 otherwise.
 """
 
 import argparse
 import ast
+import functools
 import importlib.util
 import pathlib
 import sys
@@ -70,9 +74,9 @@ HEADER = (f"{'config':<28} {'step':<10} {'target':<10} {'args GiB':>8} {'out GiB
           f"{'est ms':>8} {'est MFU':>7}")
 
 
-def row(name: str, step: str, target: str, memory: aot.StepMemory) -> tuple[str, bool]:
-    """One line of the table and whether the step fits the target's memory."""
-    capacity = aot.memory_of(target)
+def row(name: str, step: str, target: str, memory: aot.StepMemory,
+        capacity: int | None) -> tuple[str, bool]:
+    """One line of the table and whether the step fits ``capacity`` bytes a device."""
     gib = lambda n: f"{n / aot.GIB:8.2f}"  # noqa: E731
     if memory.error:
         return f"{name:<28} {step:<10} {target:<10} does not compile: {memory.error}", False
@@ -85,11 +89,17 @@ def row(name: str, step: str, target: str, memory: aot.StepMemory) -> tuple[str,
             f"{memory.step_flops / 1e12:8.2f} {seconds:>8} {mfu:>7}"), fits
 
 
-def config_rows(config, target: str, steps=("train", "eval")):
-    """(step name, StepMemory) of a config's train step and eval steps (those in ``steps``)."""
+def device_capacity(target: str, memory_gib: float) -> int | None:
+    """Bytes a device: ``memory_gib`` when given, else the target's (None if unknown)."""
+    return int(memory_gib * aot.GIB) if memory_gib else aot.memory_of(target)
+
+
+def config_rows(config, target: str, capacity: int | None, steps=("train", "eval")):
+    """(step name, StepMemory) of a config's train step and eval steps (those in ``steps``),
+    its 'auto' keys resolved for ``capacity`` bytes a device."""
     devices = aot.devices(target)
     if auto_fit.has_auto(config):
-        auto_fit.resolve(config, devices, aot.memory_of(target))
+        auto_fit.resolve(config, devices, capacity)
     if "train" in steps:
         yield "train", aot.train_step_memory(config, devices)
     if "eval" in steps:
@@ -107,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--step", action="append", choices=("train", "eval"), default=None,
                         help="the steps to compile (default both): the train step, the eval "
                         "embedding steps (video and text towers)")
+    parser.add_argument("--memory_gib", type=float, default=0.0,
+                        help="memory of a device to judge fits against (0: the target's)")
     parser.add_argument("--metrics", action="append", default=[], type=matrix_shape,
                         help="a similarity matrix VxT, e.g. 9668x3842 (EK-100's test split)")
     args = parser.parse_args(argv)
@@ -116,20 +128,22 @@ def main(argv=None) -> int:
           "est ms / est MFU: roofline ESTIMATE at the target's peak, not measured")
     print(HEADER)
     all_fit = True
+    capacity = functools.partial(device_capacity, memory_gib=args.memory_gib)
     for path in args.config:
         for target in args.target or ["v5e:2x2"]:
             config = load_config(path)
             if args.global_batch:
                 config.global_batch_size = args.global_batch
             apply_overrides(config, args.overrides)
-            for step, memory in config_rows(config, target, args.step or ("train", "eval")):
-                line, fits = row(config.name, step, target, memory)
+            steps = args.step or ("train", "eval")
+            for step, memory in config_rows(config, target, capacity(target), steps):
+                line, fits = row(config.name, step, target, memory, capacity(target))
                 print(line, flush=True)
                 all_fit &= fits
     for shape in args.metrics:
         for target in args.target or ["v5e:2x2"]:
             line, fits = row(f"metrics {shape[0]}x{shape[1]}", "metrics", target,
-                             aot.metrics_memory(*shape, aot.devices(target)))
+                             aot.metrics_memory(*shape, aot.devices(target)), capacity(target))
             print(line, flush=True)
             all_fit &= fits
     return 0 if all_fit else 1
