@@ -22,7 +22,9 @@ Sources (read by `torch_files.read`: tensors, plain containers and argparse.Name
             EgoVLP_PT_BEST.pth, its EK-100 fine-tunes): {'state_dict' ('module.' keys), 'config'
             (its pickled ConfigParser, read as an inert placeholder and checked: FrozenInTime,
             SpaceTimeTransformer base_patch16_224, distilbert-base-uncased), 'optimizer', ...};
-            the space-time video tower and DistilBERT (models/egovlp_import.py has the table).
+            the space-time video tower and DistilBERT (models/egovlp_import.py has the table);
+            `convert_egovlp_init` builds the Frozen-in-Time its pretraining starts from out of
+            a timm ViT and an HF DistilBERT (models/egovlp_init.py).
 The format is detected from the keys (`formats.detect_format`). The architecture comes from the file:
 sizes from the shapes, the block design from the names (SwiGLU, sub-LN, ln_pre, biases),
 LayerNorm epsilon and activation from the family's code (`formats.FAMILY_SETTINGS`: AVION's vision
@@ -64,6 +66,7 @@ from tempret_jax import config as config_lib
 from tempret_jax import formats
 from tempret_jax import torch_files
 from tempret_jax.models import egovlp_import
+from tempret_jax.models import egovlp_init
 from tempret_jax.models import hf_import
 from tempret_jax.models import retrieval
 
@@ -353,6 +356,25 @@ def convert_checkpoint(path, **kwargs) -> tuple[dict, ml_collections.ConfigDict]
         return convert_state_dict(source.state_dict, **kwargs)
     except ConversionError as e:
         raise ConversionError(f"{path}: {e}") from None
+
+
+def convert_egovlp_init(vit, distilbert, *, vision_heads: Optional[int] = None,
+                        text_heads: Optional[int] = None, **init
+                        ) -> tuple[dict, ml_collections.ConfigDict]:
+    """EgoVLP's pretraining start (`egovlp_init.frozen_in_time`; `init`: its num_frames,
+    projection_dim, seed) from a timm ViT file and an HF DistilBERT folder or file -> (params,
+    model config) as `convert_checkpoint` gives for an EgoVLP file. Text heads: given, else
+    config.json's n_heads."""
+    text = load_checkpoint(distilbert)
+    if text.hf_config.get("activation", "gelu") != "gelu":
+        raise ConversionError(f"{distilbert}: config.json activation "
+                              f"{text.hf_config['activation']!r}: expected 'gelu'")
+    try:
+        sd = egovlp_init.frozen_in_time(load_checkpoint(vit).state_dict, text.state_dict, **init)
+        return convert_state_dict(sd, fmt="egovlp", vision_heads=vision_heads,
+                                  text_heads=text_heads or text.hf_config.get("n_heads"))
+    except (KeyError, ValueError) as e:
+        raise ConversionError(f"{vit} + {distilbert}: {e.args[0]}") from None
 
 
 # ---------------------------------------------------------------------------------------------

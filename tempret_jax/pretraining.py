@@ -66,8 +66,10 @@ EGOVLP_PT_B16 = recipes.EGOVLP_B16.derive(
     "egoclip_egovlp", paper="EgoVLP (Lin et al., NeurIPS 2022; EK-100 report 2022)",
     reproduces="EgoVLP README, EgoVLP_PT_BEST: EgoMCQ 90.7 inter / 57.2 intra",
     expect="EgoMCQ inter 90.7 / intra 57.2 accuracy",
-    init=Value("ImageNet-21k ViT-B/16 + distilbert-base-uncased",
-               f"{EGOVLP_PT}: Frozen's initialisation"),
+    init=Value("ImageNet-21k ViT-B/16 + distilbert-base-uncased (convert_checkpoint.py "
+               "--egovlp_init)",
+               f"{EGOVLP_PT}: Frozen's initialisation; EgoVLP model/model.py "
+               f"FrozenInTime.__init__: time attention at zeros, random projections"),
     hardware=Value("32 GPUs (1,536 GPU hours)", "EgoVLP EK-100 report, Limitations"),
     global_batch=Value(512, EGOVLP_PT), frames=Value(4, EGOVLP_PT),
     loss=Value("egonce", f"{EGOVLP_PT}, Eq. 1-2; {EGOVLP_CFG} loss EgoNCE"),
