@@ -154,7 +154,8 @@ def default_config() -> ml_collections.ConfigDict:
         include=".*",  # regex of the parameters to load
         exclude="",  # regex of the parameters not to load
         # A converted checkpoint's architecture (model.ARCHITECTURE keys): 'check' (it must
-        # equal the config's, else an error naming both) | 'checkpoint' (the config takes it).
+        # equal the config's, else an error naming both) | 'checkpoint' (the config takes it,
+        # or a run's: its saved config's, when path is a run).
         architecture="check",
     ))
     c.log_every = 10  # steps between train_metrics.jsonl / TensorBoard records

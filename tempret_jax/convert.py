@@ -431,17 +431,8 @@ def check_fits(model: ml_collections.ConfigDict, path) -> None:
 
 def adopt_architecture(model: ml_collections.ConfigDict, path) -> None:
     """Sets `model`'s `retrieval.ARCHITECTURE` keys to the converted checkpoint's at `path`
-    (`init_from.architecture='checkpoint'`); everything else (frames, optional modules,
-    dtype, layer stacking) stays the config's."""
-    saved = read_model_config(path)
-    for key in retrieval.ARCHITECTURE:
-        *blocks, name = key.split(".")
-        node = model
-        for block in blocks:
-            node = node[block]
-        node[name] = _get(saved, key)
-    if "rope" in model.vision.pos_embed or "rope" in saved.vision.pos_embed:
-        model.vision.pos_embed = saved.vision.pos_embed  # the RoPE the weights learned with
+    (`init_from.architecture='checkpoint'`; `retrieval.adopt_architecture`)."""
+    retrieval.adopt_architecture(model, read_model_config(path))
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -51,6 +51,7 @@ from tempret_jax import (atomic, auto_fit, checkpoint, convert, epochs, evaluate
 from tempret_jax import config as config_lib
 from tempret_jax.data import ek100, prepare, synthetic, verify
 from tempret_jax.data.text_tokens import TextTokenizer
+from tempret_jax.models import retrieval
 
 MODES = ("train_and_eval", "train", "eval", "search")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a Python file).")
@@ -129,6 +130,22 @@ def _check_tokenizer(config) -> None:
         raise config_lib.ConfigError(f"config: {e}") from None
 
 
+def _adopt_architecture(config) -> None:
+    """``init_from.architecture='checkpoint'``: the model takes the architecture of what it
+    starts from, a converted checkpoint's or a run's (its saved config; e.g. a fine-tune from
+    a pretraining run whose model the fine-tuning recipe does not name)."""
+    f = config.init_from
+    if f.architecture != "checkpoint" or not f.path:
+        return
+    if convert.is_converted(f.path):
+        convert.adopt_architecture(config.model, f.path)
+        return
+    path = pathlib.Path(f.path)
+    run = path.parent if path.name == checkpoint.CHECKPOINTS else path
+    if (run / config_lib.CONFIG_FILE).is_file():
+        retrieval.adopt_architecture(config.model, run_config.load(run).model)
+
+
 def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
         checkpoint_path: str = "") -> int:
     """Runs the configured job in ``mode`` (train_and_eval | train | eval); returns the exit
@@ -137,9 +154,7 @@ def run(config, workdir: pathlib.Path, mode: str, *, step: int | None = None,
     if config.get("job") == "random_baseline":
         random_baseline(config, workdir)
         return 0
-    if config.init_from.architecture == "checkpoint" and convert.is_converted(
-            config.init_from.path):
-        convert.adopt_architecture(config.model, config.init_from.path)
+    _adopt_architecture(config)
     config_lib.validate(config, jax.device_count(), jax.process_count(), allow_auto=True)
     if auto_fit.has_auto(config):  # before the config is saved: the run keeps what was chosen
         auto_fit.resolve(config, jax.devices(), auto_fit.device_memory(jax.devices()[0]),

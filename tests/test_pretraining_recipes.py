@@ -113,6 +113,14 @@ def test_split_records_is_the_prepared_split_size_and_main_resolves_epochs(tmp_p
     saved = json.loads((workdir / config_lib.CONFIG_FILE).read_text())
     assert saved["total_steps"] == 2 * (records // 8)
     assert saved["optim"]["warmup_steps"] == records // 8
+    # A fine-tune from that run may take its architecture (init_from.architecture='checkpoint'),
+    # as a fine-tuning recipe names the paper's model, not the run's.
+    tune = tiny_run.tiny_config(dataset)
+    tune.model.vision.width, tune.model.text.layers = 64, 3
+    tune.init_from.update(path=str(workdir / checkpoint.CHECKPOINTS), architecture="checkpoint")
+    main._adopt_architecture(tune)
+    assert tune.model.vision.width == c.model.vision.width
+    assert tune.model.text.layers == c.model.text.layers
 
 
 def test_best_step_is_the_kept_checkpoint_with_the_highest_score(tmp_path):

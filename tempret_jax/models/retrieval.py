@@ -162,6 +162,22 @@ def _egovlp(c: ml_collections.ConfigDict, tiny: bool) -> None:
         c.text.update(width=768, layers=6, heads=12)
 
 
+def adopt_architecture(model: ml_collections.ConfigDict,
+                       saved: ml_collections.ConfigDict) -> None:
+    """Sets ``model``'s `ARCHITECTURE` keys to those of ``saved`` (the model config of the
+    weights a run starts from), in place; everything else (frames, optional modules, dtype,
+    layer stacking) stays ``model``'s, except a RoPE position embedding, which the weights
+    learned with."""
+    for key in ARCHITECTURE:
+        *blocks, name = key.split(".")
+        node, value = model, saved
+        for block in blocks:
+            node, value = node[block], value[block]
+        node[name] = value[name]
+    if "rope" in model.vision.pos_embed or "rope" in saved.vision.pos_embed:
+        model.vision.pos_embed = saved.vision.pos_embed
+
+
 def fill_added_keys(c: ml_collections.ConfigDict) -> None:
     """Gives a model config saved before `ADDED_KEYS` existed their defaults (in place)."""
     for dotted, default in ADDED_KEYS.items():
