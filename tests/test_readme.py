@@ -39,7 +39,7 @@ README = REPO / "README.md"
 # no worker processes, the stand-in checkpoint's own architecture and 32 px frames).
 SIZE_FLAGS = ("global_batch_size", "total_steps", "optim.warmup_steps", "data.num_workers",
               "eval.num_workers", "eval.batch_size", "init_from.architecture",
-              "data.resolution")
+              "data.resolution", "epochs")
 SMALL_RUN = ("--config.global_batch_size=8 --config.total_steps=2 --config.optim.warmup_steps=1 "
              "--config.data.num_workers=0 --config.eval.num_workers=0 --config.eval.batch_size=8")
 FINE_TUNE = f"{SMALL_RUN} --config.init_from.architecture=checkpoint --config.data.resolution=32"
@@ -95,6 +95,7 @@ PLAN = {
     "pip install -e '.[torch]'": Run(fill=DRY_RUN),
     "pip install -e '.[tpu]'": Run(fill=DRY_RUN),
     "pip install -e '.[cuda12]'": Run(fill=DRY_RUN),
+    "pip install -e '.[beam]'": Run(fill=DRY_RUN),
     # SynthKitchens, and the EK-100 preparation run on it.
     "python tools/synthkitchens.py --out DIR [--size demo|test|default] "
     "[--layout mp4|chunked|frames]": Run(fill=(
@@ -123,6 +124,34 @@ PLAN = {
     "python -m tempret_jax.main --config configs/ek100_tempret_vitb16.py --workdir "
     "runs/tempret_b --config.dataset_dir=DATA --config.init_from.path=converted/avion_b16": Run(
         size=FINE_TUNE, expect="outputs of runs/tempret_b"),  # the same run, found complete
+    # Pretraining, EgoMCQ and Charades-Ego, on SynthKitchens' world in their formats.
+    "python tools/synthkitchens.py --format ego --out EGO": Run(expect="egoclip.csv"),
+    "python tools/prepare.py --corpus ego4d --annotations EGO/ego4d --videos EGO/ego4d/videos "
+    "--output EGO4D_DATA --num_frames 4": Run(expect="clips"),
+    "python tools/prepare.py --corpus charades_ego --annotations EGO/charades_ego --videos "
+    "EGO/charades_ego/videos --output CHARADES_DATA --num_frames 16": Run(expect="clips"),
+    "python -m tempret_jax.main --mode eval --checkpoint CONVERTED --workdir runs/zs_egomcq "
+    "--config.dataset_dir=EGO4D_DATA": Run(size=EVAL, expect="EgoMCQ"),
+    "python -m tempret_jax.main --mode eval --checkpoint CONVERTED --workdir runs/zs_charades "
+    "--config.dataset_dir=CHARADES_DATA": Run(size=EVAL, expect="mAP"),
+    "python -m tempret_jax.main --config configs/egoclip_eva02at_b.py --workdir runs/egoclip_b "
+    "--config.dataset_dir=EGO4D_DATA --config.init_from.path=CONVERTED": Run(
+        size=FINE_TUNE, expect="EgoMCQ"),
+    "python -m tempret_jax.main --config configs/charades_ego_eva02at_b.py --workdir "
+    "runs/charades_b --config.dataset_dir=CHARADES_DATA --config.init_from.path=runs/egoclip_b":
+        Run(size=f"{FINE_TUNE} --config.epochs=0", expect="mAP"),
+    "python tools/pretrain_chain.py --workdir runs/chain": Elsewhere(
+        "tests/test_pretraining_chain.py runs this chain at this size (tools/pretrain_chain.py "
+        "run(workdir, 'test', seed=0))"),
+    "python tools/prepare.py --corpus ego4d --annotations EGO/ego4d --videos EGO/ego4d/videos "
+    "--output EGO4D_BEAM --num_frames 4 --runner beam --direct_num_workers 2": Run(
+        expect="clips"),
+    "python tools/prepare.py --corpus ego4d --annotations /mnt/ego4d/meta --videos "
+    "/mnt/ego4d/chunked --output /mnt/ego4d/prepared --num_frames 4 --runner beam "
+    '--beam_options="--runner=FlinkRunner --flink_master=FLINK_HOST:8081 '
+    "--environment_type=EXTERNAL --environment_config=localhost:50000 --parallelism=256\"": Elsewhere(
+        "needs a Flink cluster and Ego4D; tests/test_data_beam.py runs the same pipeline on "
+        "the DirectRunner and checks it against the local path"),
     # Evaluating and searching runs and checkpoints.
     "python -m tempret_jax.main --mode eval --workdir runs/x": Run(size=EVAL, expect="mAP"),
     "python -m tempret_jax.main --mode eval --workdir runs/x --step STEP --config.eval.tta=True":
