@@ -117,9 +117,9 @@ def test_config_errors_name_the_key_and_the_nearest_valid_one():
     with pytest.raises(config_lib.ConfigError, match="total_steps: expected type int"):
         config_lib.validate(ml_collections.ConfigDict(saved), num_devices=8)
     c = load("synthetic.py", "test")
-    c.evals = ("ek100_mir", "egomcq")
+    c.evals = ("ek100_mir", "egomcq_mir")
     with pytest.raises(config_lib.ConfigError, match="evals: expected distinct names from "
-                                                     r"\('ek100_mir',\)"):
+                                                     r"\('ek100_mir', 'egomcq', 'charades_ego'\)"):
         config_lib.validate(c, num_devices=8)
 
 
