@@ -27,7 +27,7 @@ from tempret_jax.data import prepare, synthetic, synthetic_ego
 
 CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "synthetic.py"
 # size -> (EgoClip videos, EK-100 train videos, pretraining steps, fine-tuning steps, batch).
-SIZES = {"test": (16, 12, 100, 30, 32), "demo": (48, 32, 600, 120, 64)}
+SIZES = {"test": (16, 12, 100, 30, 16), "demo": (48, 32, 600, 120, 64)}
 CONTEXT = 16  # tokens per text row: '#C C lifts the red square up and shakes the blue bar'
 
 
