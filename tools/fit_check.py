@@ -53,7 +53,7 @@ def apply_overrides(config, overrides) -> None:
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            pass
+            pass  # a bare word ('auto', 'bilinear') stays the string it is
         with config.ignore_type():  # 'auto' where the key holds a bool or an int
             node[name] = value
 

@@ -22,7 +22,7 @@ import sys
 
 import jax
 
-from tempret_jax import atomic, main
+from tempret_jax import atomic, checkpoint, main
 from tempret_jax.data import prepare, synthetic, synthetic_ego
 
 CONFIG = pathlib.Path(__file__).parent.parent / "configs" / "synthetic.py"
@@ -107,10 +107,12 @@ def run(workdir, size: str = "test", seed: int = 0) -> dict:
     for name, config in runs.items():
         if main.run(config, workdir / name, "train_and_eval") != 0:
             raise RuntimeError(f"{workdir / name}: the {name} run failed")
-    scores = json.loads((workdir / "pretrain" / "checkpoints" / "scores.json").read_text())
-    best = max(scores, key=lambda step: scores[step]["egomcq_intra"])
-    result = {"size": size, "seed": seed, "pretrain_best_step": int(best),
-              "egomcq": {k: scores[best][k] for k in ("egomcq_inter", "egomcq_intra")},
+    # The step the fine-tune loaded (init_from.best_metric), and its EgoMCQ scores.
+    best = checkpoint.best_step(workdir / "pretrain", "egomcq_intra")
+    scores = json.loads((workdir / "pretrain" / checkpoint.CHECKPOINTS /
+                         checkpoint.SCORES_FILE).read_text())
+    result = {"size": size, "seed": seed, "pretrain_best_step": best,
+              "egomcq": {k: scores[str(best)][k] for k in ("egomcq_inter", "egomcq_intra")},
               **{name: _metrics(workdir / name)["mAP"] for name in ("from_pretrained",
                                                                     "from_scratch")}}
     if jax.process_index() == 0:
