@@ -32,7 +32,7 @@ import ml_collections
 
 from tempret_jax import embedding, hlo_cost, sharded_metrics, sharding
 from tempret_jax import step as step_lib
-from tempret_jax.data import ek100
+from tempret_jax.data import charades_ego, ego4d, ek100
 from tempret_jax.state import TrainSetup
 
 GIB = 2 ** 30
@@ -120,17 +120,23 @@ def peak_of(target: str) -> tuple[float, float] | None:
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
-    """The global train batch as ShapeDtypeStructs split over the batch axes."""
+    """The global train batch as ShapeDtypeStructs split over the batch axes: ready clips and
+    the keys the config's step reads (`step.batch_keys`), shaped as its corpus's stream gives
+    them (EgoNCE's tags: Ego4D's 118 verbs and 582 nouns; EK-100's 300 nouns otherwise)."""
     b, v = config.global_batch_size, config.model.vision
     r, place = config.data.resolution, sharding.batch_sharding(mesh)
+    nouns = ego4d.NUM_NOUNS if config.loss.name == "egonce" else ek100.NUM_NOUN_CLASSES
     shapes = {"video": ((b, v.num_frames, r, r, 3), jnp.dtype(config.data.dtype)),
               "tokens": ((b, config.model.text.context_length), jnp.int32),
               "pos_relevance": ((b,), jnp.float32), "clip_verb": ((b,), jnp.int32),
               "text_verb": ((b,), jnp.int32),
               "clip_nouns": ((b, ek100.NUM_NOUN_CLASSES), jnp.bool_),
-              "text_nouns": ((b, ek100.NUM_NOUN_CLASSES), jnp.bool_)}
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=place)
-            for k, (shape, dtype) in shapes.items() if k == "video" or k in step_lib.MODEL_KEYS}
+              "text_nouns": ((b, nouns), jnp.bool_),
+              "text_verbs": ((b, ego4d.NUM_VERBS), jnp.bool_),
+              "clip_classes": ((b, charades_ego.NUM_CLASSES), jnp.bool_),
+              "text_class": ((b,), jnp.int32)}
+    return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=place)
+            for k in ("video",) + step_lib.batch_keys(config)}
 
 
 @dataclasses.dataclass(frozen=True)
