@@ -1,8 +1,9 @@
 """`auto` settings: the cheapest remat / microbatches / mesh split whose train step fits memory.
 
 A config may set ``model.remat``, ``microbatches``, ``mesh.fsdp`` and ``mesh.data`` to 'auto'
-(in a config file: ``with c.ignore_type(): c.microbatches = "auto"``, since the keys hold a
-bool or an int; tools/fit_check.py: ``--set microbatches=auto``). `resolve` replaces every
+(the command line: ``--config.microbatches=auto``; a config file: ``config.set_auto(c,
+["microbatches"])``, since the keys hold a bool or an int; tools/fit_check.py: ``--set
+microbatches=auto``). `resolve` replaces every
 'auto' by the first setting, cheapest first, whose train step, compiled ahead of time for the
 devices (`aot.train_step_memory`), fits their memory:
 

@@ -72,6 +72,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: how
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
 flags.mark_flags_as_required(["workdir"])
 
+_AUTO_KEYS: list[str] = []  # --config.KEY=auto of the command line (`_take_auto`)
 SYNTHETIC_DONE = ".generated"  # written once generation has finished
 
 
@@ -244,6 +245,7 @@ def main(argv) -> None:
             return
         if _CONFIG.value is None:
             raise app.UsageError(f"--config is required for --mode {_MODE.value}")
+        config_lib.set_auto(_CONFIG.value, _AUTO_KEYS)
         code = run(_CONFIG.value, workdir, _MODE.value, step=step,
                    checkpoint_path=_CHECKPOINT.value)
     except (config_lib.ConfigError, checkpoint.CheckpointError, search.SearchError,
@@ -313,9 +315,31 @@ def _with_run_config(argv: list[str]) -> list[str]:
     return argv
 
 
+def _take_auto(argv: list[str]) -> tuple[list[str], list[str]]:
+    """argv without its ``--config.KEY=auto`` / ``--config.KEY auto`` (KEY of
+    `config.AUTO_KEYS`), and those keys: absl parses an override by the type of the key's
+    value, a bool or an int, which refuses 'auto'. `main` sets them once the config is read."""
+    kept, keys, i = [], [], 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        key = flag.removeprefix("--config.")
+        if not eq:  # --config.KEY VALUE
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if key != flag and key in config_lib.AUTO_KEYS and value == config_lib.AUTO:
+            keys.append(key)
+            i += 1 if eq else 2
+        else:
+            kept.append(argv[i])
+            i += 1
+    return kept, keys
+
+
 def _parse_flags(argv):
     """absl's flag parsing, with a bad flag or config override as one line, exit 2 (a
-    misspelt ``--config.key`` raises from deep inside ml_collections)."""
+    misspelt ``--config.key`` raises from deep inside ml_collections); ``--config.KEY=auto``
+    is taken out first (`_take_auto`)."""
+    global _AUTO_KEYS
+    argv, _AUTO_KEYS = _take_auto(argv)
     try:
         return flags.FLAGS(_with_run_config(argv))
     except Exception as e:  # noqa: BLE001  flags.Error, or the AttributeError of an override

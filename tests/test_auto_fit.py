@@ -14,14 +14,21 @@ from tiny_run import make_dataset, tiny_config
 
 def auto_config(dataset="unused", keys=("model.remat", "microbatches", "mesh.fsdp"), **kw):
     config = tiny_config(dataset, **kw)
-    with config.ignore_type():
-        for key in keys:
-            *blocks, name = key.split(".")
-            node = config
-            for block in blocks:
-                node = node[block]
-            node[name] = "auto"
+    config_lib.set_auto(config, keys)
     return config
+
+
+def test_the_command_line_takes_auto_for_the_four_keys_in_either_form():
+    # absl would parse 'auto' as the key's int or bool and fail: main takes these out first
+    # and sets them on the config it read (tests/test_main.py runs it end to end).
+    argv, keys = main._take_auto(
+        ["main", "--config.microbatches=auto", "--config.model.remat", "auto",
+         "--config.mesh.fsdp=2", "--config.seed", "3", "--config.name=auto", "--mesh.data=auto"])
+    assert keys == ["microbatches", "model.remat"]
+    assert argv == ["main", "--config.mesh.fsdp=2", "--config.seed", "3", "--config.name=auto",
+                    "--mesh.data=auto"]
+    with pytest.raises(config_lib.ConfigError, match="'auto' is for model.remat"):
+        config_lib.set_auto(tiny_config("unused"), ["seed"])
 
 
 def test_candidates_go_from_the_fastest_step_to_the_most_frugal():
@@ -61,7 +68,9 @@ def test_auto_is_accepted_for_its_four_keys_only_and_only_before_resolution():
     config_lib.validate(config, 8, allow_auto=True)
     with pytest.raises(config_lib.ConfigError, match="config: mesh.data: expected type int"):
         config_lib.validate(config, 8)
-    other = auto_config(keys=("total_steps",))
+    other = tiny_config("unused")
+    with other.ignore_type():  # what a config file could still write
+        other.total_steps = "auto"
     with pytest.raises(config_lib.ConfigError, match="config: total_steps: expected type int"):
         config_lib.validate(other, 8, allow_auto=True)
 

@@ -35,13 +35,18 @@ def _main(*args):
 
 def test_synthetic_job_generates_prepares_trains_and_evaluates(tmp_path):
     workdir = tmp_path / "run"
-    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(workdir))
+    run = _main("--config", "configs/synthetic.py:test", "--workdir", str(workdir),
+                "--config.microbatches=auto", "--config.model.remat", "auto")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "devices:" in run.stdout and "parameters:" in run.stdout and "global batch" in run.stdout
+    # 'auto' on the command line, for keys that hold an int or a bool: resolved (on CPU, the
+    # cheapest setting), printed, and saved resolved.
+    assert "auto: model.remat=False microbatches=1 mesh.fsdp=1 mesh.data=-1" in run.stdout
     result = json.loads((workdir / "metrics.json").read_text())
     assert result["step"] == 4 and set(result["mAP"]) == {"v2t", "t2v", "avg"}
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["name"] == "synthetic_tempret_info_nce_test"
+    assert (saved["microbatches"], saved["model"]["remat"]) == (1, False)
     assert saved["dataset_dir"] == "data/ek100_mir/frames4_short40/1.0.0"  # inside: relative
     # It ends saying where its outputs are: plots and gallery are the eval mode's.
     assert run.stdout.rstrip().splitlines()[-5:] == [
