@@ -14,11 +14,15 @@ Prints the median, min and max wall seconds of each, the current path's speed-up
 other two, the median CPU seconds (all threads: the work done, which a shared machine's load
 moves less than the wall time) and their ratio, and the largest difference of each metric
 from the official algorithm's (percentage points), so it also checks that the three agree.
+Last, the host: its CPU, and how long NumPy sorts one direction's uint64 keys (the current
+path's main cost; NumPy's AVX-512 sort is 2.7x slower than its AVX2 one on AMD Zen 4, for
+instance: BENCHMARKS.md).
 """
 
 import argparse
 import os
 import pathlib
+import platform
 import statistics
 import subprocess
 import time
@@ -86,6 +90,34 @@ def main() -> None:
               f"{statistics.median(cpu[name]) / current_cpu:>9.1f}x"
               f"{worst[name]['mAP']:>13.1e}{worst[name]['nDCG']:>14.1e}")
     print(metrics.format_table(results["current"]))
+    print(f"host: {cpu_model()}; NumPy {np.__version__}, NPY_DISABLE_CPU_FEATURES="
+          f"{os.environ.get('NPY_DISABLE_CPU_FEATURES', '')!r}; NumPy's sort of one direction's "
+          f"{rel.shape[0]} x {rel.shape[1]} uint64 keys (min of 3): {sort_seconds(rel.shape):.3f} s")
+
+
+def cpu_model() -> str:
+    """The CPU's model name, family and model numbers (Linux), else what `platform` says."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    info = dict(line.split(":", 1) for line in lines if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model "
+            f"{info.get('model', '?')})")
+
+
+def sort_seconds(shape: tuple[int, int]) -> float:
+    """Seconds NumPy takes to sort random uint64 keys of ``shape`` row by row, in place: the
+    current path's largest cost, and the one that differs most between CPUs (its SIMD sort)."""
+    keys = np.random.default_rng(0).integers(0, 2 ** 63, size=shape, dtype=np.uint64)
+    best = float("inf")
+    for _ in range(3):
+        copy = keys.copy()
+        start = time.perf_counter()
+        copy.sort(axis=1)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 if __name__ == "__main__":
