@@ -9,7 +9,7 @@ import pytest
 
 from tempret_jax import aot, auto_fit, main
 from tempret_jax import config as config_lib
-from tiny_run import make_dataset, tiny_config
+from tiny_run import REPO, make_dataset, tiny_config
 
 
 def auto_config(dataset="unused", keys=("model.remat", "microbatches", "mesh.fsdp"), **kw):
@@ -108,3 +108,25 @@ def test_a_run_with_auto_resolves_at_start_up_trains_and_saves_the_choice(
     assert (saved["model"]["remat"], saved["microbatches"], saved["mesh"]["fsdp"],
             saved["mesh"]["data"], saved["global_batch_size"]) == (False, 1, 1, -1, 16)
     assert json.loads((workdir / "train_metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+
+
+def test_fit_check_compiles_the_chosen_setting_once_and_reports_no_fit_as_a_row(
+        monkeypatch, capsys):
+    from tools import fit_check
+
+    compiled = []
+    compile_step = aot.train_step_memory
+    monkeypatch.setattr(aot, "train_step_memory", lambda config, devices: compiled.append(
+        config.model.remat) or compile_step(config, devices))
+    args = ["--config", f"{REPO / 'configs/synthetic.py'}:test", "--target", "v5e:2x2",
+            "--step", "train", "--set", "model.remat=auto"]
+    assert fit_check.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("auto: model.remat=False microbatches=1")  # the cheapest fits
+    assert lines[3].split()[1:3] == ["train", "v5e:2x2"]
+    assert compiled == [False]  # its row is the compile that chose it, not a second one
+    # Nothing fits a ten-thousandth of a GiB: a row saying so, exit 1, no traceback.
+    assert fit_check.main([*args, "--memory_gib", "0.0001"]) == 1
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.split()[1:3] == ["train", "v5e:2x2"] and "no 'auto' setting fits" in row
+    assert compiled == [False, False, True]

@@ -31,6 +31,7 @@ import pathlib
 import sys
 
 from tempret_jax import aot, auto_fit
+from tempret_jax import config as config_lib
 
 
 def load_config(path: str):
@@ -96,12 +97,23 @@ def device_capacity(target: str, memory_gib: float) -> int | None:
 
 def config_rows(config, target: str, capacity: int | None, steps=("train", "eval")):
     """(step name, StepMemory) of a config's train step and eval steps (those in ``steps``),
-    its 'auto' keys resolved for ``capacity`` bytes a device."""
+    its 'auto' keys resolved for ``capacity`` bytes a device; when no 'auto' setting fits, the
+    train row says so (its error) and the eval rows are left out."""
     devices = aot.devices(target)
+    chosen = []  # the train step of the setting `resolve` chose: compiled once, not twice
+
+    def compile_step(candidate, candidate_devices):
+        chosen[:] = [aot.train_step_memory(candidate, candidate_devices)]
+        return chosen[0]
+
     if auto_fit.has_auto(config):
-        auto_fit.resolve(config, devices, capacity)
+        try:
+            auto_fit.resolve(config, devices, capacity, compile_step=compile_step)
+        except config_lib.ConfigError as e:
+            yield "train", aot.StepMemory(error=str(e))
+            return
     if "train" in steps:
-        yield "train", aot.train_step_memory(config, devices)
+        yield "train", chosen[0] if chosen else aot.train_step_memory(config, devices)
     if "eval" in steps:
         yield from aot.eval_step_memory(config, devices).items()
 
