@@ -1,19 +1,22 @@
-"""Times EK-100 MIR metrics on the real test split: the official algorithm, the previous
-project path and the current one, side by side in one run.
+"""Times EK-100 MIR metrics on the real test split: the official algorithm (twice: plainly, and
+by the released code's steps), the previous project path and the current one, side by side in
+one run.
 
     python tools/bench_metrics.py [--annotation_dir tests/data/ek100] [--repeats 5]
         [--old_commit 8993f39765dd014acf09dcc2e24835b9e0a77e9a]
 
 Random similarities (float32, a new seed per repeat) against the real 9,668 x 3,842 relevance;
-every call computes both metrics in both directions. Each repeat runs the three in turn on the
-same matrix, so a load that comes and goes weighs on all three. The official algorithm is
+every call computes both metrics in both directions. Each repeat runs the four in turn on the
+same matrix, so a load that comes and goes weighs on all of them. The official algorithm is
 `metrics.reference_mir_metrics` (the official definition written plainly: a stable argsort of
-every row, the relevances in that order, cumulative sums over the dense ranked matrix). The
+every row, the relevances in that order, cumulative sums over the dense ranked matrix); "the
+official code's steps" (`official_steps`) computes the same by the released evaluation code's
+sequence of operations, three argsorts and a sort of the full matrix per direction. The
 previous path is tempret_jax/metrics.py as it was at ``--old_commit`` (read with `git show`).
 Prints the median, min and max wall seconds of each, the current path's speed-up over the
-other two, the median CPU seconds (all threads: the work done, which a shared machine's load
+others, the median CPU seconds (all threads: the work done, which a shared machine's load
 moves less than the wall time) and their ratio, and the largest difference of each metric
-from the official algorithm's (percentage points), so it also checks that the three agree.
+from the official algorithm's (percentage points), so it also checks that they agree.
 Last, the host: its CPU, and how long NumPy sorts one direction's uint64 keys (the current
 path's main cost; NumPy's AVX-512 sort is 2.7x slower than its AVX2 one on AMD Zen 4, for
 instance: BENCHMARKS.md).
@@ -47,6 +50,43 @@ def old_metrics(commit: str) -> types.ModuleType:
     return module
 
 
+def official_steps(sim: np.ndarray, rel: np.ndarray) -> dict[str, dict[str, float]]:
+    """EK-100 MIR mAP and nDCG (percent) by the released evaluation code's sequence of NumPy
+    operations, written here independently: JPoSE's src/evaluation/mAP.py and NDCG.py, which
+    AVION (avion/utils/evaluation_ek100mir.py) and SMS-Loss evaluate with. Per direction it
+    takes three argsorts and one sort of the full matrix where `metrics.reference_mir_metrics`
+    takes one: mAP argsorts -sim and gathers both sim and rel in that order; nDCG sorts rel for
+    the k mask, argsorts rel for the ideal DCG and sim for the DCG, each gathered through full
+    index matrices against a full matrix of discounts. sim: (V, T), rel: (V, T)."""
+
+    def average_precision(s, r):
+        order = np.argsort(-s, axis=1)
+        rows = np.arange(s.shape[0])[:, None]
+        _ = s[rows, order]  # the released code gathers the ranked similarities too
+        ranked = r[rows, order]
+        hits = ranked == 1
+        found = np.where(hits, np.cumsum(ranked, axis=1), 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.mean(np.sum(found / np.arange(1, s.shape[1] + 1), axis=1) / hits.sum(1))
+
+    def dcg(s, r, top_k):
+        descending = np.argsort(s, axis=1)[:, ::-1]
+        discounts = np.repeat(np.log2(np.arange(s.shape[1]) + 2)[None], s.shape[0], axis=0)
+        rows = np.repeat(np.arange(s.shape[0])[:, None], s.shape[1], axis=1)
+        return np.sum(r[rows, descending] * top_k / discounts, axis=1)
+
+    def ndcg(s, r):
+        top_k = (np.sort(r, axis=1)[:, ::-1] > 0).astype(int)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.mean(dcg(s, r, top_k) / dcg(r, r, top_k))
+
+    out = {}
+    for name, fn in (("mAP", average_precision), ("nDCG", ndcg)):
+        v2t, t2v = 100 * fn(sim, rel), 100 * fn(sim.T, rel.T)
+        out[name] = {"v2t": v2t, "t2v": t2v, "avg": (v2t + t2v) / 2}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotation_dir", default="tests/data/ek100")
@@ -58,6 +98,7 @@ def main() -> None:
 
     rel, _, _ = ek100.load_test_relevance(args.annotation_dir)
     paths = {"official algorithm": metrics.reference_mir_metrics,
+             "official code's steps": official_steps,
              f"previous ({args.old_commit[:8]})": old_metrics(args.old_commit).mir_metrics,
              "current": metrics.mir_metrics}
     times = {name: [] for name in paths}
