@@ -16,7 +16,11 @@ conditional counts its costliest branch.
   custom calls count none. Elementwise work, a few percent in a transformer, is left
   out, as in the usual model-FLOPs convention; recomputation (remat) is in, since it runs.
 - Bytes are a traffic estimate: for every instruction outside fusions (each fusion is one
-  kernel), its operands read and its output written, once per trip.
+  kernel), its operands read and its output written, once per trip; a dynamic slice reads
+  only its slice, and a dynamic update slice (in place: XLA aliases the buffer) reads and
+  writes only its update, inside fusions too (`_traffic`). Loops that fill or read a stacked
+  buffer a row per trip (the TPU compiler writes such loops for microbatched, rematerialised
+  stacks) would otherwise count the whole buffer on every trip.
 
 Both are per device: an SPMD-partitioned module is one device's program.
 """
@@ -75,6 +79,7 @@ class _Instruction:
     opcode: str
     operands: list[str]
     attributes: str
+    root: bool = False  # the computation's ROOT (its result)
 
 
 def count(hlo_text: str) -> Cost:
@@ -96,8 +101,7 @@ def _cost(name: str, computations: dict, fused: bool, memo: dict) -> Cost:
     for inst in instructions:
         total = total + Cost(flops=_flops(inst, shapes))
         if not fused and inst.opcode not in NO_TRAFFIC and not inst.opcode.endswith("-done"):
-            total = total + Cost(bytes=_bytes(inst.shape) + sum(
-                _bytes(shapes.get(o, "")) for o in inst.operands))
+            total = total + Cost(bytes=_traffic(inst, shapes, computations))
         total = total + _called_cost(inst, computations, fused, memo)
     memo[name, fused] = total
     return total
@@ -120,6 +124,37 @@ def _called_cost(inst: _Instruction, computations: dict, fused: bool, memo: dict
         loops = _trip_count(inst, computations) if inst.opcode == "while" else 1
         total = total + inner * loops
     return total
+
+
+def _traffic(inst: _Instruction, shapes: dict, computations: dict) -> float:
+    """Bytes an instruction outside fusions reads and writes (module docstring)."""
+    if inst.opcode == "dynamic-update-slice":  # in place: the update read, then written
+        return 2 * _bytes(shapes.get(inst.operands[1], ""))
+    if inst.opcode == "dynamic-slice":
+        return 2 * _bytes(inst.shape)
+    if inst.opcode != "fusion":
+        return _bytes(inst.shape) + sum(_bytes(shapes.get(o, "")) for o in inst.operands)
+    called = re.search(r"calls=%?([\w.\-]+)", inst.attributes)
+    body = {i.name: i for i in computations.get(called.group(1), [])} if called else {}
+    params = {int(i.operands[0]): i.name for i in body.values() if i.opcode == "parameter"}
+    uses: dict[str, list[tuple[_Instruction, int]]] = {}
+    for i in body.values():
+        for position, operand in enumerate(i.operands):
+            uses.setdefault(operand, []).append((i, position))
+    read = 0.0
+    for index, operand in enumerate(inst.operands):
+        used = uses.get(params.get(index, ""), [])
+        if used and all(u.opcode == "dynamic-slice" and at == 0 for u, at in used):
+            read += sum(_bytes(u.shape) for u, _ in used)  # only the slices are read
+        elif not (used and all(u.opcode == "dynamic-update-slice" and at == 0 for u, at in used)):
+            read += _bytes(shapes.get(operand, ""))  # (a buffer updated in place is not read)
+    root = next((i for i in body.values() if i.root), None)
+    outputs = ([body.get(o) for o in root.operands] if root is not None and root.opcode == "tuple"
+               else [root])
+    written = sum(_bytes(body[o.operands[1]].shape if o.operands[1] in body else "")
+                  if o.opcode == "dynamic-update-slice" else _bytes(o.shape)
+                  for o in outputs if o is not None) if root is not None else _bytes(inst.shape)
+    return read + written
 
 
 def _trip_count(inst: _Instruction, computations: dict) -> int:
@@ -221,7 +256,9 @@ def _parse(text: str) -> tuple[dict[str, list[_Instruction]], str | None]:
             computations[current] = []
             entry = current if is_entry else entry
         elif current is not None and (found := _INSTRUCTION.match(line)):
-            computations[current].append(_instruction(found.group(1), line[found.end():]))
+            inst = _instruction(found.group(1), line[found.end():])
+            inst.root = "ROOT " in line[:found.end()]
+            computations[current].append(inst)
     return computations, entry
 
 
