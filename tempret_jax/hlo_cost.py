@@ -128,33 +128,46 @@ def _called_cost(inst: _Instruction, computations: dict, fused: bool, memo: dict
 
 def _traffic(inst: _Instruction, shapes: dict, computations: dict) -> float:
     """Bytes an instruction outside fusions reads and writes (module docstring)."""
-    if inst.opcode == "dynamic-update-slice":  # in place: the update read, then written
-        return 2 * _bytes(shapes.get(inst.operands[1], ""))
+    if inst.opcode == "dynamic-update-slice" and len(inst.operands) > 1:  # in place
+        return 2 * _bytes(shapes.get(inst.operands[1], ""))  # the update read, then written
     if inst.opcode == "dynamic-slice":
         return 2 * _bytes(inst.shape)
-    if inst.opcode != "fusion":
-        return _bytes(inst.shape) + sum(_bytes(shapes.get(o, "")) for o in inst.operands)
+    if inst.opcode == "fusion":
+        return _fusion_traffic(inst, shapes, computations)
+    return _bytes(inst.shape) + sum(_bytes(shapes.get(o, "")) for o in inst.operands)
+
+
+def _fusion_traffic(inst: _Instruction, shapes: dict, computations: dict) -> float:
+    """A fusion's operands read and results written, where an operand the fused computation
+    only dynamic-slices is read as its slices, one it only updates in place is not read, and a
+    result that is such an update is written as its update."""
     called = re.search(r"calls=%?([\w.\-]+)", inst.attributes)
     body = {i.name: i for i in computations.get(called.group(1), [])} if called else {}
-    params = {int(i.operands[0]): i.name for i in body.values() if i.opcode == "parameter"}
+    params = {int(i.operands[0]): i.name for i in body.values()
+              if i.opcode == "parameter" and i.operands and i.operands[0].isdigit()}
     uses: dict[str, list[tuple[_Instruction, int]]] = {}
     for i in body.values():
         for position, operand in enumerate(i.operands):
             uses.setdefault(operand, []).append((i, position))
+
+    def only(used, opcode):  # every use is as the sliced or updated buffer
+        return bool(used) and all(u.opcode == opcode and at == 0 for u, at in used)
+
     read = 0.0
     for index, operand in enumerate(inst.operands):
         used = uses.get(params.get(index, ""), [])
-        if used and all(u.opcode == "dynamic-slice" and at == 0 for u, at in used):
-            read += sum(_bytes(u.shape) for u, _ in used)  # only the slices are read
-        elif not (used and all(u.opcode == "dynamic-update-slice" and at == 0 for u, at in used)):
-            read += _bytes(shapes.get(operand, ""))  # (a buffer updated in place is not read)
+        if only(used, "dynamic-slice"):
+            read += sum(_bytes(u.shape) for u, _ in used)
+        elif not only(used, "dynamic-update-slice"):
+            read += _bytes(shapes.get(operand, ""))
     root = next((i for i in body.values() if i.root), None)
-    outputs = ([body.get(o) for o in root.operands] if root is not None and root.opcode == "tuple"
-               else [root])
-    written = sum(_bytes(body[o.operands[1]].shape if o.operands[1] in body else "")
-                  if o.opcode == "dynamic-update-slice" else _bytes(o.shape)
-                  for o in outputs if o is not None) if root is not None else _bytes(inst.shape)
-    return read + written
+    if root is None:
+        return read + _bytes(inst.shape)
+    results = [body.get(o) for o in root.operands] if root.opcode == "tuple" else [root]
+    return read + sum(
+        _bytes(body[r.operands[1]].shape) if r.opcode == "dynamic-update-slice"
+        and len(r.operands) > 1 and r.operands[1] in body else _bytes(r.shape)
+        for r in results if r is not None)
 
 
 def _trip_count(inst: _Instruction, computations: dict) -> int:
