@@ -63,18 +63,23 @@ class ConfigError(ValueError):
     """A config key has a value of the wrong type, out of range, or inconsistent with another."""
 
 
+def set_key(c: ml_collections.ConfigDict, key: str, value) -> None:
+    """c.a.b = value for ``key`` 'a.b', whatever type the key held (e.g. 'auto' in an int)."""
+    *blocks, name = key.split(".")
+    node = c
+    for block in blocks:
+        node = node[block]
+    with c.ignore_type():
+        node[name] = value
+
+
 def set_auto(c: ml_collections.ConfigDict, keys) -> None:
     """Sets each of ``keys`` ('model.remat', ...: of `AUTO_KEYS`) to 'auto', which the keys'
     bool or int type would refuse; `auto_fit.resolve` replaces it before the run starts."""
-    with c.ignore_type():
-        for key in keys:
-            if key not in AUTO_KEYS:
-                raise ConfigError(f"{key}: 'auto' is for {', '.join(AUTO_KEYS)} only")
-            *blocks, name = key.split(".")
-            node = c
-            for block in blocks:
-                node = node[block]
-            node[name] = AUTO
+    for key in keys:
+        if key not in AUTO_KEYS:
+            raise ConfigError(f"{key}: 'auto' is for {', '.join(AUTO_KEYS)} only")
+        set_key(c, key, AUTO)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -47,16 +47,11 @@ def apply_overrides(config, overrides) -> None:
     """Sets each 'a.b=value' (a Python literal, else the string); 'auto' in any key."""
     for item in overrides:
         key, _, value = item.partition("=")
-        *blocks, name = key.split(".")
-        node = config
-        for block in blocks:
-            node = node[block]
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             pass  # a bare word ('auto', 'bilinear') stays the string it is
-        with config.ignore_type():  # 'auto' where the key holds a bool or an int
-            node[name] = value
+        config_lib.set_key(config, key, value)  # 'auto' where the key holds a bool or an int
 
 
 def matrix_shape(text: str) -> tuple[int, int]:
