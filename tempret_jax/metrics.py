@@ -16,13 +16,8 @@ each text column. Numbers are percentages.
   the mean (the official code would return NaN). EK-100 has none: every clip and every
   sentence has a rel == 1 partner.
 
-`mir_per_row` sorts, per row, one uint64 key per item: the float32 similarity's bits, ordered
-so that larger is smaller, above the column index and a relevance bit (`_rank_keys`). Keys are
-distinct, so NumPy's vectorised sort (no argsort: about 6x slower) yields the stable order, and
-the relevant items (11% of EK-100's test matrix) are read off it with their ranks and columns;
-AP and DCG are segment sums over them. Float64 similarities that round to one float32 are
-reordered by their exact values (`_order_float64_ties`), so the result is exact for any float
-input. Rows go in blocks that stay in cache, T2V's as transposed tiles, spread over every core.
+`mir_per_row` ranks only each query's relevant items (`ranking`, numba kernels: linear in the
+row, exact in the input's float type, no row sorted), queries spread over every core.
 `reference_mir_metrics` is the straightforward vectorised form of the official definition; the
 tests hold the two equal. `sharded_metrics` is the same ranking as a jitted program for
 accelerators.
@@ -37,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tempret_jax import atomic
+from tempret_jax import atomic, ranking
 
 SUBMISSION_VERSION = "0.1"
 SUBMISSION_CHALLENGE = "multi_instance_retrieval"
@@ -48,8 +43,10 @@ def _check(sim: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if sim.ndim != 2 or sim.shape != rel.shape:
         raise ValueError(f"sim {sim.shape} and rel {rel.shape} must be 2-D of the same shape "
                          "(n_videos, n_texts)")
-    if not np.issubdtype(sim.dtype, np.floating):
-        sim = sim.astype(np.float32)
+    if sim.dtype not in (np.float32, np.float64):  # the kernels' types
+        sim = sim.astype(np.float64)
+    if rel.dtype not in (np.float32, np.float64):
+        rel = rel.astype(np.float64)
     if not np.isfinite(sim).all():
         raise ValueError("sim has NaN or infinite values")
     return sim, rel
@@ -66,127 +63,8 @@ def summarize(per_row: dict[tuple[str, str], np.ndarray]) -> dict[str, dict[str,
     return out
 
 
-# Items per block of rows: its uint64 keys (2 MiB) stay in the core's cache.
-_BLOCK_ITEMS = 2 ** 18
-
-
-def _rank_keys(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """Each row's items as uint64 keys, sorted ascending: the row's rank order.
-
-    Key = (the float32 similarity's bits, ordered so that a larger value is smaller) << 32
-    | column << 1 | relevant. Distinct columns make every key distinct, so an ascending sort
-    is descending similarity with ties in column order (the stable order), and the low bits
-    say which item and whether it is relevant: no argsort, no search.
-    Args:
-      sim: (B, N) similarities (a view of any layout); float64 is rounded here, see
-        `_order_float64_ties`.
-      relevant: (B, N) bool.
-    Returns:
-      (B, N) uint64, C-contiguous.
-    """
-    exact = np.can_cast(sim.dtype, np.float32, "safe")
-    value = np.empty(sim.shape, np.float32)
-    # Float64 rows minus their mean: float32 then resolves differences relative to the row's
-    # spread, not its magnitude (dual-softmax rows of random embeddings at EK-100's size:
-    # under 1 equal pair a row instead of 2,000).
-    _copy(sim if exact else sim - sim.mean(axis=1, keepdims=True), value)
-    value += np.float32(0)  # -0.0 -> 0.0: equal values, one key
-    bits = value.view(np.uint32)
-    # Positive values: flip every bit but the sign; negative ones: keep them (sign set).
-    bits ^= ((bits >> np.uint32(31)) - np.uint32(1)) & np.uint32(0x7FFFFFFF)
-    keys = bits.astype(np.uint64) << np.uint64(32)
-    keys |= (np.arange(sim.shape[1], dtype=np.uint64) << np.uint64(1)) | relevant
-    keys.sort(axis=1)
-    if not exact:
-        _order_float64_ties(keys, sim)
-    return keys
-
-
-def _copy(source: np.ndarray, out: np.ndarray) -> None:
-    """out[...] = source, (B, N). A transposed view is copied in tiles of 512 columns, which
-    stay in cache: copied whole it takes twice as long."""
-    step = max(1, source.shape[1] if source.flags.c_contiguous else 512)
-    for lo in range(0, source.shape[1], step):
-        out[:, lo:lo + step] = source[:, lo:lo + step]
-
-
-def _c_order(x: np.ndarray) -> np.ndarray:
-    """``x`` (B, N), C-contiguous (copied with `_copy` if it is not)."""
-    if x.flags.c_contiguous:
-        return x
-    out = np.empty(x.shape, x.dtype)
-    _copy(x, out)
-    return out
-
-
-def _order_float64_ties(keys: np.ndarray, sim: np.ndarray) -> None:
-    """Reorders runs of items whose float32 values are equal by their exact values, in place.
-
-    Shifting and rounding to float32 keep the order of unequal values or make them equal, so
-    only the runs of equal keys need the exact values; a stable sort on them keeps the column
-    order among true ties.
-    """
-    value_bits = keys >> np.uint64(32)
-    same = value_bits[:, 1:] == value_bits[:, :-1]  # item j equals item j - 1 of its row
-    if not same.any():
-        return
-    in_run = np.zeros(keys.shape, bool)
-    in_run[:, 1:] = same
-    in_run[:, :-1] |= same
-    at = np.flatnonzero(in_run)
-    starts_run = np.ones(keys.shape, bool)
-    starts_run[:, 1:] = ~same
-    run = np.cumsum(starts_run.ravel()[at])
-    flat = keys.reshape(-1)
-    exact = sim[at // keys.shape[1], _columns(flat[at])]
-    flat[at] = flat[at][np.lexsort((-exact, run))]
-
-
-def _columns(keys: np.ndarray) -> np.ndarray:
-    """The column index held in `_rank_keys` keys."""
-    return ((keys & np.uint64(0xFFFFFFFF)) >> np.uint64(1)).astype(np.intp)
-
-
-def _block_scores(sim: np.ndarray, rel: np.ndarray, discount: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """AP and nDCG (NaN where undefined) of a block of rows.
-
-    sim, rel: (B, N) views (any layout); discount: (N,) 1 / log2(rank + 2).
-    Returns ap (B,), ndcg (B,) float64.
-    """
-    rel = _c_order(rel)
-    n_rows, n_cols = rel.shape
-    relevant = rel > 0
-    k = np.count_nonzero(relevant, axis=1)  # relevant items per row
-    keys = _rank_keys(sim, relevant)
-    at = np.flatnonzero((keys & np.uint64(1)).astype(bool))  # relevant, by (row, rank)
-    rows = np.repeat(np.arange(n_rows), k)
-    ranks = at - rows * n_cols
-    vals = rel.reshape(-1)[rows * n_cols + _columns(keys.reshape(-1)[at])]
-
-    # mAP: at each hit, the raw relevance accumulated within the row over the rank.
-    cum = np.cumsum(vals, dtype=np.float64)
-    before_row = np.concatenate([[0.0], cum])[np.cumsum(k) - k]
-    hit = vals == 1
-    precision = (cum[hit] - before_row[rows[hit]]) / (ranks[hit] + 1)
-    n_hits = np.bincount(rows[hit], minlength=n_rows)
-    ap = np.bincount(rows[hit], precision, minlength=n_rows)
-
-    # nDCG: linear gains over the top k; the ideal is the row's relevances sorted descending.
-    top = ranks < k[rows]
-    dcg = np.bincount(rows[top], vals[top] * discount[ranks[top]], minlength=n_rows)
-    kmax = int(k.max(initial=0))
-    ideal = np.sort(rel, axis=1)[:, ::-1][:, :kmax]
-    ideal_dcg = np.where(np.arange(kmax) < k[:, None], ideal, 0) @ discount[:kmax]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.where(n_hits > 0, ap / n_hits, np.nan),
-                np.where(ideal_dcg > 0, dcg / ideal_dcg, np.nan))
-
-
-def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
-    """Consecutive rows of about `_BLOCK_ITEMS` items each."""
-    step = max(1, _BLOCK_ITEMS // max(n_cols, 1))
-    return [slice(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
+# Queries per task: enough tasks to keep every core busy to the end, few enough to be cheap.
+_QUERIES_PER_TASK = 256
 
 
 def mir_per_row(sim: np.ndarray, rel: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
@@ -202,15 +80,16 @@ def mir_per_row(sim: np.ndarray, rel: np.ndarray) -> dict[tuple[str, str], np.nd
     directions = {"v2t": (sim, rel), "t2v": (sim.T, rel.T)}  # T2V: transposed views, no copy
     out = {(name, d): np.empty(s.shape[0]) for d, (s, _) in directions.items()
            for name in ("mAP", "nDCG")}
-    discounts = {d: 1 / np.log2(np.arange(s.shape[1]) + 2.0) for d, (s, _) in directions.items()}
 
-    def run(task: tuple[str, slice]) -> None:
-        d, rows = task
+    def run(task: tuple[str, int]) -> None:
+        d, first = task
         s, r = directions[d]
-        out["mAP", d][rows], out["nDCG", d][rows] = _block_scores(s[rows], r[rows], discounts[d])
+        ranking.score_queries(s, r, first, min(first + _QUERIES_PER_TASK, s.shape[0]),
+                              out["mAP", d], out["nDCG", d])
 
-    tasks = [(d, rows) for d, (s, _) in directions.items() for rows in _row_blocks(*s.shape)]
-    # Blocks are independent and NumPy releases the GIL in sorts and array loops: every core.
+    tasks = [(d, first) for d, (s, _) in directions.items()
+             for first in range(0, s.shape[0], _QUERIES_PER_TASK)]
+    # The kernels release the GIL: one thread per core.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(run, tasks))
     return out

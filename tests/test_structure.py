@@ -12,7 +12,8 @@ from tempret_jax import config, evaluators
 REPO = pathlib.Path(__file__).parent.parent
 PACKAGE = REPO / "tempret_jax"
 MAX_LINES = 450
-PURE_LEAVES = {"tempret_jax.relevance", "tempret_jax.sharding", "tempret_jax.atomic"}
+PURE_LEAVES = {"tempret_jax.relevance", "tempret_jax.sharding", "tempret_jax.atomic",
+               "tempret_jax.ranking"}
 
 
 def module_name(path: pathlib.Path) -> str:
