@@ -69,8 +69,10 @@ def _sort_descending(v, order, cells, start, n_cells):
     for k in range(m):
         cells[k] = _cell(top, v[k], scale, n_cells)
         start[cells[k] + 1] += 1
-    for c in range(2, n_cells + 2):  # start[c + 1]: the end of cell c
-        start[c] += start[c - 1]
+    total = 0
+    for c in range(1, n_cells + 2):  # start[c + 1]: the end of cell c
+        total += start[c]
+        start[c] = total
     for k in range(m - 1, -1, -1):  # counting sort by cell, stable; start[c + 1] -> its start
         start[cells[k] + 1] -= 1
         order[start[cells[k] + 1]] = k
@@ -114,20 +116,30 @@ def _query_scores(x, r, discount, work):
         values[k] = x[columns[k]]
     n_cells = _CELLS * m
     top, scale = _sort_descending(values, order, work.cells[:m], work.start, n_cells)
-    # The relevant items best first, and one more entry that no item is below (column n), so
-    # that an empty cell's compare needs no branch.
+    # The relevant items best first, and one more entry that no item is below, so that the
+    # compare after an empty cell needs no branch (its next relevant item is smaller).
     ranked, ranked_columns = work.ranked[:m + 1], work.ranked_columns[:m + 1]
     ranked_rel = work.ranked_rel[:m]
     for i in range(m):
         ranked[i], ranked_columns[i] = values[order[i]], columns[order[i]]
         ranked_rel[i] = r[ranked_columns[i]]
-    ranked[m], ranked_columns[m] = ranked[m - 1], n
+    ranked[m], ranked_columns[m] = -np.inf, n
+    count = _count_above(x, ranked, ranked_columns, top, scale, n_cells, work)
+    return _scores(ranked_rel, count, discount, work)
+
+
+@_jit
+def _count_above(x, ranked, ranked_columns, top, scale, n_cells, work):
+    """count (m + 1,): count[b] is the number of items of x (n,), relevant ones included, that
+    have b of the ranked relevant items (m + 1,: values and columns, best first, then the end
+    entry) above them. top, scale, n_cells and work.start are `_sort_descending`'s."""
+    m = ranked.shape[0] - 1
     count = work.count[:m + 1]
     count[:] = 0
     item_cells, start = work.item_cells, work.start
-    for j in range(n):  # apart from the compares below, so that it vectorises
+    for j in range(x.shape[0]):  # apart from the compares below, so that it vectorises
         item_cells[j] = _cell(top, x[j], scale, n_cells)
-    for j in range(n):
+    for j in range(x.shape[0]):
         v = x[j]
         lo, hi = start[item_cells[j] + 1], start[item_cells[j] + 2]
         if hi - lo > 1:  # a crowded cell (2% of EK-100's items with random similarities)
@@ -140,14 +152,14 @@ def _query_scores(x, r, discount, work):
             count[lo] += 1
         else:
             above = (ranked[lo] > v) | ((ranked[lo] == v) & (ranked_columns[lo] < j))
-            count[lo + ((hi > lo) & above)] += 1
-    return _scores(ranked_rel, count, discount, work)
+            count[lo + above] += 1
+    return count
 
 
 @_jit
 def _scores(ranked_rel, count, discount, work):
-    """AP and nDCG from the relevant items' relevances in rank order (m,) and the rank counts
-    (m + 1,) of `_query_scores`."""
+    """AP and nDCG from the relevant items' relevances in rank order (m,) and the counts
+    (m + 1,) of `_count_above`."""
     m = ranked_rel.shape[0]
     counted = 0
     gained = 0.0

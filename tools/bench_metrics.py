@@ -3,7 +3,7 @@ by the released code's steps), the previous project path and the current one, si
 one run.
 
     python tools/bench_metrics.py [--annotation_dir tests/data/ek100] [--repeats 5]
-        [--old_commit 8993f39765dd014acf09dcc2e24835b9e0a77e9a]
+        [--old_commit 21c286f3e026f735a398ffcfb01f789550c13f11]
 
 Random similarities (float32, a new seed per repeat) against the real 9,668 x 3,842 relevance;
 every call computes both metrics in both directions. Each repeat runs the four in turn on the
@@ -12,14 +12,17 @@ same matrix, so a load that comes and goes weighs on all of them. The official a
 every row, the relevances in that order, cumulative sums over the dense ranked matrix); "the
 official code's steps" (`official_steps`) computes the same by the released evaluation code's
 sequence of operations, three argsorts and a sort of the full matrix per direction. The
-previous path is tempret_jax/metrics.py as it was at ``--old_commit`` (read with `git show`).
+previous path is tempret_jax/metrics.py as it was at ``--old_commit`` (read with `git show`;
+the default is the last one that sorted every row, by packed uint64 keys).
+Before the repeats, the current path runs once on a small matrix: its numba kernels compile
+then, or load from numba's cache, and the seconds that took are printed apart.
 Prints the median, min and max wall seconds of each, the current path's speed-up over the
 others, the median CPU seconds (all threads: the work done, which a shared machine's load
 moves less than the wall time) and their ratio, and the largest difference of each metric
 from the official algorithm's (percentage points), so it also checks that they agree.
-Last, the host: its CPU, and how long NumPy sorts one direction's uint64 keys (the current
-path's main cost; NumPy's AVX-512 sort is 2.7x slower than its AVX2 one on AMD Zen 4, for
-instance: BENCHMARKS.md).
+Last, the host: its CPU, and how long NumPy sorts one direction's uint64 keys (what the
+official algorithm and the previous path spend most of their time on; NumPy's AVX-512 sort is
+2.7x slower than its AVX2 one on AMD Zen 4, for instance: BENCHMARKS.md).
 """
 
 import argparse
@@ -31,14 +34,15 @@ import subprocess
 import time
 import types
 
+import numba
 import numpy as np
 
 from tempret_jax import metrics
 from tempret_jax.data import ek100
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# tempret_jax/metrics.py before the packed-key ranking (issue 23 item 6).
-OLD_COMMIT = "8993f39765dd014acf09dcc2e24835b9e0a77e9a"
+# tempret_jax/metrics.py before the counting kernels: rows sorted by packed uint64 keys.
+OLD_COMMIT = "21c286f3e026f735a398ffcfb01f789550c13f11"
 
 
 def old_metrics(commit: str) -> types.ModuleType:
@@ -97,6 +101,10 @@ def main() -> None:
         parser.error("--repeats must be at least 1")
 
     rel, _, _ = ek100.load_test_relevance(args.annotation_dir)
+    start = time.perf_counter()
+    small = np.ascontiguousarray(rel[:40, :30])  # the repeats' types and layouts, small
+    metrics.mir_metrics(np.random.default_rng(0).standard_normal(small.shape, np.float32), small)
+    first_call = time.perf_counter() - start
     paths = {"official algorithm": metrics.reference_mir_metrics,
              "official code's steps": official_steps,
              f"previous ({args.old_commit[:8]})": old_metrics(args.old_commit).mir_metrics,
@@ -131,7 +139,10 @@ def main() -> None:
               f"{statistics.median(cpu[name]) / current_cpu:>9.1f}x"
               f"{worst[name]['mAP']:>13.1e}{worst[name]['nDCG']:>14.1e}")
     print(metrics.format_table(results["current"]))
-    print(f"host: {cpu_model()}; NumPy {np.__version__}, NPY_DISABLE_CPU_FEATURES="
+    print(f"the current path's first calls (numba compiling its kernels or loading them from "
+          f"its cache): {first_call:.2f} s")
+    print(f"host: {cpu_model()}; NumPy {np.__version__}, numba {numba.__version__}, "
+          f"NPY_DISABLE_CPU_FEATURES="
           f"{os.environ.get('NPY_DISABLE_CPU_FEATURES', '')!r}; NumPy's sort of one direction's "
           f"{rel.shape[0]} x {rel.shape[1]} uint64 keys (min of 3): {sort_seconds(rel.shape):.3f} s")
 
@@ -150,7 +161,7 @@ def cpu_model() -> str:
 
 def sort_seconds(shape: tuple[int, int]) -> float:
     """Seconds NumPy takes to sort random uint64 keys of ``shape`` row by row, in place: the
-    current path's largest cost, and the one that differs most between CPUs (its SIMD sort)."""
+    previous path's largest cost, and the one that differs most between CPUs (its SIMD sort)."""
     keys = np.random.default_rng(0).integers(0, 2 ** 63, size=shape, dtype=np.uint64)
     best = float("inf")
     for _ in range(3):
