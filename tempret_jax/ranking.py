@@ -22,9 +22,9 @@ definitions in docs/design.md, Metrics, summed in float64. The work is linear in
 for the relevant items' sort; a row whose similarities crowd into a few cells degrades to a
 binary search per item and a merge sort, never to worse.
 
-Queries are read in tiles of `_TILE` rows into a C-ordered scratch, so a transposed view (T2V)
-is read along its memory. The kernels release the GIL: callers spread query ranges over
-threads (`metrics.mir_per_row`).
+Queries that are not rows in memory (T2V's, of the transposed view) are copied in tiles of
+`_TILE` into a C-ordered scratch, so that the view is read along its memory. The kernels
+release the GIL: callers spread query ranges over threads (`metrics.mir_per_row`).
 """
 
 from __future__ import annotations
@@ -201,6 +201,10 @@ def score_queries(sim, rel, first, last, ap, ndcg):
     work = _Work(index[0], np.empty(n, sim.dtype), index[1], index[2],
                  np.empty(n + 1, sim.dtype), index[3], np.empty(n), index[4],
                  np.empty(_CELLS * n + 3, np.int32), np.empty(n, np.int32))
+    if sim.flags.c_contiguous and rel.flags.c_contiguous:  # rows along memory: no copy
+        for q in range(first, last):
+            ap[q], ndcg[q] = _query_scores(sim[q], rel[q], discount, work)
+        return
     x_tile = np.empty((_TILE, n), sim.dtype)
     r_tile = np.empty((_TILE, n), rel.dtype)
     for q0 in range(first, last, _TILE):
