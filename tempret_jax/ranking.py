@@ -13,8 +13,8 @@ matrix), so a query's row is never sorted. For a row x of n similarities with m 
    The cell is floor((top - x) * scale), which never increases with x (rounding keeps order),
    so a relevant item in an earlier cell is strictly larger and one in a later cell strictly
    smaller: only the same cell can hold a tie or a closer call.
-3. The i-th relevant item (from 0) has count[0] + ... + count[i] - 1 items above it: the
-   counted items are those above it and the i + 1 relevant items up to itself, less itself.
+3. count[0] + ... + count[i] counts the items ranked above the i-th relevant item (from 0),
+   relevant or not, and that item itself: its rank (items above it) is the sum less one.
 
 Ranks are those of a stable sort by descending similarity (ties in column order, -0.0 equal to
 0.0), compared in the input's own dtype, so float64 is exact. AP and nDCG then follow the
