@@ -13,9 +13,9 @@ devices (`aot.train_step_memory`), fits their memory:
 4. more microbatches (2, 4, ...): the towers run in slices (GradCache; an extra forward pass).
 
 Keys not 'auto' keep their value in every candidate; the global batch never changes. The
-memory of a device (`device_memory`): the TPU generation's HBM (`aot.TPU_MEMORY`), a GPU's
-``memory_stats()['bytes_limit']``; on CPU (and other devices of unknown memory) nothing is
-compiled and the cheapest candidate is taken.
+memory of a device (`device_memory`): what the TPU compiler allows a device
+(`aot.TPU_MEMORY`), a GPU's ``memory_stats()['bytes_limit']``; on CPU (and other devices of
+unknown memory) nothing is compiled and the cheapest candidate is taken.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ runs out of memory as a row of the table, not a crash. Attention takes the kerne
 target's devices: the Pallas kernel on TPU, cuDNN's on a simulated H100 (the CUDA plugin)."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -47,6 +48,21 @@ def test_fit_check_reports_a_setup_that_does_not_fit_as_a_row(capsys):
                                                                              "target"]
     assert lines[2].split()[1:3] == ["train", "v5e:2x2"]
     assert "does not compile: RESOURCE_EXHAUSTED" in lines[2]
+
+
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v6e:2x2", "v5p:2x2x1"])
+def test_a_tpu_device_is_judged_by_what_its_compiler_allows(topology):
+    # `auto` and the fits column compare with aot.TPU_MEMORY: the compiler's own limit, which
+    # its out-of-memory error names, not the chip's nominal HBM (a 31.5 GiB step passed on
+    # v6e against 32 GiB, and the compiler refuses it).
+    device = aot.tpu_devices(topology)[0]
+    sharded = jax.sharding.SingleDeviceSharding(device)
+    x = jax.ShapeDtypeStruct((120_000,), jnp.float32, sharding=sharded)  # 54 GiB of products
+    with pytest.raises(Exception, match="available HBM") as error:
+        jax.jit(lambda v: (v[:, None] * v[None, :] + 1).cumsum(0),
+                out_shardings=sharded).lower(x).compile()
+    available = re.search(r"available HBM \(([0-9.]+)G\)", str(error.value)).group(1)
+    assert float(available) * aot.GIB == aot.TPU_MEMORY[topology.split(":")[0][:3]]
 
 
 def test_a_tpu_mesh_gets_the_pallas_flash_kernel_one_batch_shard_a_chip(v5e):
