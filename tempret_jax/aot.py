@@ -37,10 +37,12 @@ from tempret_jax.state import TrainSetup
 
 GIB = 2 ** 30
 # Memory a program may use on one TPU device: the "available HBM" of the TPU compiler's
-# out-of-memory error (libtpu 0.0.42.1), a little under the chips' nominal 16 GiB (v5e), 95
-# (v5p) and 32 (v6e). Judged against the nominal figure, `auto` chose settings that the
-# compiler then refuses (31.5 GiB on v6e). v4 is 15.25 for this topology's devices.
-TPU_MEMORY = {"v4": 15.25 * GIB, "v5e": 15.75 * GIB, "v5p": 95.74 * GIB, "v6e": 31.25 * GIB}
+# out-of-memory error, a little under the chips' nominal 16 GiB (v5e), 95 (v5p) and 32 (v6e).
+# Judged against the nominal figure, `auto` chose settings that the compiler then refuses
+# (31.5 GiB on v6e). The figure moves between libtpu releases (v6e 31.25 GiB with 0.0.42.1,
+# 31.24 with 0.0.50.1): this is the smallest seen, so what `auto` picks compiles on both.
+# v4 is 15.25 for this topology's devices.
+TPU_MEMORY = {"v4": 15.25 * GIB, "v5e": 15.75 * GIB, "v5p": 95.73 * GIB, "v6e": 31.24 * GIB}
 
 
 def _gpu_target(description: str, major: int, **info) -> str:

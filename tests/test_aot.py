@@ -63,7 +63,10 @@ def test_a_tpu_device_is_judged_by_what_its_compiler_allows(topology):
         jax.jit(lambda v: (v[:, None] * v[None, :] + 1).cumsum(0),
                 out_shardings=sharded).lower(x).compile()
     available = re.search(r"available HBM \(([0-9.]+)G\)", str(error.value)).group(1)
-    assert float(available) * aot.GIB == aot.TPU_MEMORY[topology.split(":")[0][:3]]
+    # The error prints hundredths of a GiB; our figure is the smallest libtpu has printed, so
+    # it may sit a little under this libtpu's, never above it.
+    ours = aot.TPU_MEMORY[topology.split(":")[0][:3]] / aot.GIB
+    assert float(available) - 0.02 <= ours <= float(available)
 
 
 def test_a_tpu_mesh_gets_the_pallas_flash_kernel_one_batch_shard_a_chip(v5e):
