@@ -65,7 +65,7 @@ def test_a_tpu_device_is_judged_by_what_its_compiler_allows(topology):
     available = re.search(r"available HBM \(([0-9.]+)G\)", str(error.value)).group(1)
     # The error prints hundredths of a GiB; our figure is the smallest libtpu has printed, so
     # it may sit a little under this libtpu's, never above it.
-    ours = aot.TPU_MEMORY[topology.split(":")[0][:3]] / aot.GIB
+    ours = aot.memory_of(topology) / aot.GIB
     assert float(available) - 0.02 <= ours <= float(available)
 
 
